@@ -1,0 +1,261 @@
+//! The command line: `ferry validate | list | trigger JOB`, each with `--config PATH`.
+//!
+//! Each command is a function returning what to print and the exit code, so tests can call
+//! them without a process: 0 success, 1 a delivery or runtime failure, 2 bad usage or a bad
+//! job file.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config};
+use crate::job::{BuildEnv, Job};
+use crate::runner::RunStatus;
+use crate::schedule::{Schedule, parse_timezone};
+
+/// ferry: scheduled data delivery.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+pub struct Cli {
+    /// The job file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "FERRY_CONFIG",
+        default_value = "/etc/ferry/jobs.toml"
+    )]
+    pub config: PathBuf,
+
+    /// How log lines look: `auto` is human on a terminal and JSON otherwise.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The format of log lines (written to standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human on a terminal, JSON otherwise.
+    Auto,
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the job file: exit 0 when it is valid, 2 with every problem otherwise.
+    Validate,
+    /// List the jobs with their schedules and next fire times.
+    List,
+    /// Run one job now in the foreground, print its receipts, exit 0 or 1.
+    Trigger {
+        /// The job's name.
+        job: String,
+        /// Print the run's report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What a command printed and how it ends.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Text for standard output.
+    pub stdout: String,
+    /// Text for standard error.
+    pub stderr: String,
+    /// The exit code: 0, 1 or 2.
+    pub code: u8,
+}
+
+impl Outcome {
+    fn ok(stdout: String) -> Outcome {
+        Outcome {
+            stdout,
+            stderr: String::new(),
+            code: 0,
+        }
+    }
+
+    fn fail(code: u8, stderr: String) -> Outcome {
+        Outcome {
+            stdout: String::new(),
+            stderr,
+            code,
+        }
+    }
+
+    /// The exit code as a process exit code.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.code)
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn execute(cli: &Cli) -> Outcome {
+    let config = match config::load(&cli.config) {
+        Ok(config) => config,
+        Err(errors) => return Outcome::fail(2, format!("{errors}\n")),
+    };
+    match &cli.command {
+        Command::Validate => Outcome::ok(validate_summary(&config)),
+        Command::List => Outcome::ok(list(&config, Utc::now())),
+        Command::Trigger { job, json } => trigger(&config, job, *json).await,
+    }
+}
+
+fn validate_summary(config: &Config) -> String {
+    let notifiers = config.notifiers.len();
+    format!(
+        "{}: OK, {} job{}, {} notifier{}\n",
+        config.origin,
+        config.jobs.len(),
+        plural(config.jobs.len()),
+        notifiers,
+        plural(notifiers),
+    )
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// The job table `ferry list` prints, with fire times after `now`.
+pub fn list(config: &Config, now: DateTime<Utc>) -> String {
+    let mut rows = vec![[
+        "JOB".to_owned(),
+        "SCHEDULE".to_owned(),
+        "TIME ZONE".to_owned(),
+        "NEXT RUNS".to_owned(),
+        "SOURCE → WRITERS".to_owned(),
+    ]];
+    for job in &config.jobs {
+        let tz_name = job.timezone.as_deref().unwrap_or(&config.daemon.timezone);
+        // The file was validated: the zone and the schedule parse.
+        let next = parse_timezone(tz_name)
+            .and_then(|tz| Schedule::parse(&job.schedule, tz))
+            .map(|schedule| {
+                schedule
+                    .upcoming(now, 3)
+                    .iter()
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let next = if job.enabled {
+            next
+        } else {
+            "disabled (trigger only)".to_owned()
+        };
+        let writers: Vec<&str> = job.writers.iter().map(|w| w.kind()).collect();
+        rows.push([
+            job.name.clone(),
+            job.schedule.clone(),
+            tz_name.to_owned(),
+            next,
+            format!("{} → {}", job.source.kind(), writers.join(", ")),
+        ]);
+    }
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<width$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Runs job `name` of `config` now and reports its receipts.
+pub async fn trigger(config: &Config, name: &str, json: bool) -> Outcome {
+    let Some(job_config) = config.job(name) else {
+        let known: Vec<&str> = config.jobs.iter().map(|j| j.name.as_str()).collect();
+        return Outcome::fail(
+            2,
+            format!(
+                "ferry: no job named {name:?} in {} (jobs: {})\n",
+                config.origin,
+                known.join(", ")
+            ),
+        );
+    };
+    let built =
+        BuildEnv::new(config.base_dir.clone()).and_then(|env| Job::build(config, job_config, &env));
+    let job = match built {
+        Ok(job) => job,
+        Err(err) => {
+            return Outcome::fail(
+                1,
+                format!("ferry: {}\n", crate::error::display_chain(&err.chain())),
+            );
+        }
+    };
+    let report = job.run(job.now_slot()).await;
+    let code = match report.status {
+        RunStatus::Succeeded => 0,
+        RunStatus::Failed => 1,
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => {
+                stdout = text;
+                stdout.push('\n');
+            }
+            Err(err) => stderr = format!("ferry: cannot render the report: {err}\n"),
+        }
+    } else {
+        for delivery in &report.deliveries {
+            let _ = writeln!(stdout, "{delivery}");
+        }
+        let _ = writeln!(
+            stdout,
+            "{} {} run {} after {} attempt{} in {:.2}s",
+            report.job,
+            report.status.as_str(),
+            report.run_id,
+            report.attempts,
+            plural(report.attempts as usize),
+            report.duration.as_secs_f64()
+        );
+        if let Some(failure) = &report.error {
+            let _ = writeln!(
+                stderr,
+                "ferry: {} failed ({}; {}): {}",
+                report.job,
+                failure.kind,
+                failure.gave_up,
+                crate::error::display_chain(&failure.chain)
+            );
+        }
+    }
+    Outcome {
+        stdout,
+        stderr,
+        code,
+    }
+}

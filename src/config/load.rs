@@ -1,0 +1,284 @@
+//! Reading a job file and reporting its problems as `file:line:col: message`.
+//!
+//! The text is parsed into toml's spanned document tree first. Each section (`[daemon]`,
+//! `[defaults]`, each notifier, each job) is then deserialized on its own, so a mistake in
+//! one job does not hide the mistakes in the next. Checks that need more than one value
+//! ([`super::validate`]) name the setting by its key path, and the path is looked up in the
+//! tree to find its line and column.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::{Config, KeyPath, Segment, validate};
+
+/// One problem in a job file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or the name given to [`parse`]).
+    pub origin: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// What is wrong, naming the setting.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.origin, self.line, self.column, self.message
+        )
+    }
+}
+
+/// Every problem found in a job file, in the order they appear in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, err) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{err}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and checks the job file at `path`. Relative paths inside it are taken from the
+/// file's directory.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        ConfigErrors(vec![ConfigError {
+            origin: origin.clone(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read the job file: {err}"),
+        }])
+    })?;
+    let base_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
+    parse(&text, &origin, base_dir)
+}
+
+/// Parses and checks job-file `text` without any I/O. `origin` names it in errors;
+/// `base_dir` is where its relative paths are taken from.
+pub fn parse(text: &str, origin: &str, base_dir: PathBuf) -> Result<Config, ConfigErrors> {
+    let mut report = Report {
+        text,
+        origin,
+        errors: Vec::new(),
+    };
+    let (root, syntax_errors) = DeTable::parse_recoverable(text);
+    if !syntax_errors.is_empty() {
+        for err in syntax_errors {
+            report.at_span(err.span(), err.message().to_owned());
+        }
+        return Err(report.finish());
+    }
+
+    let mut config = Config {
+        origin: origin.to_owned(),
+        base_dir,
+        daemon: Default::default(),
+        defaults: Default::default(),
+        notifiers: Default::default(),
+        jobs: Vec::new(),
+    };
+    // Where each job that could be read sits in the file's `jobs` array.
+    let mut job_indexes = Vec::new();
+    let root_span = root.span();
+    let root = root.into_inner();
+    for (key, value) in root.iter() {
+        match key.get_ref().as_ref() {
+            "daemon" => {
+                if let Some(daemon) = report.section(value, "daemon") {
+                    config.daemon = daemon;
+                }
+            }
+            "defaults" => {
+                if let Some(defaults) = report.section(value, "defaults") {
+                    config.defaults = defaults;
+                }
+            }
+            "notifiers" => match value.get_ref() {
+                DeValue::Table(table) => {
+                    for (name, notifier) in table.iter() {
+                        let at = format!("notifiers.{}", name.get_ref());
+                        if let Some(notifier) = report.section(notifier, &at) {
+                            config.notifiers.insert(name.get_ref().to_string(), notifier);
+                        }
+                    }
+                }
+                _ => report.at_span(
+                    Some(value.span()),
+                    "`notifiers` must be a table of named notifiers, e.g. [notifiers.ops]".into(),
+                ),
+            },
+            "jobs" => match value.get_ref() {
+                DeValue::Array(jobs) => {
+                    for (i, job) in jobs.iter().enumerate() {
+                        if let Some(job) = report.section(job, &format!("jobs[{i}]")) {
+                            config.jobs.push(job);
+                            job_indexes.push(i);
+                        }
+                    }
+                }
+                _ => report.at_span(
+                    Some(value.span()),
+                    "`jobs` must be an array of tables: write each job under [[jobs]]".into(),
+                ),
+            },
+            other => report.at_span(
+                Some(key.span()),
+                format!(
+                    "unknown top-level key `{other}`, expected one of `daemon`, `defaults`, `notifiers`, `jobs`"
+                ),
+            ),
+        }
+    }
+
+    let problems = validate::validate(&config, &job_indexes);
+    for (at, message) in problems.into_inner() {
+        let span = locate(&root, root_span.clone(), &at);
+        report.at_span(Some(span), format!("{at}: {message}"));
+    }
+    if report.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(report.finish())
+    }
+}
+
+struct Report<'a> {
+    text: &'a str,
+    origin: &'a str,
+    errors: Vec<(usize, ConfigError)>,
+}
+
+impl Report<'_> {
+    fn section<T: DeserializeOwned>(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        at: &str,
+    ) -> Option<T> {
+        match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(section) => Some(section),
+            Err(err) => {
+                let span = err.span().unwrap_or(value.span());
+                let mut at = at.to_owned();
+                deepest_key(value, span.start, &mut at);
+                self.at_span(Some(span), format!("{at}: {}", err.message()));
+                None
+            }
+        }
+    }
+
+    fn at_span(&mut self, span: Option<Range<usize>>, message: String) {
+        let offset = span.map_or(0, |s| s.start).min(self.text.len());
+        let (line, column) = line_column(self.text, offset);
+        self.errors.push((
+            offset,
+            ConfigError {
+                origin: self.origin.to_owned(),
+                line,
+                column,
+                message,
+            },
+        ));
+    }
+
+    fn finish(mut self) -> ConfigErrors {
+        self.errors.sort_by_key(|(offset, _)| *offset);
+        ConfigErrors(self.errors.into_iter().map(|(_, err)| err).collect())
+    }
+}
+
+/// The 1-based line and character column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Extends `path` with the keys of the innermost value under `value` whose span holds
+/// `offset`, so that an error inside `source = { … }` names `jobs[1].source`.
+fn deepest_key(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut String) {
+    let inside = |v: &Spanned<DeValue<'_>>| v.span().contains(&offset);
+    match value.get_ref() {
+        DeValue::Table(table) => {
+            if let Some((key, child)) = table.iter().find(|(_, v)| inside(v)) {
+                path.push('.');
+                path.push_str(key.get_ref());
+                deepest_key(child, offset, path);
+            }
+        }
+        DeValue::Array(items) => {
+            if let Some((i, child)) = items.iter().enumerate().find(|(_, v)| inside(v)) {
+                path.push_str(&format!("[{i}]"));
+                deepest_key(child, offset, path);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The span of the value at `path`, or of the deepest part of it that exists.
+fn locate(root: &DeTable<'_>, root_span: Range<usize>, path: &KeyPath) -> Range<usize> {
+    let mut span = root_span;
+    let mut table = Some(root);
+    let mut current: Option<&Spanned<DeValue<'_>>> = None;
+    for segment in &path.0 {
+        let next = match (segment, current.map(|v| v.get_ref())) {
+            (Segment::Key(key), None) => table.and_then(|t| t.get(key.as_str())),
+            (Segment::Key(key), Some(DeValue::Table(t))) => t.get(key.as_str()),
+            (Segment::Index(i), Some(DeValue::Array(items))) => items.get(*i),
+            _ => None,
+        };
+        match next {
+            Some(value) => {
+                span = value.span();
+                current = Some(value);
+                table = None;
+            }
+            None => break,
+        }
+    }
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_count_characters() {
+        let text = "a = 1\nbé = 2\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 6), (2, 1));
+        // "bé = " is 6 bytes but 5 characters.
+        assert_eq!(line_column(text, 12), (2, 6));
+    }
+}

@@ -1,0 +1,202 @@
+//! The job file: its settings, how it is loaded, and how it is checked.
+//!
+//! Loading is two steps. [`parse`] turns text into a checked [`Config`] with no I/O at all
+//! (no files, network or processes), so `ferry validate` can be trusted in `ExecStartPre`
+//! and in tests; every problem found is reported at once, each as `file:line:col: message`.
+//! Building runnable jobs from a `Config` (resolving secrets, opening clients) is
+//! [`crate::job::Job::build`]'s business.
+//!
+//! Each source, writer and notifier kind keeps its own settings struct in its own file; this
+//! module holds the file's frame: `[daemon]`, `[defaults]`, `[notifiers.NAME]`, `[[jobs]]`.
+
+mod duration;
+mod load;
+mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use duration::ConfigDuration;
+pub use load::{ConfigError, ConfigErrors, load, parse};
+pub use secret::{Secret, SecretRef};
+
+use crate::notify::NotifierConfig;
+use crate::runner::RetryConfig;
+use crate::source::SourceConfig;
+use crate::transform::Transform;
+use crate::writer::WriterConfig;
+
+/// A loaded and checked job file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file came from (its path, or a name given to [`parse`]).
+    pub origin: String,
+    /// The directory relative paths in the file are taken from: the file's own directory.
+    pub base_dir: PathBuf,
+    /// `[daemon]`: settings of the daemon as a whole.
+    pub daemon: DaemonConfig,
+    /// `[defaults]`: settings every job inherits unless it sets its own.
+    pub defaults: Defaults,
+    /// `[notifiers.NAME]`: named success and failure handlers jobs refer to.
+    pub notifiers: BTreeMap<String, NotifierConfig>,
+    /// `[[jobs]]`: the deliveries.
+    pub jobs: Vec<JobConfig>,
+}
+
+impl Config {
+    /// The job called `name`.
+    pub fn job(&self, name: &str) -> Option<&JobConfig> {
+        self.jobs.iter().find(|job| job.name == name)
+    }
+}
+
+/// `[daemon]`: settings of the daemon as a whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// The IANA time zone of jobs that do not name their own (e.g. `"Europe/Berlin"`).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+}
+
+fn default_timezone() -> String {
+    "UTC".to_owned()
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            timezone: default_timezone(),
+        }
+    }
+}
+
+/// `[defaults]`: settings every job inherits unless it sets its own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// `[defaults.retry]`: the retry policy of every job; a job's `retry` table overrides
+    /// it key by key.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// The time one attempt of a job may take before it is cancelled (e.g. `"10m"`).
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+}
+
+/// `[[jobs]]`: one delivery: where data comes from, where it goes, when, and who hears of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// The job's unique name: letters, digits, `-`, `_` and `.`.
+    pub name: String,
+    /// When the job fires: cron with a leading seconds field (`"0 0 * * * *"`), a 5-field
+    /// crontab line (at second 0), or `@hourly`, `@daily`, `@weekly`, `@monthly`,
+    /// `@yearly`.
+    pub schedule: String,
+    /// The IANA time zone the schedule and `{scheduled:…}` templates are read in; the
+    /// daemon's `timezone` by default.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Where the data comes from: a table with `type` = `inline`, `file`, `url` or
+    /// `command`.
+    pub source: SourceConfig,
+    /// How the data is transformed on its way: `"gzip"` or `"zstd"` (none by default).
+    #[serde(default)]
+    pub transform: Option<Transform>,
+    /// Where the data goes: one or more tables with `type` = `local`. The source is read
+    /// once and written to each.
+    pub writers: Vec<WriterConfig>,
+    /// This job's retry policy, overriding `[defaults.retry]` key by key.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// The time one attempt may take before it is cancelled (e.g. `"10m"`).
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+    /// Notifiers told when a run succeeds.
+    #[serde(default)]
+    pub on_success: Vec<String>,
+    /// Notifiers told when a run fails after its last attempt.
+    #[serde(default)]
+    pub on_failure: Vec<String>,
+    /// Whether the job is scheduled; a disabled job can still be triggered by hand.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+/// Where a setting sits in the job file: `jobs[2].source.path`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPath(Vec<Segment>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+impl KeyPath {
+    /// The top of the file.
+    pub fn root() -> KeyPath {
+        KeyPath::default()
+    }
+
+    /// This path followed by table key `key`.
+    pub fn key(&self, key: &str) -> KeyPath {
+        let mut next = self.clone();
+        next.0.push(Segment::Key(key.to_owned()));
+        next
+    }
+
+    /// This path followed by array index `index`.
+    pub fn index(&self, index: usize) -> KeyPath {
+        let mut next = self.clone();
+        next.0.push(Segment::Index(index));
+        next
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, segment) in self.0.iter().enumerate() {
+            match segment {
+                Segment::Key(key) if i == 0 => write!(f, "{key}")?,
+                Segment::Key(key) => write!(f, ".{key}")?,
+                Segment::Index(index) => write!(f, "[{index}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Problems found while checking settings, each at the setting it concerns.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<(KeyPath, String)>);
+
+impl Problems {
+    /// Records a problem with the setting at `at`.
+    pub fn add(&mut self, at: KeyPath, message: impl Into<String>) {
+        self.0.push((at, message.into()));
+    }
+
+    /// How many problems were found.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none were found.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn into_inner(self) -> Vec<(KeyPath, String)> {
+        self.0
+    }
+}

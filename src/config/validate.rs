@@ -1,0 +1,126 @@
+//! Checks of a job file that serde's types cannot express: unique names, schedules, time
+//! zones, templates, references to notifiers, retry bounds. Pure: no I/O.
+
+use std::collections::HashMap;
+
+use super::{Config, KeyPath, Problems};
+use crate::schedule::{Schedule, parse_timezone};
+
+/// Every problem in `config`. `job_indexes[i]` is the position in the file's `jobs` array
+/// of `config.jobs[i]` (jobs that could not be read at all are missing from `config`).
+pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
+    let mut problems = Problems::default();
+    let root = KeyPath::root();
+
+    let daemon_tz = parse_timezone(&config.daemon.timezone);
+    if let Err(msg) = &daemon_tz {
+        problems.add(root.key("daemon").key("timezone"), msg.clone());
+    }
+    let defaults_retry = root.key("defaults").key("retry");
+    config
+        .defaults
+        .retry
+        .validate(&defaults_retry, &mut problems);
+    config
+        .defaults
+        .retry
+        .validate_merged(&defaults_retry, &mut problems);
+    if config.defaults.timeout.is_some_and(|t| t.get().is_zero()) {
+        problems.add(
+            root.key("defaults").key("timeout"),
+            "must be longer than zero",
+        );
+    }
+
+    for (name, notifier) in &config.notifiers {
+        let at = root.key("notifiers").key(name);
+        if let Err(msg) = check_name(name) {
+            problems.add(at.clone(), format!("notifier name {msg}"));
+        }
+        notifier.settings().validate(&at, &mut problems);
+    }
+
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (job, &index) in config.jobs.iter().zip(job_indexes) {
+        let at = root.key("jobs").index(index);
+        match check_name(&job.name) {
+            Err(msg) => problems.add(at.key("name"), format!("job name {msg}")),
+            Ok(()) => {
+                if let Some(first) = names.insert(&job.name, index) {
+                    problems.add(
+                        at.key("name"),
+                        format!("job name {:?} is already used by jobs[{first}]", job.name),
+                    );
+                }
+            }
+        }
+
+        let timezone = match &job.timezone {
+            Some(name) => parse_timezone(name).map_err(|msg| {
+                problems.add(at.key("timezone"), msg);
+            }),
+            None => daemon_tz.clone().map_err(|_| ()),
+        };
+        // Check the expression even when the zone is wrong, to report both at once.
+        if let Err(msg) = Schedule::parse(&job.schedule, timezone.unwrap_or(chrono_tz::UTC)) {
+            problems.add(at.key("schedule"), msg);
+        }
+
+        job.source
+            .settings()
+            .validate(&at.key("source"), &mut problems);
+        if job.writers.is_empty() {
+            problems.add(at.key("writers"), "needs at least one writer");
+        }
+        for (i, writer) in job.writers.iter().enumerate() {
+            writer
+                .settings()
+                .validate(&at.key("writers").index(i), &mut problems);
+        }
+        if let Some(retry) = &job.retry {
+            retry.validate(&at.key("retry"), &mut problems);
+            retry
+                .or(&config.defaults.retry)
+                .validate_merged(&at.key("retry"), &mut problems);
+        }
+        if job.timeout.is_some_and(|t| t.get().is_zero()) {
+            problems.add(at.key("timeout"), "must be longer than zero");
+        }
+        for (key, list) in [
+            ("on_success", &job.on_success),
+            ("on_failure", &job.on_failure),
+        ] {
+            for (i, name) in list.iter().enumerate() {
+                if !config.notifiers.contains_key(name) {
+                    let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
+                    let known = if known.is_empty() {
+                        "none is defined; add a [notifiers.NAME] table".to_owned()
+                    } else {
+                        format!("defined: {}", known.join(", "))
+                    };
+                    problems.add(
+                        at.key(key).index(i),
+                        format!("no notifier named {name:?} ({known})"),
+                    );
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Names of jobs and notifiers appear in paths, logs and URLs: keep them plain.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !plain || name.starts_with('.') {
+        return Err(format!(
+            "{name:?} may only use letters, digits, '-', '_' and '.' (not first)"
+        ));
+    }
+    Ok(())
+}

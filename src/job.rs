@@ -1,0 +1,129 @@
+//! Jobs: a checked job configuration turned into something that runs.
+//!
+//! [`Job::build`] is where I/O is allowed: secrets are read and clients prepared. A job is
+//! its schedule plus an [`ActivityRunner`] around a [`RetryingActivity`] around a
+//! [`DeliveryActivity`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound as _, Utc};
+use chrono_tz::Tz;
+
+use crate::RunContext;
+use crate::activity::DeliveryActivity;
+use crate::config::{Config, ConfigDuration, JobConfig};
+use crate::error::{DeliveryError, ErrorKind};
+use crate::notify::Notifier;
+use crate::runner::{ActivityRunner, RetryPolicy, RetryingActivity, RunReport};
+use crate::schedule::{Schedule, parse_timezone};
+
+/// What building a source, writer or notifier may use.
+#[derive(Debug, Clone)]
+pub struct BuildEnv {
+    /// The directory relative paths are taken from (the job file's).
+    pub base_dir: PathBuf,
+    /// The HTTP client shared by every HTTP-speaking part.
+    pub http: reqwest::Client,
+}
+
+impl BuildEnv {
+    /// An environment for a job file in `base_dir`.
+    pub fn new(base_dir: PathBuf) -> Result<BuildEnv, DeliveryError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(300))
+            .build()
+            .map_err(|err| {
+                DeliveryError::new(ErrorKind::Config, "cannot set up the HTTP client")
+                    .with_source(err)
+            })?;
+        Ok(BuildEnv { base_dir, http })
+    }
+}
+
+/// A runnable job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The job's name.
+    pub name: String,
+    /// When it fires.
+    pub schedule: Schedule,
+    /// Whether it is scheduled.
+    pub enabled: bool,
+    /// What it does.
+    pub runner: ActivityRunner<DeliveryActivity>,
+}
+
+impl Job {
+    /// Builds `job` of `config`: its source, writers, retry policy and handlers.
+    pub fn build(config: &Config, job: &JobConfig, env: &BuildEnv) -> Result<Job, DeliveryError> {
+        let in_job = |err: DeliveryError| err.context(format_args!("job {:?}", job.name));
+        let timezone_name = job.timezone.as_deref().unwrap_or(&config.daemon.timezone);
+        let timezone = parse_timezone(timezone_name)
+            .map_err(|msg| in_job(DeliveryError::new(ErrorKind::Config, msg)))?;
+        let schedule = Schedule::parse(&job.schedule, timezone)
+            .map_err(|msg| in_job(DeliveryError::new(ErrorKind::Config, msg)))?;
+
+        let source = job.source.settings().build(env).map_err(in_job)?;
+        let writers = job
+            .writers
+            .iter()
+            .map(|writer| writer.settings().build(env))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(in_job)?;
+        let activity = DeliveryActivity::new(source, writers).with_transform(job.transform);
+
+        let retry = job
+            .retry
+            .clone()
+            .unwrap_or_default()
+            .or(&config.defaults.retry);
+        let timeout = job
+            .timeout
+            .or(config.defaults.timeout)
+            .map(ConfigDuration::get);
+        let policy = RetryPolicy::from_config(&retry, timeout);
+
+        let mut built: BTreeMap<&str, Arc<dyn Notifier>> = BTreeMap::new();
+        let mut notifier = |name: &str| -> Result<Arc<dyn Notifier>, DeliveryError> {
+            if let Some(existing) = built.get(name) {
+                return Ok(Arc::clone(existing));
+            }
+            let (key, settings) = config.notifiers.get_key_value(name).ok_or_else(|| {
+                DeliveryError::new(ErrorKind::Config, format!("no notifier named {name:?}"))
+            })?;
+            let notifier = settings.settings().build(key, env)?;
+            built.insert(key, Arc::clone(&notifier));
+            Ok(notifier)
+        };
+        let mut runner = ActivityRunner::new(RetryingActivity::new(activity, policy));
+        for name in &job.on_success {
+            runner = runner.on_success(notifier(name).map_err(in_job)?);
+        }
+        for name in &job.on_failure {
+            runner = runner.on_failure(notifier(name).map_err(in_job)?);
+        }
+        Ok(Job {
+            name: job.name.clone(),
+            schedule,
+            enabled: job.enabled,
+            runner,
+        })
+    }
+
+    /// The current second in the job's time zone: the slot of a run triggered by hand.
+    pub fn now_slot(&self) -> DateTime<Tz> {
+        Utc::now()
+            .trunc_subsecs(0)
+            .with_timezone(&self.schedule.timezone())
+    }
+
+    /// Runs the job for `slot` to its end (all attempts, then the handlers).
+    pub async fn run(&self, slot: DateTime<Tz>) -> RunReport {
+        self.runner.run(RunContext::new(&self.name, slot)).await
+    }
+}

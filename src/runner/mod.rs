@@ -1,0 +1,312 @@
+//! Running activities: retries ([`RetryingActivity`]) and outcomes ([`ActivityRunner`]).
+//!
+//! A run is attempted until it succeeds, fails with an error its policy does not retry, runs
+//! out of attempts, or would start a retry past `max_elapsed`. Each attempt may be cut off
+//! by a timeout. Only when the run is over does [`ActivityRunner`] tell the success or the
+//! failure handlers, once, with a [`RunReport`].
+
+mod policy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+pub use policy::{RetryConfig, RetryPolicy};
+
+use crate::RunContext;
+use crate::activity::{Activity, Progress};
+use crate::error::{DeliveryError, ErrorKind, display_chain};
+use crate::notify::{LogNotifier, Notifier};
+use crate::writer::Delivery;
+
+/// The end of a run's attempts.
+#[derive(Debug)]
+pub struct Attempted {
+    /// The receipts, or the last attempt's error.
+    pub result: Result<Vec<Delivery>, DeliveryError>,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// Why no further attempt was made, when the run failed.
+    pub gave_up: Option<String>,
+}
+
+/// An activity wrapped in a retry policy.
+#[derive(Debug, Clone)]
+pub struct RetryingActivity<A> {
+    activity: A,
+    policy: RetryPolicy,
+}
+
+impl<A: Activity> RetryingActivity<A> {
+    /// Wraps `activity` in `policy`.
+    pub fn new(activity: A, policy: RetryPolicy) -> RetryingActivity<A> {
+        RetryingActivity { activity, policy }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// The wrapped activity.
+    pub fn activity(&self) -> &A {
+        &self.activity
+    }
+
+    /// Attempts the activity for `ctx`'s run until it succeeds or the policy gives up.
+    pub async fn run(&self, ctx: &RunContext) -> Attempted {
+        let started = Instant::now();
+        let mut ctx = ctx.clone();
+        let mut progress = Progress::default();
+        let mut delays = self.policy.delays();
+        loop {
+            let attempt = self.attempt(&ctx, &mut progress);
+            let result = attempt
+                .instrument(tracing::info_span!("attempt", attempt = ctx.attempt))
+                .await;
+            let err = match result {
+                Ok(deliveries) => {
+                    return Attempted {
+                        result: Ok(deliveries),
+                        attempts: ctx.attempt,
+                        gave_up: None,
+                    };
+                }
+                Err(err) => err,
+            };
+            let stop = |err: DeliveryError, why: String| Attempted {
+                result: Err(err),
+                attempts: ctx.attempt,
+                gave_up: Some(why),
+            };
+            if !self.policy.retries(err.kind()) {
+                let why = format!("a {} error is not retried", err.kind());
+                return stop(err, why);
+            }
+            let Some(delay) = delays.next() else {
+                let why = format!("all {} attempts failed", self.policy.max_attempts);
+                return stop(err, why);
+            };
+            if let Some(limit) = self.policy.max_elapsed
+                && started.elapsed() + delay > limit
+            {
+                return stop(
+                    err,
+                    format!(
+                        "max_elapsed ({}) would pass before the next attempt",
+                        humantime::format_duration(limit)
+                    ),
+                );
+            }
+            tracing::warn!(
+                attempt = ctx.attempt,
+                kind = %err.kind(),
+                retry_in = %humantime::format_duration(round_ms(delay)),
+                error = %display_chain(&err.chain()),
+                "Attempt failed; retrying."
+            );
+            tokio::time::sleep(delay).await;
+            ctx.attempt += 1;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        ctx: &RunContext,
+        progress: &mut Progress,
+    ) -> Result<Vec<Delivery>, DeliveryError> {
+        let work = self.activity.start(ctx, progress);
+        match self.policy.attempt_timeout {
+            None => work.await,
+            Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                Err(DeliveryError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "attempt timed out after {}",
+                        humantime::format_duration(limit)
+                    ),
+                ))
+            }),
+        }
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every writer delivered.
+    Succeeded,
+    /// The run failed after its last attempt.
+    Failed,
+}
+
+impl RunStatus {
+    /// `succeeded` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+/// A run's failure, as handlers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailureReport {
+    /// The kind of the last error.
+    pub kind: ErrorKind,
+    /// The last error and its causes, outermost first.
+    pub chain: Vec<String>,
+    /// Why no further attempt was made.
+    pub gave_up: String,
+}
+
+/// The facts of a finished run, handed to success and failure handlers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The job's name.
+    pub job: String,
+    /// The run's id.
+    pub run_id: String,
+    /// The scheduled time the run was for, in the job's time zone (RFC 3339).
+    pub slot: String,
+    /// How it ended.
+    pub status: RunStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the run began.
+    pub started_at: DateTime<Utc>,
+    /// How long the run took, retries and waits included.
+    #[serde(serialize_with = "serialize_secs")]
+    pub duration: Duration,
+    /// One receipt per writer that delivered.
+    pub deliveries: Vec<Delivery>,
+    /// The failure, when the run failed.
+    pub error: Option<FailureReport>,
+}
+
+fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl RunReport {
+    /// Bytes delivered (the largest receipt: every writer gets the same bytes).
+    pub fn bytes(&self) -> u64 {
+        self.deliveries.iter().map(|d| d.bytes).max().unwrap_or(0)
+    }
+}
+
+/// How long a handler may take before it is abandoned (and logged).
+const HANDLER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs an activity and tells the success or the failure handlers, once, afterwards.
+#[derive(Debug, Clone)]
+pub struct ActivityRunner<A> {
+    activity: RetryingActivity<A>,
+    on_success: Vec<Arc<dyn Notifier>>,
+    on_failure: Vec<Arc<dyn Notifier>>,
+}
+
+impl<A: Activity> ActivityRunner<A> {
+    /// A runner for `activity` with no handlers but the log.
+    pub fn new(activity: RetryingActivity<A>) -> ActivityRunner<A> {
+        ActivityRunner {
+            activity,
+            on_success: Vec::new(),
+            on_failure: Vec::new(),
+        }
+    }
+
+    /// Adds a handler told when a run succeeds.
+    pub fn on_success(mut self, handler: Arc<dyn Notifier>) -> Self {
+        self.on_success.push(handler);
+        self
+    }
+
+    /// Adds a handler told when a run fails after its last attempt.
+    pub fn on_failure(mut self, handler: Arc<dyn Notifier>) -> Self {
+        self.on_failure.push(handler);
+        self
+    }
+
+    /// The retrying activity.
+    pub fn activity(&self) -> &RetryingActivity<A> {
+        &self.activity
+    }
+
+    /// Runs `ctx`'s run to its end, tells the handlers, and returns the report.
+    pub async fn run(&self, ctx: RunContext) -> RunReport {
+        let span = tracing::info_span!(
+            "run",
+            job = %ctx.job,
+            run_id = %ctx.run_id,
+            slot = %ctx.slot.to_rfc3339(),
+        );
+        async {
+            tracing::info!("Run started.");
+            let started_at = Utc::now();
+            let clock = Instant::now();
+            let attempted = self.activity.run(&ctx).await;
+            let (status, deliveries, error) = match attempted.result {
+                Ok(deliveries) => (RunStatus::Succeeded, deliveries, None),
+                Err(err) => (
+                    RunStatus::Failed,
+                    Vec::new(),
+                    Some(FailureReport {
+                        kind: err.kind(),
+                        chain: err.chain(),
+                        gave_up: attempted.gave_up.unwrap_or_default(),
+                    }),
+                ),
+            };
+            let report = RunReport {
+                job: ctx.job.clone(),
+                run_id: ctx.run_id.clone(),
+                slot: ctx.slot.to_rfc3339(),
+                status,
+                attempts: attempted.attempts,
+                started_at,
+                duration: clock.elapsed(),
+                deliveries,
+                error,
+            };
+            let handlers = match status {
+                RunStatus::Succeeded => &self.on_success,
+                RunStatus::Failed => &self.on_failure,
+            };
+            let log: Arc<dyn Notifier> = Arc::new(LogNotifier::default());
+            let calls = std::iter::once(&log)
+                .chain(handlers)
+                .map(|handler| call_handler(handler.as_ref(), &report));
+            futures::future::join_all(calls).await;
+            report
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+async fn call_handler(handler: &dyn Notifier, report: &RunReport) {
+    match tokio::time::timeout(HANDLER_TIMEOUT, handler.notify(report)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(
+            notifier = handler.name(),
+            error = %display_chain(&err.chain()),
+            "Notifier failed."
+        ),
+        Err(_) => tracing::warn!(
+            notifier = handler.name(),
+            timeout = %humantime::format_duration(HANDLER_TIMEOUT),
+            "Notifier timed out."
+        ),
+    }
+}

@@ -1,0 +1,159 @@
+//! Schedules: cron expressions read in a time zone.
+//!
+//! Expressions have a leading seconds field (`sec min hour dom month dow`); a 5-field
+//! crontab line means second 0, and `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`
+//! are accepted. Day-of-week 0 and 7 are Sunday; `Mon`…`Sun` and `Jan`…`Dec` may be used.
+//! Parsing is croner's, the same parser tokio-cron-scheduler uses, set to refuse a year
+//! field so that six fields always mean "seconds first".
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+
+/// A cron expression in a time zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    expression: String,
+    cron: Cron,
+    timezone: Tz,
+}
+
+impl Schedule {
+    /// Parses `expression`, to be read in `timezone`.
+    pub fn parse(expression: &str, timezone: Tz) -> Result<Schedule, String> {
+        let parser = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build();
+        let cron = parser
+            .parse(expression)
+            .map_err(|err| format!("invalid schedule {expression:?}: {err}"))?;
+        Ok(Schedule {
+            expression: expression.to_owned(),
+            cron,
+            timezone,
+        })
+    }
+
+    /// The expression as written.
+    pub fn expression(&self) -> &str {
+        &self.expression
+    }
+
+    /// The time zone the expression is read in.
+    pub fn timezone(&self) -> Tz {
+        self.timezone
+    }
+
+    /// The first fire time strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Tz>> {
+        let local = after.with_timezone(&self.timezone);
+        self.cron.find_next_occurrence(&local, false).ok()
+    }
+
+    /// The next `count` fire times strictly after `after`.
+    pub fn upcoming(&self, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Tz>> {
+        let mut out = Vec::with_capacity(count);
+        let mut from = after;
+        while out.len() < count {
+            match self.next_after(from) {
+                Some(next) => {
+                    from = next.with_timezone(&Utc);
+                    out.push(next);
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.expression, self.timezone)
+    }
+}
+
+/// Parses an IANA time zone name such as `"Europe/Berlin"` or `"UTC"`.
+pub fn parse_timezone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>().map_err(|_| {
+        format!(
+            "unknown time zone {name:?} (use an IANA name such as \"Europe/Berlin\" or \"UTC\")"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone as _;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+            .single()
+            .expect("valid instant")
+    }
+
+    #[test]
+    fn six_fields_put_seconds_first() {
+        let s = Schedule::parse("30 0 * * * *", Tz::UTC).expect("valid");
+        let next = s.next_after(utc(2026, 1, 1, 10, 0, 0)).expect("has a next");
+        assert_eq!(next.with_timezone(&Utc), utc(2026, 1, 1, 10, 0, 30));
+    }
+
+    #[test]
+    fn five_fields_mean_second_zero_and_aliases_work() {
+        let s = Schedule::parse("15 3 * * *", Tz::UTC).expect("valid");
+        let next = s.next_after(utc(2026, 1, 1, 0, 0, 0)).expect("has a next");
+        assert_eq!(next.with_timezone(&Utc), utc(2026, 1, 1, 3, 15, 0));
+        let hourly = Schedule::parse("@hourly", Tz::UTC).expect("valid");
+        let next = hourly.next_after(utc(2026, 1, 1, 0, 0, 1)).expect("next");
+        assert_eq!(next.with_timezone(&Utc), utc(2026, 1, 1, 1, 0, 0));
+    }
+
+    #[test]
+    fn names_and_sunday_as_seven() {
+        // 2026-01-04 is a Sunday.
+        let s = Schedule::parse("0 0 12 * Jan 7", Tz::UTC).expect("valid");
+        let next = s.next_after(utc(2026, 1, 1, 0, 0, 0)).expect("next");
+        assert_eq!(next.with_timezone(&Utc), utc(2026, 1, 4, 12, 0, 0));
+        let weekdays = Schedule::parse("0 0 0 * * Mon-Fri", Tz::UTC).expect("valid");
+        // Saturday 2026-01-03 → Monday 2026-01-05.
+        let next = weekdays
+            .next_after(utc(2026, 1, 2, 12, 0, 0))
+            .expect("next");
+        assert_eq!(next.with_timezone(&Utc), utc(2026, 1, 5, 0, 0, 0));
+    }
+
+    #[test]
+    fn read_in_its_time_zone() {
+        let s = Schedule::parse("0 0 0 * * *", chrono_tz::Europe::Berlin).expect("valid");
+        let next = s.next_after(utc(2026, 1, 1, 12, 0, 0)).expect("next");
+        assert_eq!(next.with_timezone(&Utc), utc(2026, 1, 1, 23, 0, 0));
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        for bad in [
+            "",
+            "* * *",
+            "61 * * * * *",
+            "0 0 * * * * 2030",
+            "@fortnightly",
+            "0 0 * * Funday",
+        ] {
+            assert!(
+                Schedule::parse(bad, Tz::UTC).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        assert!(parse_timezone("Mars/Olympus").is_err());
+        assert_eq!(
+            parse_timezone("Europe/Berlin"),
+            Ok(chrono_tz::Europe::Berlin)
+        );
+    }
+}

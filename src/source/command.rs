@@ -1,0 +1,207 @@
+//! `type = "command"`: the standard output of a program, run without a shell.
+//!
+//! The program's stdout is streamed as it is produced; its stderr is kept (the last few
+//! KiB) for the error message. A non-zero exit is a failure that arrives as the stream's
+//! last item, after every byte of output, so a writer never commits the output of a
+//! failed command. The program runs in its own process group; when the run is cancelled
+//! (a timeout, a failing writer, shutdown) the whole group is killed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::{StreamExt as _, TryStreamExt as _};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use tokio::io::AsyncReadExt as _;
+use tokio_util::io::ReaderStream;
+
+use super::{DataSource, SourceSettings, SourceStream};
+use crate::config::{KeyPath, Problems};
+use crate::error::{DeliveryError, ErrorKind};
+use crate::job::BuildEnv;
+use crate::template::Template;
+use crate::{CHUNK_SIZE, RunContext};
+
+/// How much of a command's stderr is kept for its error message.
+const STDERR_TAIL: usize = 4096;
+
+/// Settings of a `command` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    /// The program and its arguments, e.g. `["pg_dump", "--format=custom", "shop"]`. No
+    /// shell is involved; each element is a template.
+    pub command: Vec<String>,
+    /// Extra environment variables for the program.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The directory the program runs in; relative paths are taken from the job file's
+    /// directory. The job file's directory by default.
+    #[serde(default)]
+    pub working_dir: Option<PathBuf>,
+}
+
+impl SourceSettings for CommandConfig {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) {
+        if self
+            .command
+            .first()
+            .is_none_or(|program| program.is_empty())
+        {
+            problems.add(
+                at.key("command"),
+                "needs a program and its arguments, e.g. [\"pg_dump\", \"shop\"]",
+            );
+        }
+        for (i, arg) in self.command.iter().enumerate() {
+            if let Err(err) = Template::parse(arg) {
+                problems.add(at.key("command").index(i), err.to_string());
+            }
+        }
+    }
+
+    fn build(&self, env: &BuildEnv) -> Result<Arc<dyn DataSource>, DeliveryError> {
+        let argv = self
+            .command
+            .iter()
+            .map(|arg| Template::parse(arg))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| DeliveryError::new(ErrorKind::Config, err.to_string()))?;
+        let working_dir = match &self.working_dir {
+            Some(dir) => env.base_dir.join(dir),
+            None => env.base_dir.clone(),
+        };
+        Ok(Arc::new(CommandSource {
+            argv,
+            env: self.env.clone(),
+            working_dir: Some(working_dir),
+        }))
+    }
+}
+
+/// A source that runs a program and streams its standard output.
+#[derive(Debug, Clone)]
+pub struct CommandSource {
+    argv: Vec<Template>,
+    env: BTreeMap<String, String>,
+    working_dir: Option<PathBuf>,
+}
+
+impl CommandSource {
+    /// A source running `argv` (each element a template) in the current directory.
+    pub fn new(argv: Vec<Template>) -> CommandSource {
+        CommandSource {
+            argv,
+            env: BTreeMap::new(),
+            working_dir: None,
+        }
+    }
+}
+
+#[async_trait]
+impl DataSource for CommandSource {
+    fn describe(&self) -> String {
+        let program = self.argv.first().map_or("", |p| p.as_str());
+        format!("command {program}")
+    }
+
+    async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
+        let argv: Vec<String> = self.argv.iter().map(|arg| arg.render(ctx)).collect();
+        let Some((program, args)) = argv.split_first() else {
+            return Err(DeliveryError::new(ErrorKind::Config, "empty command"));
+        };
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(dir) = &self.working_dir {
+            command.current_dir(dir);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|err| DeliveryError::io(format_args!("start `{program}`"), err))?;
+        let group = ProcessGroup(child.id());
+        let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(DeliveryError::new(
+                ErrorKind::Io,
+                "the command's pipes are missing",
+            ));
+        };
+        let stderr_tail = tokio::spawn(async move {
+            let mut tail = Vec::new();
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * STDERR_TAIL {
+                    tail.drain(..tail.len() - STDERR_TAIL);
+                }
+            }
+            let start = tail.len().saturating_sub(STDERR_TAIL);
+            String::from_utf8_lossy(&tail[start..]).trim().to_owned()
+        });
+
+        let name = program.clone();
+        let output = ReaderStream::with_capacity(stdout, CHUNK_SIZE).map_err(move |err| {
+            DeliveryError::io(format_args!("read the output of `{name}`"), err).into_io()
+        });
+        let name = program.clone();
+        let exit = futures::stream::once(async move {
+            // Keep the group guard alive until the program has exited: dropping this
+            // future early (cancellation) kills the whole group.
+            let _group = group;
+            let status = match child.wait().await {
+                Ok(status) => status,
+                Err(err) => {
+                    return Some(Err(DeliveryError::io(
+                        format_args!("wait for `{name}`"),
+                        err,
+                    )
+                    .into_io()));
+                }
+            };
+            if status.success() {
+                return None;
+            }
+            let stderr = stderr_tail.await.unwrap_or_default();
+            let stderr = if stderr.is_empty() {
+                String::new()
+            } else {
+                format!("; stderr: {stderr}")
+            };
+            let failure = DeliveryError::new(
+                ErrorKind::Command,
+                format!("`{name}` failed with {status}{stderr}"),
+            );
+            Some(Err(failure.into_io()))
+        })
+        .filter_map(futures::future::ready);
+        Ok(SourceStream {
+            stream: Box::pin(output.chain(exit)),
+            len: None,
+        })
+    }
+}
+
+/// Kills a child's process group when dropped, unless the child was reaped first.
+struct ProcessGroup(Option<u32>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|pid| i32::try_from(pid).ok()) {
+            // The group may be gone already; there is nothing to do about an error here.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `type = "file"`: a local file, streamed in chunks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::TryStreamExt as _;
+use serde::Deserialize;
+use tokio_util::io::ReaderStream;
+
+use super::{DataSource, SourceSettings, SourceStream};
+use crate::config::{KeyPath, Problems};
+use crate::error::{DeliveryError, ErrorKind};
+use crate::job::BuildEnv;
+use crate::template::Template;
+use crate::{CHUNK_SIZE, RunContext};
+
+/// Settings of a `file` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The file to read; a template (`{scheduled:%F}` and the like). Relative paths are
+    /// taken from the job file's directory.
+    pub path: String,
+}
+
+impl SourceSettings for FileConfig {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) {
+        if let Err(err) = Template::parse(&self.path) {
+            problems.add(at.key("path"), err.to_string());
+        }
+    }
+
+    fn build(&self, env: &BuildEnv) -> Result<Arc<dyn DataSource>, DeliveryError> {
+        let path = Template::parse(&self.path)
+            .map_err(|err| DeliveryError::new(ErrorKind::Config, err.to_string()))?;
+        Ok(Arc::new(FileSource {
+            path,
+            base_dir: env.base_dir.clone(),
+        }))
+    }
+}
+
+/// A source that streams a local file.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    path: Template,
+    base_dir: PathBuf,
+}
+
+impl FileSource {
+    /// A source reading `path` (a template; relative to the current directory).
+    pub fn new(path: Template) -> FileSource {
+        FileSource {
+            path,
+            base_dir: PathBuf::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl DataSource for FileSource {
+    fn describe(&self) -> String {
+        format!("file {}", self.path)
+    }
+
+    async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
+        let path = self.base_dir.join(self.path.render(ctx));
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|err| DeliveryError::io(format_args!("open {}", path.display()), err))?;
+        let meta = file
+            .metadata()
+            .await
+            .map_err(|err| DeliveryError::io(format_args!("stat {}", path.display()), err))?;
+        if meta.is_dir() {
+            return Err(DeliveryError::new(
+                ErrorKind::Config,
+                format!("{} is a directory, not a file", path.display()),
+            ));
+        }
+        let shown = path.display().to_string();
+        let stream = ReaderStream::with_capacity(file, CHUNK_SIZE)
+            .map_err(move |err| DeliveryError::io(format_args!("read {shown}"), err).into_io());
+        Ok(SourceStream {
+            stream: Box::pin(stream),
+            len: meta.is_file().then_some(meta.len()),
+        })
+    }
+}

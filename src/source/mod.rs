@@ -1,0 +1,86 @@
+//! Data sources: where a delivery's bytes come from.
+//!
+//! A [`DataSource`] opens a stream of byte chunks for a run. The stream is read once and as
+//! it arrives; no source holds a whole payload in memory. A failure part-way through
+//! arrives as an error item in the stream (carrying a [`DeliveryError`] inside the
+//! `io::Error`), so writers never mistake a broken source for a finished one.
+//!
+//! Kinds: `inline`, `file`, `url`, `command`, one file each.
+
+mod command;
+mod file;
+mod inline;
+mod url;
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+pub use command::{CommandConfig, CommandSource};
+pub use file::{FileConfig, FileSource};
+pub use inline::{InlineConfig, InlineSource};
+pub use url::{UrlConfig, UrlSource};
+
+use crate::RunContext;
+use crate::config::{KeyPath, Problems};
+use crate::error::DeliveryError;
+use crate::job::BuildEnv;
+use crate::kinds::kinds;
+
+/// A stream of byte chunks. Errors are `io::Error`s, usually wrapping a [`DeliveryError`].
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// An opened source: its bytes, and how many there will be when that is known.
+pub struct SourceStream {
+    /// The bytes.
+    pub stream: ByteStream,
+    /// The total length, when the source knows it in advance.
+    pub len: Option<u64>,
+}
+
+impl fmt::Debug for SourceStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceStream")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a delivery's bytes come from.
+#[async_trait]
+pub trait DataSource: fmt::Debug + Send + Sync {
+    /// A short description for logs and receipts, e.g. `file /srv/export.csv`. Never
+    /// includes a secret.
+    fn describe(&self) -> String;
+
+    /// Opens the source for `ctx`'s run. Called once per attempt.
+    async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError>;
+}
+
+/// The job-file settings of a source kind.
+pub trait SourceSettings: fmt::Debug + Send + Sync {
+    /// Checks the settings without any I/O, recording problems at `at`.
+    fn validate(&self, at: &KeyPath, problems: &mut Problems);
+
+    /// Builds the source: reads secrets, prepares clients.
+    fn build(&self, env: &BuildEnv) -> Result<Arc<dyn DataSource>, DeliveryError>;
+}
+
+kinds! {
+    /// `source = { type = "…", … }`: a job's data source.
+    pub enum SourceConfig: SourceSettings {
+        /// `type = "inline"`: text written in the job file.
+        "inline" => Inline(InlineConfig),
+        /// `type = "file"`: a local file.
+        "file" => File(FileConfig),
+        /// `type = "url"`: the body of an HTTP(S) GET.
+        "url" => Url(UrlConfig),
+        /// `type = "command"`: the standard output of a program.
+        "command" => Command(CommandConfig),
+    }
+}

@@ -1,0 +1,271 @@
+//! `type = "url"`: the body of an HTTP(S) GET, streamed as it arrives.
+//!
+//! A status of 400 or more is an error: 5xx, 408 and 429 are transient, other 4xx
+//! permanent. Connection failures and timeouts are transient.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::{StreamExt as _, TryStreamExt as _};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use super::{DataSource, SourceSettings, SourceStream};
+use crate::RunContext;
+use crate::config::{KeyPath, Problems, Secret, SecretRef};
+use crate::error::{DeliveryError, ErrorKind};
+use crate::job::BuildEnv;
+use crate::template::Template;
+
+/// Settings of a `url` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlConfig {
+    /// The `http://` or `https://` URL to GET; a template.
+    pub url: String,
+    /// Extra request headers. Put secrets in `bearer_token_env`/`_file` or `password_env`/`_file`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A bearer token sent as `Authorization: Bearer …` (prefer the `_env`/`_file` forms).
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    /// The environment variable holding the bearer token.
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
+    /// The file holding the bearer token.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// The user name for HTTP basic authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The basic-authentication password (prefer the `_env`/`_file` forms).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// The file holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl UrlConfig {
+    fn secrets(
+        &self,
+        at: &KeyPath,
+        problems: &mut Problems,
+    ) -> (Option<SecretRef>, Option<SecretRef>) {
+        let token = SecretRef::pick(
+            "bearer_token",
+            self.bearer_token.as_ref(),
+            self.bearer_token_env.as_ref(),
+            self.bearer_token_file.as_ref(),
+            at,
+            problems,
+        );
+        let password = SecretRef::pick(
+            "password",
+            self.password.as_ref(),
+            self.password_env.as_ref(),
+            self.password_file.as_ref(),
+            at,
+            problems,
+        );
+        (token, password)
+    }
+}
+
+impl SourceSettings for UrlConfig {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) {
+        match Template::parse(&self.url) {
+            Err(err) => problems.add(at.key("url"), err.to_string()),
+            Ok(template) if template.is_literal() => {
+                if let Err(err) = check_url(&self.url) {
+                    problems.add(at.key("url"), err);
+                }
+            }
+            Ok(_) => {
+                if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+                    problems.add(at.key("url"), "the URL must start with http:// or https://");
+                }
+            }
+        }
+        for (name, value) in &self.headers {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problems.add(at.key("headers"), format!("invalid header name {name:?}"));
+            } else if HeaderValue::from_str(value).is_err() {
+                problems.add(at.key("headers").key(name), "invalid header value");
+            }
+        }
+        let (token, password) = self.secrets(at, problems);
+        if password.is_some() && self.username.is_none() {
+            problems.add(at.key("password"), "a password needs a `username`");
+        }
+        if token.is_some() && self.username.is_some() {
+            problems.add(
+                at.key("bearer_token"),
+                "give a bearer token or a username, not both",
+            );
+        }
+    }
+
+    fn build(&self, env: &BuildEnv) -> Result<Arc<dyn DataSource>, DeliveryError> {
+        let config_error = |msg: String| DeliveryError::new(ErrorKind::Config, msg);
+        let url = Template::parse(&self.url).map_err(|err| config_error(err.to_string()))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &self.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| config_error(format!("invalid header name {name:?}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| config_error(format!("invalid value for header {name}")))?;
+            headers.insert(name, value);
+        }
+        let mut problems = Problems::default();
+        let (token, password) = self.secrets(&KeyPath::root(), &mut problems);
+        let auth = match (token, &self.username) {
+            (Some(token), _) => Some(Auth::Bearer(token.resolve(&env.base_dir)?)),
+            (None, Some(user)) => Some(Auth::Basic {
+                username: user.clone(),
+                password: password.map(|p| p.resolve(&env.base_dir)).transpose()?,
+            }),
+            (None, None) => None,
+        };
+        Ok(Arc::new(UrlSource {
+            client: env.http.clone(),
+            url,
+            headers,
+            auth,
+        }))
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|err| format!("invalid URL {url:?}: {err}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "the URL must be http:// or https://, not {}://",
+            parsed.scheme()
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("put credentials in `username` and `password_env`, not in the URL".into());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+enum Auth {
+    Bearer(Secret),
+    Basic {
+        username: String,
+        password: Option<Secret>,
+    },
+}
+
+/// A source that streams the body of an HTTP GET.
+#[derive(Debug, Clone)]
+pub struct UrlSource {
+    client: reqwest::Client,
+    url: Template,
+    headers: HeaderMap,
+    auth: Option<Auth>,
+}
+
+impl UrlSource {
+    /// A source GETting `url` (a template) with `client`.
+    pub fn new(client: reqwest::Client, url: Template) -> UrlSource {
+        UrlSource {
+            client,
+            url,
+            headers: HeaderMap::new(),
+            auth: None,
+        }
+    }
+}
+
+/// Classifies a reqwest failure while doing `action`.
+pub(crate) fn http_error(action: &str, err: reqwest::Error) -> DeliveryError {
+    let kind = if err.is_timeout() {
+        ErrorKind::Timeout
+    } else if let Some(status) = err.status() {
+        ErrorKind::of_http_status(status.as_u16())
+    } else if err.is_builder() {
+        ErrorKind::Config
+    } else {
+        ErrorKind::Network
+    };
+    // reqwest's messages include the URL, which may carry a query-string token: strip it.
+    DeliveryError::new(kind, action.to_owned()).with_source(err.without_url())
+}
+
+#[async_trait]
+impl DataSource for UrlSource {
+    fn describe(&self) -> String {
+        format!("url {}", redact_query(self.url.as_str()))
+    }
+
+    async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
+        let url = self.url.render(ctx);
+        let shown = redact_query(&url);
+        let mut request = self.client.get(&url).headers(self.headers.clone());
+        request = match &self.auth {
+            Some(Auth::Bearer(token)) => request.bearer_auth(token.expose()),
+            Some(Auth::Basic { username, password }) => {
+                request.basic_auth(username, password.as_ref().map(Secret::expose))
+            }
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|err| http_error(&format!("GET {shown}"), err))?;
+        let status = response.status();
+        if status.is_client_error() || status.is_server_error() {
+            let snippet = body_snippet(response).await;
+            return Err(DeliveryError::new(
+                ErrorKind::of_http_status(status.as_u16()),
+                format!("GET {shown} answered {status}{snippet}"),
+            ));
+        }
+        let len = response.content_length();
+        let action = format!("read the body of {shown}");
+        let stream = response
+            .bytes_stream()
+            .map_err(move |err| http_error(&action, err).into_io());
+        Ok(SourceStream {
+            stream: Box::pin(stream),
+            len,
+        })
+    }
+}
+
+/// The start of an error response's body, for the error message (at most 200 characters).
+async fn body_snippet(response: reqwest::Response) -> String {
+    const LIMIT: usize = 200;
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while body.len() < LIMIT {
+        match stream.next().await {
+            Some(Ok(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text: String = text.chars().take(LIMIT).collect();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {text}")
+    }
+}
+
+/// The URL without its query string, which often carries tokens.
+fn redact_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_owned(),
+    }
+}

@@ -1,0 +1,208 @@
+//! Writers: where a delivery's bytes go.
+//!
+//! A [`Writer`] consumes a [`Payload`] (the stream of chunks the source produced, after
+//! transforms) and returns a [`Delivery`] receipt saying where the data went. The payload
+//! counts and hashes what the writer reads from it, so every receipt carries the size and
+//! sha256 of exactly what that writer consumed. A writer must make its output appear
+//! atomically: a failed delivery never leaves a half-written file under the final name.
+//!
+//! Kinds: `local`, one file each.
+
+mod local;
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+pub use local::{LocalConfig, LocalWriter};
+
+use crate::RunContext;
+use crate::config::{KeyPath, Problems};
+use crate::error::{DeliveryError, ErrorKind};
+use crate::job::BuildEnv;
+use crate::kinds::kinds;
+
+/// A receipt for one writer's delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    /// The writer's kind (`local`, …).
+    pub writer: String,
+    /// Where the data went: a path, a URL, a bucket and key.
+    pub location: String,
+    /// A link a person can open, when there is one.
+    pub link: Option<String>,
+    /// How many bytes were delivered.
+    pub bytes: u64,
+    /// The sha256 of the delivered bytes, in lower-case hex.
+    pub sha256: String,
+}
+
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} ({} bytes, sha256 {})",
+            self.writer, self.location, self.bytes, self.sha256
+        )?;
+        if let Some(link) = &self.link {
+            write!(f, " {link}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a delivery's bytes go.
+#[async_trait]
+pub trait Writer: fmt::Debug + Send + Sync {
+    /// A short description for logs, e.g. `local /srv/out/{job}.csv`. Never includes a secret.
+    fn describe(&self) -> String;
+
+    /// Writes the whole payload for `ctx`'s run and returns the receipt. Called once per
+    /// attempt. On error, nothing may remain under the final name that was not there before.
+    async fn write(&self, ctx: &RunContext, payload: Payload) -> Result<Delivery, DeliveryError>;
+}
+
+/// The job-file settings of a writer kind.
+pub trait WriterSettings: fmt::Debug + Send + Sync {
+    /// Checks the settings without any I/O, recording problems at `at`.
+    fn validate(&self, at: &KeyPath, problems: &mut Problems);
+
+    /// Builds the writer: reads secrets, prepares clients.
+    fn build(&self, env: &BuildEnv) -> Result<Arc<dyn Writer>, DeliveryError>;
+}
+
+kinds! {
+    /// `writers = [{ type = "…", … }]`: one of a job's destinations.
+    pub enum WriterConfig: WriterSettings {
+        /// `type = "local"`: a file on this machine.
+        "local" => Local(LocalConfig),
+    }
+}
+
+/// One message from the activity to a writer.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// The next chunk.
+    Data(Bytes),
+    /// The source failed; the writer must give up.
+    Failed(DeliveryError),
+    /// The source ended; every chunk has been sent.
+    End,
+}
+
+/// The bytes a writer consumes: a stream of chunks that counts and hashes what is read.
+///
+/// The stream ends cleanly only when the source did; if the source failed or the sending
+/// side went away early, the last item is an error, so a writer that stops at the first
+/// error can never commit a truncated payload.
+pub struct Payload {
+    frames: mpsc::Receiver<Frame>,
+    len: Option<u64>,
+    bytes: u64,
+    hasher: Sha256,
+    finished: bool,
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Payload")
+            .field("len", &self.len)
+            .field("bytes", &self.bytes)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a writer consumed: its size and sha256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    /// Bytes consumed.
+    pub bytes: u64,
+    /// sha256 in lower-case hex.
+    pub sha256: String,
+}
+
+impl Payload {
+    pub(crate) fn new(frames: mpsc::Receiver<Frame>, len: Option<u64>) -> Payload {
+        Payload {
+            frames,
+            len,
+            bytes: 0,
+            hasher: Sha256::new(),
+            finished: false,
+        }
+    }
+
+    /// A payload of the given chunks, for tests and for library users driving a writer
+    /// directly.
+    pub fn from_chunks(chunks: Vec<Bytes>) -> Payload {
+        let len = chunks.iter().map(|c| c.len() as u64).sum();
+        let (tx, rx) = mpsc::channel(chunks.len() + 1);
+        for chunk in chunks {
+            // The channel has room for every frame.
+            let _ = tx.try_send(Frame::Data(chunk));
+        }
+        let _ = tx.try_send(Frame::End);
+        Payload::new(rx, Some(len))
+    }
+
+    /// The payload's total length, when known in advance (no transform, a source that knows).
+    pub fn len_hint(&self) -> Option<u64> {
+        self.len
+    }
+
+    /// The size and sha256 of everything consumed. An error if the stream was not read to
+    /// its clean end.
+    pub fn finish(self) -> Result<Digest, DeliveryError> {
+        if !self.finished {
+            return Err(DeliveryError::new(
+                ErrorKind::Integrity,
+                format!(
+                    "the writer stopped after {} bytes, before the end of the data",
+                    self.bytes
+                ),
+            ));
+        }
+        Ok(Digest {
+            bytes: self.bytes,
+            sha256: hex::encode(self.hasher.finalize()),
+        })
+    }
+}
+
+impl Stream for Payload {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.frames.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Frame::Data(chunk))) => {
+                self.bytes += chunk.len() as u64;
+                self.hasher.update(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Frame::End)) => {
+                self.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Frame::Failed(err))) => Poll::Ready(Some(Err(err.into_io()))),
+            Poll::Ready(None) => Poll::Ready(Some(Err(DeliveryError::new(
+                ErrorKind::Integrity,
+                "the data stopped before its end",
+            )
+            .into_io()))),
+        }
+    }
+}

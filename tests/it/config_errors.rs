@@ -1,0 +1,242 @@
+//! Malformed job files: each problem is reported as `file:line:col: message`, all at once.
+
+use std::path::PathBuf;
+
+use ferry::config::{ConfigError, parse};
+
+const GOOD_JOB: &str = r#"
+[[jobs]]
+name = "ok"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/x" }]
+"#;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match parse(text, "jobs.toml", PathBuf::from("/srv")) {
+        Ok(_) => panic!("this job file should be refused:\n{text}"),
+        Err(errors) => errors.0,
+    }
+}
+
+/// Asserts that `text` yields exactly one error, at `line`:`column`, mentioning `needle`.
+fn assert_one(text: &str, line: usize, column: usize, needle: &str) {
+    let found = errors(text);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one error, got:\n{found:#?}\n---\n{text}"
+    );
+    let err = &found[0];
+    assert!(
+        err.message.contains(needle),
+        "message {:?} should mention {needle:?}",
+        err.message
+    );
+    assert_eq!(
+        (err.line, err.column),
+        (line, column),
+        "wrong position for {err}\n---\n{text}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("jobs.toml:{line}:{column}: "))
+    );
+}
+
+#[test]
+fn a_syntax_error() {
+    assert_one(
+        "[[jobs]]\nname = \"x\nschedule = 1\n",
+        2,
+        10,
+        "basic string",
+    );
+}
+
+#[test]
+fn an_unknown_top_level_key() {
+    assert_one(
+        &format!("jbos = 1\n{GOOD_JOB}"),
+        1,
+        1,
+        "unknown top-level key `jbos`",
+    );
+}
+
+#[test]
+fn an_unknown_job_key() {
+    let text = format!("{GOOD_JOB}colour = \"red\"\n");
+    assert_one(&text, 7, 1, "unknown field `colour`");
+}
+
+#[test]
+fn an_unknown_source_key() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "file", pth = "x" }
+writers = [{ type = "local", path = "out/x" }]
+"#;
+    assert_one(text, 4, 10, "jobs[0].source: unknown field `pth`");
+}
+
+#[test]
+fn an_unknown_source_type() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "carrier-pigeon" }
+writers = [{ type = "local", path = "out/x" }]
+"#;
+    assert_one(text, 4, 19, "unknown variant `carrier-pigeon`");
+}
+
+#[test]
+fn a_bad_cron_expression() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "61 * * * * *"
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/x" }]
+"#;
+    assert_one(
+        text,
+        3,
+        12,
+        "jobs[0].schedule: invalid schedule \"61 * * * * *\"",
+    );
+}
+
+#[test]
+fn an_unknown_time_zone() {
+    let text = format!("[daemon]\ntimezone = \"Mars/Olympus\"\n{GOOD_JOB}");
+    assert_one(&text, 2, 12, "unknown time zone \"Mars/Olympus\"");
+}
+
+#[test]
+fn a_duration_without_unit() {
+    let text = format!("{GOOD_JOB}timeout = \"30\"\n");
+    assert_one(&text, 7, 11, "invalid duration \"30\"");
+}
+
+#[test]
+fn a_bad_template_placeholder() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/{jbo}.csv" }]
+"#;
+    assert_one(text, 5, 37, "unknown placeholder {jbo}");
+}
+
+#[test]
+fn a_path_that_climbs_out() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/../../etc/passwd" }]
+"#;
+    assert_one(text, 5, 37, "'..'");
+}
+
+#[test]
+fn a_duplicate_job_name() {
+    let text = format!("{GOOD_JOB}{GOOD_JOB}");
+    assert_one(&text, 9, 8, "job name \"ok\" is already used by jobs[0]");
+}
+
+#[test]
+fn an_unknown_notifier() {
+    let text = format!("{GOOD_JOB}on_failure = [\"ops\"]\n");
+    assert_one(&text, 7, 15, "no notifier named \"ops\"");
+}
+
+#[test]
+fn a_wrong_value_type() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = 5
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/x" }]
+"#;
+    assert_one(text, 3, 12, "expected a string");
+}
+
+#[test]
+fn a_missing_required_key() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+writers = [{ type = "local", path = "out/x" }]
+"#;
+    assert_one(text, 1, 1, "missing field `source`");
+}
+
+#[test]
+fn an_empty_command() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "command", command = [] }
+writers = [{ type = "local", path = "out/x" }]
+"#;
+    assert_one(text, 4, 40, "needs a program");
+}
+
+#[test]
+fn two_forms_of_one_secret() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "url", url = "https://example.com/x", username = "u", password = "p", password_env = "P" }
+writers = [{ type = "local", path = "out/x" }]
+"#;
+    assert_one(
+        text,
+        4,
+        84,
+        "give only one of `password`, `password_env` and `password_file`",
+    );
+}
+
+#[test]
+fn bad_retry_settings() {
+    let text = format!(
+        "[defaults.retry]\nmax_attempts = 0\nmultiplier = 0.5\ninitial_interval = \"1m\"\nmax_interval = \"1s\"\n{GOOD_JOB}"
+    );
+    let found = errors(&text);
+    let positions: Vec<(usize, usize)> = found.iter().map(|e| (e.line, e.column)).collect();
+    assert_eq!(positions, vec![(2, 16), (3, 14), (5, 16)], "{found:#?}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_in_file_order() {
+    let text = r#"[daemon]
+timezone = "Nowhere/Special"
+
+[[jobs]]
+name = "a"
+schedule = "every tuesday"
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/{nope}" }]
+on_success = ["ghost"]
+
+[[jobs]]
+name = "b"
+schedule = "@hourly"
+source = { type = "file", path = "x", extra = 1 }
+writers = [{ type = "local", path = "out/x" }]
+
+[[jobs]]
+name = "has space"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = []
+"#;
+    let found = errors(text);
+    let lines: Vec<usize> = found.iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![2, 6, 8, 9, 14, 18, 21], "{found:#?}");
+}

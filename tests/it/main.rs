@@ -1,0 +1,9 @@
+//! ferry's integration tests: one binary, shared helpers in `support`.
+
+mod cli;
+mod config_errors;
+mod fanout;
+mod local_writer;
+mod retry;
+mod sources;
+mod support;

@@ -1,0 +1,113 @@
+//! Shared helpers: temporary job files, the built binary, a real HTTP server, hashing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest as _, Sha256};
+
+/// A temporary directory holding a job file.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace {
+            dir: tempfile::tempdir().expect("create a temporary directory"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `jobs.toml` and returns its path.
+    pub fn job_file(&self, text: &str) -> PathBuf {
+        let path = self.dir.path().join("jobs.toml");
+        std::fs::write(&path, text).expect("write the job file");
+        path
+    }
+
+    /// Parses `text` as a job file rooted in this workspace.
+    pub fn config(&self, text: &str) -> ferry::config::Config {
+        match ferry::config::parse(text, "jobs.toml", self.path().to_path_buf()) {
+            Ok(config) => config,
+            Err(errors) => panic!("the job file should be valid:\n{errors}\n---\n{text}"),
+        }
+    }
+
+    /// Every file under the workspace, relative, sorted (the job file left out).
+    pub fn files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(self.path(), self.path(), &mut out);
+        out.retain(|f| f != "jobs.toml");
+        out.sort();
+        out
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(root, &path, out);
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.display().to_string());
+        }
+    }
+}
+
+/// Runs the built `ferry` binary with `args`.
+pub fn ferry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_LOG", "warn")
+        .output()
+        .expect("run the ferry binary")
+}
+
+/// Describes a process's output for assertion messages.
+pub fn show(output: &Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut file = std::fs::File::open(path).expect("open file to hash");
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).expect("hash file");
+    hex::encode(hasher.finalize())
+}
+
+/// Serves `router` on 127.0.0.1 on a free port until the test's runtime ends.
+pub async fn serve(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a local port");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    addr
+}
+
+/// A run slot for tests: a fixed instant in UTC.
+pub fn slot() -> chrono::DateTime<chrono_tz::Tz> {
+    use chrono::TimeZone as _;
+    chrono_tz::UTC
+        .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+        .single()
+        .expect("valid instant")
+}
