@@ -42,6 +42,17 @@ pub trait Activity: Send + Sync {
     ) -> Result<Vec<Delivery>, DeliveryError>;
 }
 
+#[async_trait]
+impl<A: Activity + ?Sized> Activity for Arc<A> {
+    async fn start(
+        &self,
+        ctx: &RunContext,
+        progress: &mut Progress,
+    ) -> Result<Vec<Delivery>, DeliveryError> {
+        (**self).start(ctx, progress).await
+    }
+}
+
 /// One source, an optional transform, and one or more writers.
 #[derive(Debug, Clone)]
 pub struct DeliveryActivity {

@@ -88,7 +88,10 @@ impl<A: Activity> RetryingActivity<A> {
                 return stop(err, why);
             }
             let Some(delay) = delays.next() else {
-                let why = format!("all {} attempts failed", self.policy.max_attempts);
+                let why = match self.policy.max_attempts {
+                    1 => "max_attempts is 1: no retries".to_owned(),
+                    n => format!("all {n} attempts failed"),
+                };
                 return stop(err, why);
             };
             if let Some(limit) = self.policy.max_elapsed

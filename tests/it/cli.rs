@@ -1,1 +1,205 @@
+//! The `ferry` binary as an operator runs it: exit codes, messages, no secrets.
 
+use crate::support::{Workspace, ferry, sha256_hex, show};
+
+const JOBS: &str = r#"
+[notifiers.ops]
+type = "log"
+
+[[jobs]]
+name = "greet"
+schedule = "0 30 9 * * Mon-Fri"
+timezone = "Europe/Berlin"
+source = { type = "inline", data = "hi\n" }
+writers = [{ type = "local", path = "out/{job}.txt" }]
+on_success = ["ops"]
+
+[[jobs]]
+name = "broken"
+schedule = "@daily"
+source = { type = "command", command = ["false"] }
+writers = [{ type = "local", path = "out/broken.txt" }]
+retry = { max_attempts = 2, initial_interval = "10ms" }
+on_failure = ["ops"]
+"#;
+
+#[test]
+fn validate_accepts_a_good_file() {
+    let ws = Workspace::new();
+    let config = ws.job_file(JOBS);
+    let out = ferry(&["validate", "--config", &config.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("OK, 2 jobs, 1 notifier"), "{}", show(&out));
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_position_and_exits_2() {
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        "[[jobs]]\nname = \"a\"\nschedule = \"nope\"\nsource = { type = \"inline\", data = \"x\" }\nwriters = []\n",
+    );
+    let shown = config.display().to_string();
+    let out = ferry(&["validate", "--config", &shown]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", show(&out));
+    assert!(
+        lines[0].starts_with(&format!("{shown}:3:12: jobs[0].schedule: ")),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(&format!("{shown}:5:11: jobs[0].writers: ")),
+        "{}",
+        lines[1]
+    );
+}
+
+#[test]
+fn a_missing_job_file_exits_2() {
+    let out = ferry(&["validate", "--config", "/nonexistent/ferry/jobs.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the job file"));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let out = ferry(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+}
+
+#[test]
+fn list_shows_schedules_and_next_runs_in_the_jobs_time_zone() {
+    let ws = Workspace::new();
+    let config = ws.job_file(JOBS);
+    let out = ferry(&["list", "--config", &config.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let greet = stdout
+        .lines()
+        .find(|l| l.starts_with("greet "))
+        .unwrap_or_else(|| panic!("no greet row:\n{stdout}"));
+    assert!(greet.contains("0 30 9 * * Mon-Fri"), "{greet}");
+    assert!(greet.contains("Europe/Berlin"), "{greet}");
+    assert_eq!(
+        greet.matches(" 09:30:00").count(),
+        3,
+        "three next runs at 09:30 Berlin: {greet}"
+    );
+    assert!(greet.contains("inline → local"), "{greet}");
+}
+
+#[test]
+fn trigger_runs_a_job_and_prints_its_receipt() {
+    let ws = Workspace::new();
+    let config = ws.job_file(JOBS);
+    let out = ferry(&[
+        "trigger",
+        "greet",
+        "--config",
+        &config.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let target = ws.path().join("out/greet.txt");
+    assert_eq!(std::fs::read(&target).expect("delivered"), b"hi\n");
+    assert!(stdout.contains(&target.display().to_string()), "{stdout}");
+    assert!(stdout.contains(&sha256_hex(b"hi\n")), "{stdout}");
+    assert!(stdout.contains("greet succeeded"), "{stdout}");
+}
+
+#[test]
+fn trigger_json_prints_the_report() {
+    let ws = Workspace::new();
+    let config = ws.job_file(JOBS);
+    let out = ferry(&[
+        "trigger",
+        "greet",
+        "--json",
+        "--config",
+        &config.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(report["attempts"], 1);
+    assert_eq!(report["deliveries"][0]["bytes"], 3);
+}
+
+#[test]
+fn trigger_of_a_failing_job_exits_1_after_its_retries() {
+    let ws = Workspace::new();
+    let config = ws.job_file(JOBS);
+    let out = ferry(&[
+        "trigger",
+        "broken",
+        "--config",
+        &config.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ferry: broken failed (command; all 2 attempts failed)"),
+        "{stderr}"
+    );
+    assert!(!ws.path().join("out/broken.txt").exists());
+}
+
+#[test]
+fn trigger_of_an_unknown_job_exits_2() {
+    let ws = Workspace::new();
+    let config = ws.job_file(JOBS);
+    let out = ferry(&["trigger", "nope", "--config", &config.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job named \"nope\""));
+}
+
+#[tokio::test]
+async fn secrets_never_reach_logs_or_errors() {
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let addr = crate::support::serve(
+        Router::new().route("/x", get(|| async { (StatusCode::FORBIDDEN, "denied") })),
+    )
+    .await;
+    let ws = Workspace::new();
+    std::fs::write(ws.path().join("token"), "tok-FILE-SECRET-123\n").expect("token file");
+    let config = ws.job_file(&format!(
+        r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = {{ type = "url", url = "http://{addr}/x", bearer_token_file = "token" }}
+writers = [{{ type = "local", path = "out/a" }}]
+
+[[jobs]]
+name = "b"
+schedule = "@hourly"
+source = {{ type = "url", url = "http://{addr}/x", username = "u", password_env = "FERRY_TEST_CLI_PASSWORD" }}
+writers = [{{ type = "local", path = "out/b" }}]
+"#
+    ));
+    for job in ["a", "b"] {
+        let out = tokio::task::spawn_blocking({
+            let config = config.display().to_string();
+            move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+                    .args(["trigger", job, "--config", &config])
+                    .env("FERRY_LOG", "trace")
+                    .env("FERRY_TEST_CLI_PASSWORD", "env-SECRET-456")
+                    .output()
+                    .expect("run ferry")
+            }
+        })
+        .await
+        .expect("join");
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        let all = show(&out);
+        assert!(all.contains("403"), "the failure is reported: {all}");
+        for secret in ["FILE-SECRET", "env-SECRET", "dTplbnYtU0VDUkVULTQ1Ng"] {
+            assert!(!all.contains(secret), "{secret} leaked:\n{all}");
+        }
+    }
+}

@@ -1,1 +1,176 @@
+//! The local writer: atomic appearance, no leftovers, overwrite policy, confinement, full disk.
 
+use ferry::error::ErrorKind;
+use ferry::runner::RunStatus;
+
+use crate::sources::run_job;
+use crate::support::{Workspace, show};
+
+fn job(source: &str, writer: &str) -> String {
+    format!(
+        r#"[[jobs]]
+name = "w"
+schedule = "@hourly"
+source = {source}
+writers = [{writer}]
+retry = {{ max_attempts = 2, initial_interval = "10ms" }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn parent_directories_are_created_and_no_temporary_file_remains() {
+    let ws = Workspace::new();
+    let text = job(
+        r#"{ type = "inline", data = "x" }"#,
+        r#"{ type = "local", path = "deep/er/{job}/{scheduled:%Y/%m/%d}/{run_id}.txt" }"#,
+    );
+    let report = run_job(&ws, &text, "w").await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let files = ws.files();
+    assert_eq!(
+        files,
+        vec![format!("deep/er/w/2026/11/23/{}.txt", report.run_id)]
+    );
+}
+
+#[tokio::test]
+async fn a_source_failing_mid_stream_leaves_no_file_under_the_final_name() {
+    let ws = Workspace::new();
+    // Two MiB of output, then failure: the writer has written much of it by then.
+    let text = job(
+        r#"{ type = "command", command = ["sh", "-c", "head -c 2097152 /dev/urandom; exit 1"] }"#,
+        r#"{ type = "local", path = "out/data.bin" }"#,
+    );
+    let report = run_job(&ws, &text, "w").await;
+    assert_eq!(report.status, RunStatus::Failed);
+    assert_eq!(
+        report.error.as_ref().map(|e| e.kind),
+        Some(ErrorKind::Command)
+    );
+    assert!(!ws.path().join("out/data.bin").exists(), "no final file");
+    assert_eq!(ws.files(), Vec::<String>::new(), "no partial file either");
+}
+
+#[tokio::test]
+async fn overwrite_false_refuses_an_existing_file_and_keeps_it() {
+    let ws = Workspace::new();
+    let text = job(
+        r#"{ type = "inline", data = "new" }"#,
+        r#"{ type = "local", path = "out/once.txt", overwrite = false }"#,
+    );
+    std::fs::create_dir_all(ws.path().join("out")).expect("mkdir");
+    std::fs::write(ws.path().join("out/once.txt"), "old").expect("old file");
+    let report = run_job(&ws, &text, "w").await;
+    assert_eq!(report.status, RunStatus::Failed);
+    let failure = report.error.expect("failure");
+    assert_eq!(failure.kind, ErrorKind::Rejected);
+    assert_eq!(report.attempts, 1, "refusing to overwrite is permanent");
+    assert!(
+        failure.chain.join(": ").contains("overwrite"),
+        "{:?}",
+        failure.chain
+    );
+    assert_eq!(
+        std::fs::read(ws.path().join("out/once.txt")).expect("kept"),
+        b"old"
+    );
+    assert_eq!(ws.files(), vec!["out/once.txt".to_owned()]);
+
+    // Without the existing file, the same job delivers.
+    std::fs::remove_file(ws.path().join("out/once.txt")).expect("remove");
+    let report = run_job(&ws, &text, "w").await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(
+        std::fs::read(ws.path().join("out/once.txt")).expect("written"),
+        b"new"
+    );
+}
+
+#[tokio::test]
+async fn overwrite_replaces_atomically() {
+    let ws = Workspace::new();
+    let text = job(
+        r#"{ type = "inline", data = "second" }"#,
+        r#"{ type = "local", path = "out/latest.txt" }"#,
+    );
+    std::fs::create_dir_all(ws.path().join("out")).expect("mkdir");
+    std::fs::write(ws.path().join("out/latest.txt"), "first").expect("old file");
+    let report = run_job(&ws, &text, "w").await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(
+        std::fs::read(ws.path().join("out/latest.txt")).expect("read"),
+        b"second"
+    );
+}
+
+#[tokio::test]
+async fn a_rendered_path_leaving_its_base_is_refused() {
+    let ws = Workspace::new();
+    // The literal prefix is `out/`; a format producing ".." would climb out of it.
+    let text = job(
+        r#"{ type = "inline", data = "x" }"#,
+        r#"{ type = "local", path = "out/{scheduled:..}/x" }"#,
+    );
+    let report = run_job(&ws, &text, "w").await;
+    assert_eq!(report.status, RunStatus::Failed);
+    let failure = report.error.expect("failure");
+    assert_eq!(failure.kind, ErrorKind::Config);
+    assert_eq!(report.attempts, 1);
+    assert!(
+        failure
+            .chain
+            .join(": ")
+            .contains("leaves its base directory")
+    );
+    assert!(ws.files().is_empty());
+}
+
+/// A full disk: the job runs inside a private mount namespace with a 1 MiB tmpfs as its
+/// output directory (util-linux `unshare`, no privileges needed where user namespaces are
+/// allowed, as on Debian). ferry must fail with `storage_full`, exit 1, and leave no file.
+#[test]
+fn a_full_disk_fails_cleanly() {
+    let ws = Workspace::new();
+    let out = ws.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let config = ws.job_file(
+        r#"[[jobs]]
+name = "big"
+schedule = "@hourly"
+source = { type = "command", command = ["head", "-c", "4194304", "/dev/zero"] }
+writers = [{ type = "local", path = "out/big.bin" }]
+retry = { max_attempts = 1 }
+"#,
+    );
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs '{out}' || exit 97\n\
+         '{ferry}' trigger big --config '{config}'\n\
+         code=$?\n\
+         echo \"left: $(ls -A '{out}')\"\n\
+         exit $code",
+        out = out.display(),
+        ferry = env!("CARGO_BIN_EXE_ferry"),
+        config = config.display(),
+    );
+    let output = std::process::Command::new("unshare")
+        .args(["--map-root-user", "--mount", "sh", "-c", &script])
+        .env("FERRY_LOG", "error")
+        .output()
+        .expect("run unshare (util-linux)");
+    assert_ne!(
+        output.status.code(),
+        Some(97),
+        "could not mount a tmpfs in a private namespace: {}",
+        show(&output)
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storage_full"), "{}", show(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("left: \n") || stdout.trim_end().ends_with("left:"),
+        "{}",
+        show(&output)
+    );
+}
