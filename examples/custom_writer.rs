@@ -30,7 +30,11 @@ impl Writer for LineCounter {
         "line counter".into()
     }
 
-    async fn write(&self, ctx: &RunContext, mut payload: Payload) -> Result<Delivery, DeliveryError> {
+    async fn write(
+        &self,
+        ctx: &RunContext,
+        mut payload: Payload,
+    ) -> Result<Delivery, DeliveryError> {
         let mut lines = 0u64;
         while let Some(chunk) = payload.next().await {
             // A source failure arrives here as an error: give up, deliver nothing.
@@ -51,7 +55,9 @@ impl Writer for LineCounter {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let input = std::env::args().nth(1).unwrap_or_else(|| "Cargo.toml".into());
+    let input = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "Cargo.toml".into());
     let out_dir = std::env::temp_dir().join("ferry-example");
     let copy = Template::parse_path(&format!("{}/{{job}}-{{run_id}}.copy", out_dir.display()))?;
 
