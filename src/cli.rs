@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
+use crate::daemon::{self, DaemonError};
 use crate::job::{BuildEnv, Job};
 use crate::runner::RunStatus;
 use crate::schedule::{Schedule, parse_timezone};
@@ -30,7 +31,8 @@ pub struct Cli {
     )]
     pub config: PathBuf,
 
-    /// How log lines look: `auto` is human on a terminal and JSON otherwise.
+    /// How logs are written: `auto` is journald's native protocol when systemd connected
+    /// standard error to the journal, human on a terminal, JSON lines otherwise.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
 
@@ -39,20 +41,25 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The format of log lines (written to standard error).
+/// The format of logs (written to standard error, or to the journal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// Human on a terminal, JSON otherwise.
+    /// Journald under systemd, human on a terminal, JSON otherwise.
     Auto,
     /// One readable line per event.
     Human,
     /// One JSON object per line.
     Json,
+    /// journald's native protocol, with fields as journal fields.
+    Journald,
 }
 
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: fire every enabled job on its schedule until SIGTERM or SIGINT;
+    /// SIGHUP reloads the job file.
+    Run,
     /// Check the job file: exit 0 when it is valid, 2 with every problem otherwise.
     Validate,
     /// List the jobs with their schedules and next fire times.
@@ -103,14 +110,37 @@ impl Outcome {
 
 /// Runs a parsed command line.
 pub async fn execute(cli: &Cli) -> Outcome {
-    let config = match config::load(&cli.config) {
-        Ok(config) => config,
-        Err(errors) => return Outcome::fail(2, format!("{errors}\n")),
-    };
     match &cli.command {
-        Command::Validate => Outcome::ok(validate_summary(&config)),
-        Command::List => Outcome::ok(list(&config, Utc::now())),
-        Command::Trigger { job, json } => trigger(&config, job, *json).await,
+        Command::Run => run_daemon(cli).await,
+        Command::Validate => match load(cli) {
+            Ok(config) => Outcome::ok(validate_summary(&config)),
+            Err(outcome) => outcome,
+        },
+        Command::List => match load(cli) {
+            Ok(config) => Outcome::ok(list(&config, Utc::now())),
+            Err(outcome) => outcome,
+        },
+        Command::Trigger { job, json } => match load(cli) {
+            Ok(config) => trigger(&config, job, *json).await,
+            Err(outcome) => outcome,
+        },
+    }
+}
+
+/// The job file, or the outcome of a bad one (exit 2 with every problem).
+fn load(cli: &Cli) -> Result<Config, Outcome> {
+    config::load(&cli.config).map_err(|errors| Outcome::fail(2, format!("{errors}\n")))
+}
+
+async fn run_daemon(cli: &Cli) -> Outcome {
+    let signals = match daemon::signals() {
+        Ok(signals) => signals,
+        Err(err) => return Outcome::fail(1, format!("ferry: cannot handle signals: {err}\n")),
+    };
+    match daemon::run(&cli.config, signals, None).await {
+        Ok(()) => Outcome::ok(String::new()),
+        Err(DaemonError::Config(errors)) => Outcome::fail(2, format!("{errors}\n")),
+        Err(err) => Outcome::fail(1, format!("ferry: {err}\n")),
     }
 }
 

@@ -14,7 +14,7 @@ use chrono_tz::Tz;
 
 use crate::RunContext;
 use crate::activity::DeliveryActivity;
-use crate::config::{Config, ConfigDuration, JobConfig};
+use crate::config::{Config, ConfigDuration, JobConfig, Overlap};
 use crate::error::{DeliveryError, ErrorKind};
 use crate::notify::Notifier;
 use crate::runner::{ActivityRunner, RetryPolicy, RetryingActivity, RunReport};
@@ -54,6 +54,10 @@ pub struct Job {
     pub schedule: Schedule,
     /// Whether it is scheduled.
     pub enabled: bool,
+    /// Whether a firing may start while a run is going.
+    pub overlap: Overlap,
+    /// The longest random delay before a scheduled run starts.
+    pub jitter: Option<Duration>,
     /// What it does.
     pub runner: ActivityRunner<DeliveryActivity>,
 }
@@ -111,6 +115,8 @@ impl Job {
             name: job.name.clone(),
             schedule,
             enabled: job.enabled,
+            overlap: job.overlap,
+            jitter: job.jitter.map(ConfigDuration::get),
             runner,
         })
     }
@@ -120,6 +126,16 @@ impl Job {
         Utc::now()
             .trunc_subsecs(0)
             .with_timezone(&self.schedule.timezone())
+    }
+
+    /// Builds every job of `config`; the first failure stops (a daemon runs all or nothing).
+    pub fn build_all(config: &Config) -> Result<Vec<Job>, DeliveryError> {
+        let env = BuildEnv::new(config.base_dir.clone())?;
+        config
+            .jobs
+            .iter()
+            .map(|job| Job::build(config, job, &env))
+            .collect()
     }
 
     /// Runs the job for `slot` to its end (all attempts, then the handlers).

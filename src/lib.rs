@@ -31,6 +31,7 @@
 pub mod activity;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod job;
 mod kinds;

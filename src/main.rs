@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use ferry::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,26 +28,50 @@ fn main() -> ExitCode {
     outcome.exit_code()
 }
 
-/// Logs go to standard error; `FERRY_LOG` (or `RUST_LOG`) filters them, `info` by default.
+/// Logs go to standard error (or the journal); `FERRY_LOG` (or `RUST_LOG`) filters them,
+/// `info` by default.
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("FERRY_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Human => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        // tokio-cron-scheduler logs each internal step at INFO: keep it to warnings.
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_cron_scheduler=warn"));
+    let format = match format {
+        LogFormat::Auto if stderr_is_journal() => LogFormat::Journald,
+        LogFormat::Auto if std::io::stderr().is_terminal() => LogFormat::Human,
+        LogFormat::Auto => LogFormat::Json,
+        chosen => chosen,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder
-            .json()
-            .with_current_span(false)
-            .with_span_list(true)
-            .init();
-    } else {
-        builder.with_target(false).init();
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(journald) => registry.with(journald).init(),
+            Err(err) => {
+                registry
+                    .with(fmt.json().with_span_list(true).with_current_span(false))
+                    .init();
+                tracing::warn!(error = %err, "Cannot reach journald; logging JSON to standard error.");
+            }
+        },
+        LogFormat::Json => registry
+            .with(fmt.json().with_span_list(true).with_current_span(false))
+            .init(),
+        LogFormat::Human | LogFormat::Auto => registry.with(fmt.with_target(false)).init(),
     }
+}
+
+/// Whether systemd connected standard error to the journal: `JOURNAL_STREAM` names the
+/// device and inode of that stream.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }

@@ -61,16 +61,25 @@ pub struct DaemonConfig {
     /// The IANA time zone of jobs that do not name their own (e.g. `"Europe/Berlin"`).
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// How long running deliveries may take to finish once shutdown is asked; they are
+    /// cancelled (temporary files removed, programs killed) after it.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: ConfigDuration,
 }
 
 fn default_timezone() -> String {
     "UTC".to_owned()
 }
 
+fn default_shutdown_timeout() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(30))
+}
+
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             timezone: default_timezone(),
+            shutdown_timeout: default_shutdown_timeout(),
         }
     }
 }
@@ -123,9 +132,28 @@ pub struct JobConfig {
     /// Notifiers told when a run fails after its last attempt.
     #[serde(default)]
     pub on_failure: Vec<String>,
+    /// What happens when the job fires while its previous run is still going: `"skip"`
+    /// (the default: the firing is skipped and logged) or `"allow"` (runs overlap).
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// A random delay of up to this much before each scheduled run starts (e.g. `"30s"`),
+    /// to spread jobs that share a schedule. The run's slot stays the scheduled time.
+    #[serde(default)]
+    pub jitter: Option<ConfigDuration>,
     /// Whether the job is scheduled; a disabled job can still be triggered by hand.
     #[serde(default = "default_enabled")]
     pub enabled: bool,
+}
+
+/// `overlap`: what a firing does while the job's previous run is still going.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// Skip the firing, with a warning saying why.
+    #[default]
+    Skip,
+    /// Start another run alongside.
+    Allow,
 }
 
 fn default_enabled() -> bool {

@@ -25,6 +25,12 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
         .defaults
         .retry
         .validate_merged(&defaults_retry, &mut problems);
+    if config.daemon.shutdown_timeout.get().is_zero() {
+        problems.add(
+            root.key("daemon").key("shutdown_timeout"),
+            "must be longer than zero",
+        );
+    }
     if config.defaults.timeout.is_some_and(|t| t.get().is_zero()) {
         problems.add(
             root.key("defaults").key("timeout"),

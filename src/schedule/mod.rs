@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -48,9 +48,10 @@ impl Schedule {
         self.timezone
     }
 
-    /// The first fire time strictly after `after`.
+    /// The first fire time strictly after `after`, always on a whole second.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Tz>> {
-        let local = after.with_timezone(&self.timezone);
+        // Fire times are whole seconds; croner keeps the fraction of its starting point.
+        let local = after.trunc_subsecs(0).with_timezone(&self.timezone);
         self.cron.find_next_occurrence(&local, false).ok()
     }
 
@@ -68,6 +69,24 @@ impl Schedule {
             }
         }
         out
+    }
+}
+
+impl Schedule {
+    /// How many fire times fall in `(after, until]` (counting stops at 10,000).
+    pub fn count_between(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> usize {
+        let mut count = 0;
+        let mut from = after;
+        while count < 10_000 {
+            match self.next_after(from) {
+                Some(next) if next.with_timezone(&Utc) <= until => {
+                    count += 1;
+                    from = next.with_timezone(&Utc);
+                }
+                _ => break,
+            }
+        }
+        count
     }
 }
 

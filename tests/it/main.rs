@@ -2,6 +2,7 @@
 
 mod cli;
 mod config_errors;
+mod daemon;
 mod fanout;
 mod local_writer;
 mod retry;

@@ -1,0 +1,534 @@
+//! The daemon: jobs armed on their schedules, reloads, and a graceful shutdown.
+//!
+//! [`run`] loads the job file, builds every job, arms each enabled one, tells systemd it is
+//! ready, then serves three kinds of event from one loop that owns all state:
+//!
+//! * a firing: the job's next slot is armed at once, then a run is started for this slot
+//!   (or skipped, with a warning, while the previous one is still going);
+//! * [`Control::Reload`] (SIGHUP): the file is read and checked again; a bad file, or a job
+//!   that cannot be built, changes nothing and is logged. Otherwise jobs are added, removed
+//!   and replaced; a job whose schedule, time zone and `enabled` did not change keeps its
+//!   armed firing (and gets freshly read secrets for its next run);
+//! * [`Control::Shutdown`] (SIGTERM, SIGINT): nothing new fires; running deliveries get
+//!   `shutdown_timeout` to finish and are cancelled after it (their temporary files removed,
+//!   their programs killed).
+//!
+//! Timing is tokio-cron-scheduler's, used as a timer only: ferry computes every slot
+//! itself from the cron expression in the job's time zone (croner, DST-aware) and arms a
+//! one-shot for it. Its own cron evaluation (with the time-zone bugs #105 and #107 and the
+//! schedule bugs behind #95) and its repeated jobs (which can stop firing, #113) are never
+//! used. It stores instants at whole seconds and polls every 500 ms, so a one-shot may be
+//! released up to a second early; a run released early waits for its slot, so runs start
+//! at their slot or up to about half a second after it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use rand::Rng as _;
+use tokio::sync::mpsc;
+use tokio_cron_scheduler::{Job as TimerJob, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::{self, Config, ConfigErrors, Overlap};
+use crate::error::{DeliveryError, display_chain};
+use crate::job::Job;
+use crate::runner::RunReport;
+
+/// What the daemon is asked to do from outside (signals, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Re-read the job file and apply it if it is valid (SIGHUP).
+    Reload,
+    /// Stop firing, let running deliveries finish within `shutdown_timeout`, exit (SIGTERM,
+    /// SIGINT).
+    Shutdown,
+    /// Stop now: cancel running deliveries at once (a second SIGTERM or SIGINT).
+    ShutdownNow,
+}
+
+/// What the daemon did, for tests and tools that watch it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Every enabled job is armed; the daemon is ready.
+    Ready {
+        /// Jobs armed.
+        armed: usize,
+    },
+    /// A reload was applied.
+    Reloaded {
+        /// Jobs that are new.
+        added: Vec<String>,
+        /// Jobs that are gone.
+        removed: Vec<String>,
+        /// Jobs whose schedule, time zone or `enabled` changed: armed again.
+        rearmed: Vec<String>,
+        /// Jobs that kept their armed firing.
+        kept: Vec<String>,
+    },
+    /// A reload was refused; the old jobs keep running.
+    ReloadRejected {
+        /// Every problem, one per line.
+        errors: String,
+    },
+    /// A firing was skipped because the job's previous run was still going.
+    Skipped {
+        /// The job.
+        job: String,
+        /// The slot that was skipped.
+        slot: DateTime<Tz>,
+    },
+    /// A run finished (successfully or not).
+    Finished(Box<RunReport>),
+    /// Shutdown is complete.
+    Stopped {
+        /// Runs cancelled because the shutdown deadline passed.
+        cancelled: usize,
+    },
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The job file is invalid (exit code 2).
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A job could not be built, e.g. a secret is missing (exit code 1).
+    #[error("{}", display_chain(&.0.chain()))]
+    Build(DeliveryError),
+    /// The timer could not be set up (exit code 1).
+    #[error("scheduler: {0}")]
+    Scheduler(String),
+}
+
+/// Maps SIGHUP to [`Control::Reload`] and SIGTERM/SIGINT to [`Control::Shutdown`] (a second
+/// one to [`Control::ShutdownNow`]).
+pub fn signals() -> std::io::Result<mpsc::Receiver<Control>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut stopping = false;
+        loop {
+            let control = tokio::select! {
+                Some(()) = hup.recv() => Control::Reload,
+                Some(()) = term.recv() => if stopping { Control::ShutdownNow } else { Control::Shutdown },
+                Some(()) = int.recv() => if stopping { Control::ShutdownNow } else { Control::Shutdown },
+                else => break,
+            };
+            stopping |= control != Control::Reload;
+            if tx.send(control).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Runs the daemon on the job file at `path` until it is told to shut down.
+///
+/// `events`, when given, hears what the daemon does (tests use it). systemd is told
+/// READY=1, RELOADING=1, STOPPING=1 and watchdog pings when it started the daemon.
+pub async fn run(
+    path: &Path,
+    control: mpsc::Receiver<Control>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+) -> Result<(), DaemonError> {
+    let config = config::load(path)?;
+    let jobs = Job::build_all(&config).map_err(DaemonError::Build)?;
+    let scheduler = JobScheduler::new()
+        .await
+        .map_err(|err| DaemonError::Scheduler(err.to_string()))?;
+    scheduler
+        .start()
+        .await
+        .map_err(|err| DaemonError::Scheduler(err.to_string()))?;
+    let (fires_tx, fires) = mpsc::unbounded_channel();
+    let mut daemon = Daemon {
+        path: path.to_path_buf(),
+        shutdown_timeout: config.daemon.shutdown_timeout.get(),
+        scheduler,
+        fires_tx,
+        armed: HashMap::new(),
+        generation: 0,
+        tracker: TaskTracker::new(),
+        not_started: CancellationToken::new(),
+        abort: CancellationToken::new(),
+        events,
+    };
+    for job in jobs {
+        daemon.insert(job).await;
+    }
+    let armed = daemon.armed.values().filter(|a| a.timer.is_some()).count();
+    tracing::info!(config = %path.display(), jobs = daemon.armed.len(), armed, "Ready: jobs armed.");
+    systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("{armed} jobs armed")),
+    ]);
+    daemon.emit(Event::Ready { armed });
+    daemon.serve(control, fires).await;
+    Ok(())
+}
+
+/// A firing released by the timer.
+#[derive(Debug, Clone)]
+struct Fire {
+    job: String,
+    generation: u64,
+    slot: DateTime<Tz>,
+}
+
+/// What decides when a job fires: when these change, the job is armed again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ArmKey {
+    schedule: String,
+    timezone: Tz,
+    enabled: bool,
+}
+
+impl ArmKey {
+    fn of(job: &Job) -> ArmKey {
+        ArmKey {
+            schedule: job.schedule.expression().to_owned(),
+            timezone: job.schedule.timezone(),
+            enabled: job.enabled,
+        }
+    }
+}
+
+/// A job as the daemon holds it.
+struct Armed {
+    job: Arc<Job>,
+    key: ArmKey,
+    /// Firings armed for another generation are stale and ignored.
+    generation: u64,
+    /// The armed one-shot, if any.
+    timer: Option<Uuid>,
+    /// Runs of this job in progress.
+    running: Arc<AtomicUsize>,
+}
+
+struct Daemon {
+    path: PathBuf,
+    shutdown_timeout: Duration,
+    scheduler: JobScheduler,
+    fires_tx: mpsc::UnboundedSender<Fire>,
+    armed: HashMap<String, Armed>,
+    generation: u64,
+    tracker: TaskTracker,
+    /// Cancelled at shutdown: runs still waiting for their slot (or jitter) never start.
+    not_started: CancellationToken,
+    /// Cancelled when the shutdown deadline passes: running deliveries stop.
+    abort: CancellationToken,
+    events: Option<mpsc::UnboundedSender<Event>>,
+}
+
+impl Daemon {
+    async fn serve(
+        &mut self,
+        mut control: mpsc::Receiver<Control>,
+        mut fires: mpsc::UnboundedReceiver<Fire>,
+    ) {
+        // Ping the watchdog at half its interval, from this loop: a stuck loop gets restarted.
+        let watchdog = sd_notify::watchdog_enabled().map(|interval| interval / 2);
+        let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let now = loop {
+            tokio::select! {
+                Some(fire) = fires.recv() => self.fire(fire).await,
+                command = control.recv() => match command {
+                    Some(Control::Reload) => self.reload().await,
+                    Some(Control::Shutdown) | None => break false,
+                    Some(Control::ShutdownNow) => break true,
+                },
+                _ = ping.tick(), if watchdog.is_some() => systemd(&[sd_notify::NotifyState::Watchdog]),
+            }
+        };
+        self.shutdown(control, now).await;
+    }
+
+    fn emit(&self, event: Event) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
+
+    /// Adds a job that is not armed yet, and arms it.
+    async fn insert(&mut self, job: Job) {
+        let name = job.name.clone();
+        self.generation += 1;
+        let armed = Armed {
+            key: ArmKey::of(&job),
+            job: Arc::new(job),
+            generation: self.generation,
+            timer: None,
+            running: Arc::new(AtomicUsize::new(0)),
+        };
+        self.armed.insert(name.clone(), armed);
+        self.arm(&name, Utc::now()).await;
+    }
+
+    /// Arms job `name` for its first slot after `after`.
+    async fn arm(&mut self, name: &str, after: DateTime<Utc>) {
+        let Some(armed) = self.armed.get(name) else {
+            return;
+        };
+        if !armed.job.enabled {
+            return;
+        }
+        let Some(slot) = armed.job.schedule.next_after(after) else {
+            tracing::warn!(job = name, schedule = %armed.job.schedule, "The schedule has no future fire time; the job will not run.");
+            return;
+        };
+        let fire = Fire {
+            job: name.to_owned(),
+            generation: armed.generation,
+            slot,
+        };
+        let delay = (slot.with_timezone(&Utc) - Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        let tx = self.fires_tx.clone();
+        let timer = TimerJob::new_one_shot_at_instant_async(
+            std::time::Instant::now() + delay,
+            move |_, _| {
+                let _ = tx.send(fire.clone());
+                Box::pin(async {})
+            },
+        );
+        let added = match timer {
+            Ok(timer) => self.scheduler.add(timer).await,
+            Err(err) => Err(err),
+        };
+        match added {
+            Ok(id) => {
+                tracing::debug!(job = name, slot = %slot.to_rfc3339(), "Armed.");
+                if let Some(armed) = self.armed.get_mut(name) {
+                    armed.timer = Some(id);
+                }
+            }
+            Err(err) => {
+                tracing::error!(job = name, slot = %slot.to_rfc3339(), error = %err, "Cannot arm the job's next firing.");
+            }
+        }
+    }
+
+    /// Removes job `name`'s armed firing, if any.
+    async fn disarm(&mut self, name: &str) {
+        let timer = self
+            .armed
+            .get_mut(name)
+            .and_then(|armed| armed.timer.take());
+        if let Some(id) = timer {
+            // A one-shot that already fired is gone: nothing to remove then.
+            let _ = self.scheduler.remove(&id).await;
+        }
+    }
+
+    async fn fire(&mut self, fire: Fire) {
+        let Some(armed) = self.armed.get(&fire.job) else {
+            return;
+        };
+        if armed.generation != fire.generation {
+            return;
+        }
+        let job = Arc::clone(&armed.job);
+        let running = Arc::clone(&armed.running);
+
+        // Arm the next slot first, after this one and after now: a loop held up past later
+        // slots skips them (and says so) rather than firing a burst.
+        let slot_utc = fire.slot.with_timezone(&Utc);
+        let now = Utc::now();
+        let after = slot_utc.max(now);
+        let missed = job.schedule.count_between(slot_utc, now);
+        if missed > 0 {
+            tracing::warn!(job = %fire.job, slot = %fire.slot.to_rfc3339(), missed, "The daemon fell behind; later slots that passed are skipped.");
+        }
+        self.arm(&fire.job, after).await;
+
+        if job.overlap == Overlap::Skip && running.load(Ordering::SeqCst) > 0 {
+            tracing::warn!(
+                job = %fire.job,
+                slot = %fire.slot.to_rfc3339(),
+                "Skipped: the previous run is still going (overlap = \"skip\")."
+            );
+            self.emit(Event::Skipped {
+                job: fire.job,
+                slot: fire.slot,
+            });
+            return;
+        }
+        self.start(job, fire.slot, running);
+    }
+
+    /// Starts a run of `job` for `slot` as a tracked task.
+    fn start(&self, job: Arc<Job>, slot: DateTime<Tz>, running: Arc<AtomicUsize>) {
+        running.fetch_add(1, Ordering::SeqCst);
+        let guard = Running(running);
+        let jitter = job
+            .jitter
+            .map(|max| max.mul_f64(rand::rng().random_range(0.0..=1.0)))
+            .unwrap_or_default();
+        let not_started = self.not_started.clone();
+        let abort = self.abort.clone();
+        let events = self.events.clone();
+        self.tracker.spawn(async move {
+            let _guard = guard;
+            let start_at = slot.with_timezone(&Utc) + jitter;
+            if let Ok(wait) = (start_at - Utc::now()).to_std() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = not_started.cancelled() => return,
+                }
+            }
+            tokio::select! {
+                report = job.run(slot) => {
+                    if let Some(events) = events {
+                        let _ = events.send(Event::Finished(Box::new(report)));
+                    }
+                }
+                () = abort.cancelled() => {
+                    tracing::warn!(job = %job.name, slot = %slot.to_rfc3339(), "Run cancelled: the shutdown deadline passed.");
+                }
+            }
+        });
+    }
+
+    async fn reload(&mut self) {
+        systemd(&[sd_notify::NotifyState::Reloading]);
+        tracing::info!(config = %self.path.display(), "Reloading.");
+        match config::load(&self.path) {
+            Err(errors) => self.reject(errors.to_string(), errors.0.len()),
+            Ok(config) => match Job::build_all(&config) {
+                Err(err) => self.reject(display_chain(&err.chain()), 1),
+                Ok(jobs) => self.apply(&config, jobs).await,
+            },
+        }
+        let armed = self.armed.values().filter(|a| a.timer.is_some()).count();
+        systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("{armed} jobs armed")),
+        ]);
+    }
+
+    fn reject(&self, errors: String, count: usize) {
+        for line in errors.lines() {
+            tracing::error!(problem = %line, "Reload rejected.");
+        }
+        tracing::error!(
+            problems = count,
+            "Reload rejected: the old jobs keep running."
+        );
+        self.emit(Event::ReloadRejected { errors });
+    }
+
+    async fn apply(&mut self, config: &Config, jobs: Vec<Job>) {
+        self.shutdown_timeout = config.daemon.shutdown_timeout.get();
+        let mut removed: Vec<String> = self
+            .armed
+            .keys()
+            .filter(|name| !jobs.iter().any(|job| &job.name == *name))
+            .cloned()
+            .collect();
+        removed.sort();
+        for name in &removed {
+            self.disarm(name).await;
+            self.armed.remove(name);
+        }
+        let (mut added, mut rearmed, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        for job in jobs {
+            let name = job.name.clone();
+            match self.armed.get_mut(&name) {
+                Some(armed) if armed.key == ArmKey::of(&job) => {
+                    // Same firing times: keep the armed firing, run the new definition.
+                    armed.job = Arc::new(job);
+                    kept.push(name);
+                }
+                Some(_) => {
+                    self.disarm(&name).await;
+                    self.generation += 1;
+                    let generation = self.generation;
+                    if let Some(armed) = self.armed.get_mut(&name) {
+                        armed.key = ArmKey::of(&job);
+                        armed.job = Arc::new(job);
+                        armed.generation = generation;
+                    }
+                    self.arm(&name, Utc::now()).await;
+                    rearmed.push(name);
+                }
+                None => {
+                    self.insert(job).await;
+                    added.push(name);
+                }
+            }
+        }
+        tracing::info!(
+            added = %added.join(","),
+            removed = %removed.join(","),
+            rearmed = %rearmed.join(","),
+            kept = kept.len(),
+            "Reloaded."
+        );
+        self.emit(Event::Reloaded {
+            added,
+            removed,
+            rearmed,
+            kept,
+        });
+    }
+
+    async fn shutdown(&mut self, mut control: mpsc::Receiver<Control>, now: bool) {
+        systemd(&[sd_notify::NotifyState::Stopping]);
+        tracing::info!(
+            running = self.tracker.len(),
+            deadline = %humantime::format_duration(self.shutdown_timeout),
+            "Shutting down: nothing new fires; running deliveries may finish."
+        );
+        if let Err(err) = self.scheduler.shutdown().await {
+            tracing::warn!(error = %err, "The timer did not stop cleanly.");
+        }
+        self.not_started.cancel();
+        self.tracker.close();
+        let mut cancelled = 0;
+        if !now {
+            let deadline = tokio::time::sleep(self.shutdown_timeout);
+            tokio::select! {
+                () = self.tracker.wait() => {}
+                () = deadline => {}
+                // A second signal: stop waiting.
+                Some(Control::ShutdownNow | Control::Shutdown) = control.recv() => {}
+            }
+        }
+        if !self.tracker.is_empty() {
+            cancelled = self.tracker.len();
+            tracing::warn!(cancelled, "Cancelling the deliveries still running.");
+            self.abort.cancel();
+            self.tracker.wait().await;
+        }
+        tracing::info!(cancelled, "Stopped.");
+        self.emit(Event::Stopped { cancelled });
+    }
+}
+
+/// Counts a run while it lives.
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Tells systemd about the daemon's state when systemd started it (a no-op otherwise).
+fn systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(state) {
+        tracing::debug!(error = %err, "Cannot notify systemd.");
+    }
+}
