@@ -349,7 +349,7 @@ writers = [{{ type = "local", path = "out/{{run_id}}" }}]
     daemon.stop().await;
 
     let ws = Workspace::new();
-    let mut daemon = boot(&ws.job_file(&job("allow")));
+    let daemon = boot(&ws.job_file(&job("allow")));
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let events = daemon.stop().await;
     assert!(
