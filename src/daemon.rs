@@ -13,15 +13,18 @@
 //!   `shutdown_timeout` to finish and are cancelled after it (their temporary files removed,
 //!   their programs killed).
 //!
-//! Timing is tokio-cron-scheduler's, used as a timer only: ferry computes every slot
-//! itself from the cron expression in the job's time zone (croner, DST-aware) and arms a
-//! one-shot for it. Its own cron evaluation (with the time-zone bugs #105 and #107 and the
-//! schedule bugs behind #95) and its repeated jobs (which can stop firing, #113) are never
-//! used. It stores instants at whole seconds and polls every 500 ms, so a one-shot may be
-//! released up to a second early; a run released early waits for its slot, so runs start
-//! at their slot or up to about half a second after it.
+//! Timing is tokio-cron-scheduler's, used as a timer only. ferry computes every slot itself
+//! from the cron expression in the job's time zone (croner, DST-aware), and arms one
+//! one-shot per distinct slot instant, shared by every job due then: 1,000 jobs firing
+//! each second are one timer a second, not a thousand (tokio-cron-scheduler scans all its
+//! jobs every 500 ms and falls behind at that rate when each job is its own timer). Its
+//! cron evaluation (time-zone bugs #105 and #107, the schedule bugs behind #95) and its
+//! repeated jobs (which can stop firing, #113) are never used. It keeps instants at whole
+//! seconds and polls every 500 ms, so a one-shot is often released up to a second early; a
+//! run released early waits for its slot, so runs start at their slot or a little after.
 
-use std::collections::HashMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +37,6 @@ use tokio::sync::mpsc;
 use tokio_cron_scheduler::{Job as TimerJob, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
 use crate::config::{self, Config, ConfigErrors, Overlap};
 use crate::error::{DeliveryError, display_chain};
@@ -151,12 +153,13 @@ pub async fn run(
         .start()
         .await
         .map_err(|err| DaemonError::Scheduler(err.to_string()))?;
-    let (fires_tx, fires) = mpsc::unbounded_channel();
+    let (timer_tx, timer) = mpsc::unbounded_channel();
     let mut daemon = Daemon {
         path: path.to_path_buf(),
         shutdown_timeout: config.daemon.shutdown_timeout.get(),
         scheduler,
-        fires_tx,
+        timer_tx,
+        due: BTreeMap::new(),
         armed: HashMap::new(),
         generation: 0,
         tracker: TaskTracker::new(),
@@ -167,18 +170,18 @@ pub async fn run(
     for job in jobs {
         daemon.insert(job).await;
     }
-    let armed = daemon.armed.values().filter(|a| a.timer.is_some()).count();
+    let armed = daemon.armed.values().filter(|a| a.next.is_some()).count();
     tracing::info!(config = %path.display(), jobs = daemon.armed.len(), armed, "Ready: jobs armed.");
     systemd(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("{armed} jobs armed")),
     ]);
     daemon.emit(Event::Ready { armed });
-    daemon.serve(control, fires).await;
+    daemon.serve(control, timer).await;
     Ok(())
 }
 
-/// A firing released by the timer.
+/// A job due at a slot, waiting for its timer.
 #[derive(Debug, Clone)]
 struct Fire {
     job: String,
@@ -210,8 +213,11 @@ struct Armed {
     key: ArmKey,
     /// Firings armed for another generation are stale and ignored.
     generation: u64,
-    /// The armed one-shot, if any.
-    timer: Option<Uuid>,
+    /// The slot armed next, if any.
+    next: Option<DateTime<Tz>>,
+    /// Cancelled when the job is disarmed: runs released early and still waiting for
+    /// their slot do not start.
+    waiting: CancellationToken,
     /// Runs of this job in progress.
     running: Arc<AtomicUsize>,
 }
@@ -220,7 +226,10 @@ struct Daemon {
     path: PathBuf,
     shutdown_timeout: Duration,
     scheduler: JobScheduler,
-    fires_tx: mpsc::UnboundedSender<Fire>,
+    /// The timer sends the instant it was armed for.
+    timer_tx: mpsc::UnboundedSender<DateTime<Utc>>,
+    /// Jobs due at each armed instant; one timer per instant.
+    due: BTreeMap<DateTime<Utc>, Vec<Fire>>,
     armed: HashMap<String, Armed>,
     generation: u64,
     tracker: TaskTracker,
@@ -235,14 +244,19 @@ impl Daemon {
     async fn serve(
         &mut self,
         mut control: mpsc::Receiver<Control>,
-        mut fires: mpsc::UnboundedReceiver<Fire>,
+        mut timer: mpsc::UnboundedReceiver<DateTime<Utc>>,
     ) {
         // Ping the watchdog at half its interval, from this loop: a stuck loop gets restarted.
         let watchdog = sd_notify::watchdog_enabled().map(|interval| interval / 2);
         let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        // A safety net under the timer: anything overdue by more than its polling slack is
+        // released anyway (and said so).
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let now = loop {
             tokio::select! {
-                Some(fire) = fires.recv() => self.fire(fire).await,
+                Some(at) = timer.recv() => self.release(at).await,
+                _ = sweep.tick() => self.sweep().await,
                 command = control.recv() => match command {
                     Some(Control::Reload) => self.reload().await,
                     Some(Control::Shutdown) | None => break false,
@@ -268,7 +282,8 @@ impl Daemon {
             key: ArmKey::of(&job),
             job: Arc::new(job),
             generation: self.generation,
-            timer: None,
+            next: None,
+            waiting: self.not_started.child_token(),
             running: Arc::new(AtomicUsize::new(0)),
         };
         self.armed.insert(name.clone(), armed);
@@ -277,58 +292,91 @@ impl Daemon {
 
     /// Arms job `name` for its first slot after `after`.
     async fn arm(&mut self, name: &str, after: DateTime<Utc>) {
-        let Some(armed) = self.armed.get(name) else {
+        let next = self
+            .armed
+            .get(name)
+            .map(|armed| armed.job.schedule.next_after(after));
+        self.arm_slot(name, next.flatten()).await;
+    }
+
+    /// Arms job `name` for `slot` (none: the schedule has no future fire time).
+    async fn arm_slot(&mut self, name: &str, slot: Option<DateTime<Tz>>) {
+        let Some(armed) = self.armed.get_mut(name) else {
             return;
         };
+        armed.next = None;
         if !armed.job.enabled {
             return;
         }
-        let Some(slot) = armed.job.schedule.next_after(after) else {
+        let Some(slot) = slot else {
             tracing::warn!(job = name, schedule = %armed.job.schedule, "The schedule has no future fire time; the job will not run.");
             return;
         };
+        armed.next = Some(slot);
         let fire = Fire {
             job: name.to_owned(),
             generation: armed.generation,
             slot,
         };
-        let delay = (slot.with_timezone(&Utc) - Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        let tx = self.fires_tx.clone();
-        let timer = TimerJob::new_one_shot_at_instant_async(
-            std::time::Instant::now() + delay,
-            move |_, _| {
-                let _ = tx.send(fire.clone());
-                Box::pin(async {})
-            },
-        );
-        let added = match timer {
-            Ok(timer) => self.scheduler.add(timer).await,
-            Err(err) => Err(err),
-        };
-        match added {
-            Ok(id) => {
-                tracing::debug!(job = name, slot = %slot.to_rfc3339(), "Armed.");
-                if let Some(armed) = self.armed.get_mut(name) {
-                    armed.timer = Some(id);
-                }
-            }
-            Err(err) => {
-                tracing::error!(job = name, slot = %slot.to_rfc3339(), error = %err, "Cannot arm the job's next firing.");
+        let at = slot.with_timezone(&Utc);
+        tracing::debug!(job = name, slot = %slot.to_rfc3339(), "Armed.");
+        match self.due.entry(at) {
+            Entry::Occupied(mut waiting) => waiting.get_mut().push(fire),
+            Entry::Vacant(vacant) => {
+                vacant.insert(vec![fire]);
+                self.add_timer(at).await;
             }
         }
     }
 
-    /// Removes job `name`'s armed firing, if any.
-    async fn disarm(&mut self, name: &str) {
-        let timer = self
-            .armed
-            .get_mut(name)
-            .and_then(|armed| armed.timer.take());
-        if let Some(id) = timer {
-            // A one-shot that already fired is gone: nothing to remove then.
-            let _ = self.scheduler.remove(&id).await;
+    /// Arms a one-shot that sends `at` when it is due.
+    async fn add_timer(&mut self, at: DateTime<Utc>) {
+        let delay = (at - Utc::now()).to_std().unwrap_or_default();
+        let tx = self.timer_tx.clone();
+        let timer = TimerJob::new_one_shot_at_instant_async(
+            std::time::Instant::now() + delay,
+            move |_, _| {
+                let _ = tx.send(at);
+                Box::pin(async {})
+            },
+        );
+        let added = match timer {
+            Ok(timer) => self.scheduler.add(timer).await.map(|_| ()),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = added {
+            tracing::error!(at = %at.to_rfc3339(), error = %err, "Cannot arm a timer; the jobs due then will not run.");
+            self.due.remove(&at);
+        }
+    }
+
+    /// Forgets job `name`'s armed slot: the waiting firing becomes stale, and runs
+    /// released early that wait for their slot never start.
+    fn disarm(&mut self, name: &str) {
+        if let Some(armed) = self.armed.get_mut(name) {
+            armed.next = None;
+            armed.waiting.cancel();
+            armed.waiting = self.not_started.child_token();
+        }
+    }
+
+    /// Releases what the timer should have released more than two seconds ago.
+    async fn sweep(&mut self) {
+        let overdue = Utc::now() - chrono::Duration::seconds(2);
+        if let Some((&at, _)) = self.due.first_key_value()
+            && at < overdue
+        {
+            tracing::warn!(at = %at.to_rfc3339(), "The timer missed a slot; releasing it late.");
+            self.release(at).await;
+        }
+    }
+
+    /// The timer for `at` went off: every job due then (or before) fires.
+    async fn release(&mut self, at: DateTime<Utc>) {
+        let later = self.due.split_off(&(at + chrono::Duration::nanoseconds(1)));
+        let due = std::mem::replace(&mut self.due, later);
+        for fire in due.into_values().flatten() {
+            self.fire(fire).await;
         }
     }
 
@@ -336,64 +384,68 @@ impl Daemon {
         let Some(armed) = self.armed.get(&fire.job) else {
             return;
         };
-        if armed.generation != fire.generation {
+        if armed.generation != fire.generation || armed.next != Some(fire.slot) {
             return;
         }
         let job = Arc::clone(&armed.job);
         let running = Arc::clone(&armed.running);
+        let waiting = armed.waiting.clone();
 
         // Arm the next slot first, after this one and after now: a loop held up past later
-        // slots skips them (and says so) rather than firing a burst.
-        let slot_utc = fire.slot.with_timezone(&Utc);
-        let now = Utc::now();
-        let after = slot_utc.max(now);
-        let missed = job.schedule.count_between(slot_utc, now);
+        // slots skips them (and says so) rather than firing a burst or arming the past.
+        let (next, missed) = job
+            .schedule
+            .after_firing(fire.slot.with_timezone(&Utc), Utc::now());
         if missed > 0 {
             tracing::warn!(job = %fire.job, slot = %fire.slot.to_rfc3339(), missed, "The daemon fell behind; later slots that passed are skipped.");
         }
-        self.arm(&fire.job, after).await;
-
-        if job.overlap == Overlap::Skip && running.load(Ordering::SeqCst) > 0 {
-            tracing::warn!(
-                job = %fire.job,
-                slot = %fire.slot.to_rfc3339(),
-                "Skipped: the previous run is still going (overlap = \"skip\")."
-            );
-            self.emit(Event::Skipped {
-                job: fire.job,
-                slot: fire.slot,
-            });
-            return;
-        }
-        self.start(job, fire.slot, running);
+        self.arm_slot(&fire.job, next).await;
+        self.start(job, fire.slot, running, waiting);
     }
 
-    /// Starts a run of `job` for `slot` as a tracked task.
-    fn start(&self, job: Arc<Job>, slot: DateTime<Tz>, running: Arc<AtomicUsize>) {
-        running.fetch_add(1, Ordering::SeqCst);
-        let guard = Running(running);
+    /// Starts a run of `job` for `slot` as a tracked task: it waits for the slot (the timer
+    /// may release it early) and its jitter, then runs unless `overlap = "skip"` and the
+    /// previous run is still going.
+    fn start(
+        &self,
+        job: Arc<Job>,
+        slot: DateTime<Tz>,
+        running: Arc<AtomicUsize>,
+        waiting: CancellationToken,
+    ) {
         let jitter = job
             .jitter
             .map(|max| max.mul_f64(rand::rng().random_range(0.0..=1.0)))
             .unwrap_or_default();
-        let not_started = self.not_started.clone();
         let abort = self.abort.clone();
         let events = self.events.clone();
+        let emit = move |event: Event| {
+            if let Some(events) = &events {
+                let _ = events.send(event);
+            }
+        };
         self.tracker.spawn(async move {
-            let _guard = guard;
             let start_at = slot.with_timezone(&Utc) + jitter;
             if let Ok(wait) = (start_at - Utc::now()).to_std() {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    () = not_started.cancelled() => return,
+                    () = waiting.cancelled() => return,
                 }
             }
+            let Some(_running) = Running::enter(running, job.overlap) else {
+                tracing::warn!(
+                    job = %job.name,
+                    slot = %slot.to_rfc3339(),
+                    "Skipped: the previous run is still going (overlap = \"skip\")."
+                );
+                emit(Event::Skipped {
+                    job: job.name.clone(),
+                    slot,
+                });
+                return;
+            };
             tokio::select! {
-                report = job.run(slot) => {
-                    if let Some(events) = events {
-                        let _ = events.send(Event::Finished(Box::new(report)));
-                    }
-                }
+                report = job.run(slot) => emit(Event::Finished(Box::new(report))),
                 () = abort.cancelled() => {
                     tracing::warn!(job = %job.name, slot = %slot.to_rfc3339(), "Run cancelled: the shutdown deadline passed.");
                 }
@@ -411,7 +463,7 @@ impl Daemon {
                 Ok(jobs) => self.apply(&config, jobs).await,
             },
         }
-        let armed = self.armed.values().filter(|a| a.timer.is_some()).count();
+        let armed = self.armed.values().filter(|a| a.next.is_some()).count();
         systemd(&[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&format!("{armed} jobs armed")),
@@ -439,7 +491,7 @@ impl Daemon {
             .collect();
         removed.sort();
         for name in &removed {
-            self.disarm(name).await;
+            self.disarm(name);
             self.armed.remove(name);
         }
         let (mut added, mut rearmed, mut kept) = (Vec::new(), Vec::new(), Vec::new());
@@ -452,7 +504,7 @@ impl Daemon {
                     kept.push(name);
                 }
                 Some(_) => {
-                    self.disarm(&name).await;
+                    self.disarm(&name);
                     self.generation += 1;
                     let generation = self.generation;
                     if let Some(armed) = self.armed.get_mut(&name) {
@@ -519,6 +571,19 @@ impl Daemon {
 
 /// Counts a run while it lives.
 struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    /// Counts a run that starts now; with `Overlap::Skip`, only if none is going.
+    fn enter(count: Arc<AtomicUsize>, overlap: Overlap) -> Option<Running> {
+        match overlap {
+            Overlap::Skip => count
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .ok()?,
+            Overlap::Allow => count.fetch_add(1, Ordering::SeqCst),
+        };
+        Some(Running(count))
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {

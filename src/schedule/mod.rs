@@ -73,6 +73,20 @@ impl Schedule {
 }
 
 impl Schedule {
+    /// After firing `slot` at `now`: the next slot to arm (the first after both, so a
+    /// daemon held up past later slots never arms one in the past) and how many slots
+    /// passed unfired in between.
+    pub fn after_firing(
+        &self,
+        slot: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> (Option<DateTime<Tz>>, usize) {
+        (
+            self.next_after(slot.max(now)),
+            self.count_between(slot, now),
+        )
+    }
+
     /// How many fire times fall in `(after, until]` (counting stops at 10,000).
     pub fn count_between(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> usize {
         let mut count = 0;

@@ -5,6 +5,8 @@ mod config_errors;
 mod daemon;
 mod fanout;
 mod local_writer;
+mod process;
 mod retry;
+mod schedule;
 mod sources;
 mod support;

@@ -1,0 +1,181 @@
+//! Scheduling benchmarks: many jobs in one file, and how late firings start.
+//!
+//!   cargo bench --bench scheduler                  (all of it, about 80 s)
+//!   cargo bench --bench scheduler -- --quick       (shorter idle and lag windows)
+//!
+//! 1. 10,000 jobs in one file: time to load and check the file, to build and arm every
+//!    job (until the daemon is ready), resident memory, and CPU used while idle (the jobs
+//!    fire yearly) over 60 s.
+//! 2. 1,000 jobs firing every second for 10 s: the lag between each run's slot and the
+//!    moment it started (p50, p99, max).
+//!
+//! Figures are printed; nothing is asserted (timing belongs in benchmarks, not tests).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ferry::daemon::{self, Control, Event};
+use tokio::sync::mpsc;
+
+fn job_file(dir: &Path, jobs: usize, schedule: &str) -> std::path::PathBuf {
+    let mut text = String::new();
+    for i in 0..jobs {
+        let _ = write!(
+            text,
+            "[[jobs]]\nname = \"job-{i}\"\nschedule = \"{schedule}\"\nsource = {{ type = \"inline\", data = \"{i}\" }}\nwriters = [{{ type = \"local\", path = \"out/{{job}}\" }}]\n\n"
+        );
+    }
+    let path = dir.join("jobs.toml");
+    std::fs::write(&path, text).expect("write the job file");
+    path
+}
+
+/// (resident, peak resident) memory of this process in MiB.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// CPU time (user + system) this process has used.
+fn cpu_time() -> Duration {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .expect("getrusage");
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    tv(usage.user_time()) + tv(usage.system_time())
+}
+
+async fn many_jobs(jobs: usize, idle: Duration) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = job_file(dir.path(), jobs, "@yearly");
+
+    let started = Instant::now();
+    let config = ferry::config::load(&path).expect("valid file");
+    let load = started.elapsed();
+    let (rss_loaded, _) = rss_mib();
+    drop(config);
+
+    let (control, control_rx) = mpsc::channel(1);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let task = tokio::spawn(async move { daemon::run(&path, control_rx, Some(events_tx)).await });
+    loop {
+        if let Some(Event::Ready { armed }) = events.recv().await {
+            assert_eq!(armed, jobs);
+            break;
+        }
+    }
+    let ready = started.elapsed();
+    let (rss, _) = rss_mib();
+
+    let cpu_before = cpu_time();
+    tokio::time::sleep(idle).await;
+    let cpu = cpu_time() - cpu_before;
+    let (rss_after, peak) = rss_mib();
+
+    let _ = control.send(Control::Shutdown).await;
+    let _ = task.await;
+    println!("{jobs} jobs in one file:");
+    println!(
+        "  load and check the file  {:>8.1} ms",
+        load.as_secs_f64() * 1e3
+    );
+    println!(
+        "  load, build and arm all  {:>8.1} ms (until ready)",
+        ready.as_secs_f64() * 1e3
+    );
+    println!("  resident memory          {rss_loaded:>8.1} MiB with the file loaded");
+    println!(
+        "  resident memory          {rss:>8.1} MiB when ready, {rss_after:.1} MiB after idling, peak {peak:.1} MiB"
+    );
+    println!(
+        "  CPU while idle           {:>8.2} % of one core over {} s",
+        cpu.as_secs_f64() / idle.as_secs_f64() * 100.0,
+        idle.as_secs()
+    );
+}
+
+async fn fire_lag(jobs: usize, window: Duration) {
+    let dir = tempfile::tempdir_in(if Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    })
+    .expect("temp dir");
+    let path = job_file(dir.path(), jobs, "* * * * * *");
+    let (control, control_rx) = mpsc::channel(1);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move { daemon::run(&path, control_rx, Some(events_tx)).await });
+    let mut lags = Vec::new();
+    let mut failed = 0usize;
+    let mut skipped = 0usize;
+    let deadline = tokio::time::Instant::now() + window + Duration::from_secs(1);
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = tokio::time::sleep_until(deadline) => break,
+        };
+        match event {
+            Some(Event::Finished(report)) => {
+                let slot = chrono::DateTime::parse_from_rfc3339(&report.slot).expect("slot");
+                let lag = report.started_at.signed_duration_since(slot);
+                lags.push(lag.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3);
+                failed += usize::from(report.error.is_some());
+            }
+            Some(Event::Skipped { .. }) => skipped += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let _ = control.send(Control::Shutdown).await;
+    let _ = task.await;
+    lags.sort_by(f64::total_cmp);
+    let pick = |q: f64| lags[((lags.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "{jobs} jobs firing every second for {} s:",
+        window.as_secs()
+    );
+    if lags.is_empty() {
+        println!("  no run finished");
+        return;
+    }
+    println!(
+        "  runs {}, failed {failed}, skipped (still running) {skipped}",
+        lags.len()
+    );
+    println!(
+        "  start lag after the slot  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, min {:.1} ms",
+        pick(0.5),
+        pick(0.99),
+        pick(1.0),
+        pick(0.0)
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        if std::env::var_os("FERRY_BENCH_LAG_JOBS").is_none() {
+            many_jobs(10_000, Duration::from_secs(if quick { 10 } else { 60 })).await;
+        }
+        let lag_jobs = std::env::var("FERRY_BENCH_LAG_JOBS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000);
+        fire_lag(lag_jobs, Duration::from_secs(if quick { 5 } else { 10 })).await;
+    });
+}

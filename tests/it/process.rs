@@ -1,0 +1,168 @@
+//! `ferry run` as a process: signals, exit codes, and what it tells systemd.
+
+use std::io::Read as _;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::Workspace;
+
+/// Reads notifications sent to a NOTIFY_SOCKET of ours, the way systemd would.
+struct NotifySocket {
+    socket: UnixDatagram,
+    messages: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind(ws: &Workspace) -> (NotifySocket, String) {
+        let path = ws.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind a datagram socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let shown = path.display().to_string();
+        (
+            NotifySocket {
+                socket,
+                messages: Vec::new(),
+            },
+            shown,
+        )
+    }
+
+    /// Waits until a message containing `needle` arrives (failing after `within`).
+    fn wait_for(&mut self, needle: &str, within: Duration) {
+        self.wait_for_nth(needle, 1, within);
+    }
+
+    /// Waits until `n` messages containing `needle` arrived (failing after `within`).
+    fn wait_for_nth(&mut self, needle: &str, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        loop {
+            if self.messages.iter().filter(|m| m.contains(needle)).count() >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} from ferry; got {:?}",
+                self.messages
+            );
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                self.messages
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+}
+
+fn signal(child: &Child, signal: Signal) {
+    let pid = i32::try_from(child.id()).expect("pid fits");
+    kill(Pid::from_raw(pid), signal).expect("send a signal");
+}
+
+fn wait_with_deadline(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferry did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_reloads_sigterm_exits_0_and_systemd_hears_each_step() {
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"
+[[jobs]]
+name = "tick"
+schedule = "* * * * * *"
+source = { type = "inline", data = "tick" }
+writers = [{ type = "local", path = "out/{scheduled:%H%M%S}" }]
+"#,
+    );
+    let (mut notify, socket) = NotifySocket::bind(&ws);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "run",
+            "--config",
+            &config.display().to_string(),
+            "--log-format",
+            "json",
+        ])
+        .env("NOTIFY_SOCKET", &socket)
+        .env("WATCHDOG_USEC", "400000")
+        .env("FERRY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ferry run");
+
+    notify.wait_for("READY=1", Duration::from_secs(10));
+    notify.wait_for("WATCHDOG=1", Duration::from_secs(5));
+    // A delivery happens.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ws.files().iter().filter(|f| f.starts_with("out/")).count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery; files {:?}",
+            ws.files()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    signal(&child, Signal::SIGHUP);
+    notify.wait_for("RELOADING=1", Duration::from_secs(5));
+    // READY=1 again once the reload is applied.
+    notify.wait_for_nth("READY=1", 2, Duration::from_secs(5));
+
+    signal(&child, Signal::SIGTERM);
+    let status = wait_with_deadline(&mut child, Duration::from_secs(15));
+    notify.wait_for("STOPPING=1", Duration::from_secs(2));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "ferry run exit status; stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("\"message\":\"Reloaded.\""), "{stderr}");
+    assert!(stderr.contains("\"message\":\"Stopped.\""), "{stderr}");
+    // Every line of a run carries its job and run id.
+    for line in stderr.lines().filter(|l| l.contains("Run succeeded.")) {
+        assert!(
+            line.contains("\"job\":\"tick\"") && line.contains("\"run_id\":"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn ferry_run_on_a_bad_file_exits_2_with_positions() {
+    let ws = Workspace::new();
+    let config = ws.job_file("[[jobs]]\nname = \"x\"\nschedule = \"@sometimes\"\n");
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config", &config.display().to_string()])
+        .output()
+        .expect("run ferry");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:1:1: jobs[0]: missing field", config.display())),
+        "{stderr}"
+    );
+}
