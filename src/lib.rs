@@ -39,6 +39,7 @@ pub mod notify;
 pub mod runner;
 pub mod schedule;
 pub mod source;
+pub mod state;
 pub mod template;
 pub mod transform;
 pub mod writer;

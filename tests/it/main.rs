@@ -9,4 +9,5 @@ mod process;
 mod retry;
 mod schedule;
 mod sources;
+mod store;
 mod support;

@@ -1,0 +1,364 @@
+//! The state store's suite, run on SQLite always and on PostgreSQL when
+//! `FERRY_TEST_POSTGRES_URL` names one (`.ci/run` sets it for the local server).
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use ferry::state::{Checkpoint, Claim, Outcome, RunState, Store};
+use serde_json::json;
+
+/// Every store to test: a fresh SQLite file, and PostgreSQL when configured.
+async fn stores() -> Vec<(&'static str, Store, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = Store::open("sqlite://state/ferry.db", dir.path())
+        .await
+        .expect("open SQLite");
+    let mut out = vec![("sqlite", sqlite, dir)];
+    match std::env::var("FERRY_TEST_POSTGRES_URL") {
+        Ok(url) => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let pg = Store::open(&url, dir.path())
+                .await
+                .unwrap_or_else(|err| panic!("FERRY_TEST_POSTGRES_URL is set but unusable: {err}"));
+            out.push(("postgres", pg, dir));
+        }
+        Err(_) => eprintln!("PostgreSQL store tests not run: FERRY_TEST_POSTGRES_URL is not set"),
+    }
+    out
+}
+
+/// A job name no other test (or earlier run on a shared database) uses.
+fn unique_job(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn slot(n: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + n * 60, 0)
+        .single()
+        .expect("instant")
+}
+
+fn claim<'a>(job: &'a str, at: DateTime<Utc>, run_id: &'a str, owner: &'a str) -> Claim<'a> {
+    Claim {
+        job,
+        slot: at,
+        slot_local: "2027-01-15T08:00:00+00:00",
+        run_id,
+        uuid: "6f1c0f3e-0000-4000-8000-000000000000",
+        owner,
+        lease: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test]
+async fn a_slot_is_claimed_once() {
+    for (backend, store, _dir) in stores().await {
+        let job = unique_job("claim");
+        let first = uuid::Uuid::new_v4().simple().to_string();
+        let second = uuid::Uuid::new_v4().simple().to_string();
+        assert!(
+            store
+                .claim(&claim(&job, slot(1), &first, "a"))
+                .await
+                .expect("claim"),
+            "{backend}"
+        );
+        assert!(
+            !store
+                .claim(&claim(&job, slot(1), &second, "b"))
+                .await
+                .expect("claim"),
+            "{backend}: the slot is taken"
+        );
+        assert!(
+            store
+                .claim(&claim(&job, slot(2), &second, "b"))
+                .await
+                .expect("claim"),
+            "{backend}"
+        );
+        let run = store
+            .run_for(&job, slot(1))
+            .await
+            .expect("read")
+            .expect("a run");
+        assert_eq!(run.run_id, first, "{backend}");
+        assert_eq!(run.owner, "a");
+        assert_eq!(run.state, RunState::Running);
+        assert_eq!(run.attempts, 0);
+        assert_eq!(run.slot, slot(1));
+    }
+}
+
+#[tokio::test]
+async fn a_run_records_attempts_and_its_outcome() {
+    for (backend, store, _dir) in stores().await {
+        let job = unique_job("life");
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        store
+            .claim(&claim(&job, slot(1), &run_id, "a"))
+            .await
+            .expect("claim");
+        store
+            .attempt(&run_id, 1, Duration::from_secs(60))
+            .await
+            .expect("attempt");
+        store
+            .attempt(&run_id, 2, Duration::from_secs(60))
+            .await
+            .expect("attempt");
+        let checkpoint = Checkpoint {
+            document: json!({ "temp": "/x.partial" }),
+            bytes_done: 10,
+        };
+        store
+            .save_checkpoint(&run_id, 0, &checkpoint)
+            .await
+            .expect("checkpoint");
+        store
+            .finish(
+                &run_id,
+                &Outcome {
+                    state: RunState::Succeeded,
+                    attempts: 2,
+                    bytes: Some(1234),
+                    sha256: Some("abc"),
+                    location: Some("/srv/out/x"),
+                    error: None,
+                },
+            )
+            .await
+            .expect("finish");
+        let run = store
+            .run_for(&job, slot(1))
+            .await
+            .expect("read")
+            .expect("a run");
+        assert_eq!(run.state, RunState::Succeeded, "{backend}");
+        assert_eq!(run.attempts, 2);
+        assert_eq!(run.bytes, Some(1234));
+        assert_eq!(run.sha256.as_deref(), Some("abc"));
+        assert_eq!(run.location.as_deref(), Some("/srv/out/x"));
+        assert!(run.finished_at.is_some());
+        assert_eq!(
+            store.checkpoint(&run_id, 0).await.expect("read"),
+            None,
+            "{backend}: checkpoints go with the finished run"
+        );
+        assert!(
+            !store
+                .unfinished()
+                .await
+                .expect("read")
+                .iter()
+                .any(|r| r.run_id == run_id),
+            "{backend}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn checkpoints_are_kept_per_writer_and_replaced() {
+    for (backend, store, _dir) in stores().await {
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        assert_eq!(store.checkpoint(&run_id, 0).await.expect("read"), None);
+        let first = Checkpoint {
+            document: json!({ "upload_id": "u1", "parts": [1, 2] }),
+            bytes_done: 16 << 20,
+        };
+        let second = Checkpoint {
+            document: json!({ "upload_id": "u1", "parts": [1, 2, 3] }),
+            bytes_done: 24 << 20,
+        };
+        store
+            .save_checkpoint(&run_id, 0, &first)
+            .await
+            .expect("save");
+        store
+            .save_checkpoint(
+                &run_id,
+                1,
+                &Checkpoint {
+                    document: json!("other"),
+                    bytes_done: 5,
+                },
+            )
+            .await
+            .expect("save");
+        store
+            .save_checkpoint(&run_id, 0, &second)
+            .await
+            .expect("replace");
+        assert_eq!(
+            store.checkpoint(&run_id, 0).await.expect("read"),
+            Some(second),
+            "{backend}"
+        );
+        assert_eq!(
+            store
+                .checkpoint(&run_id, 1)
+                .await
+                .expect("read")
+                .map(|c| c.bytes_done),
+            Some(5)
+        );
+    }
+}
+
+#[tokio::test]
+async fn cursors_are_saved_per_job() {
+    for (backend, store, _dir) in stores().await {
+        let job = unique_job("cursor");
+        assert_eq!(store.cursor(&job).await.expect("read"), None, "{backend}");
+        store
+            .set_cursor(&job, "2026-11-23T00:00:00Z/file-0042")
+            .await
+            .expect("set");
+        store
+            .set_cursor(&job, "2026-11-23T01:00:00Z/file-0043")
+            .await
+            .expect("replace");
+        assert_eq!(
+            store.cursor(&job).await.expect("read").as_deref(),
+            Some("2026-11-23T01:00:00Z/file-0043"),
+            "{backend}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unfinished_run_is_taken_over_only_after_its_lease() {
+    for (backend, store, _dir) in stores().await {
+        let job = unique_job("lease");
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        store
+            .claim(&claim(&job, slot(1), &run_id, "dead-daemon"))
+            .await
+            .expect("claim");
+        let unfinished = store.unfinished().await.expect("read");
+        assert!(unfinished.iter().any(|r| r.run_id == run_id), "{backend}");
+        // The lease (60 s) has not expired: nobody else may take it.
+        let taken = store
+            .take_over(&run_id, "new-daemon", Duration::from_secs(60), Utc::now())
+            .await
+            .expect("take over");
+        assert!(!taken, "{backend}: a live lease is respected");
+        // As if two minutes passed.
+        let later = Utc::now() + chrono::Duration::seconds(120);
+        assert!(
+            store
+                .take_over(&run_id, "new-daemon", Duration::from_secs(60), later)
+                .await
+                .expect("take over"),
+            "{backend}"
+        );
+        let run = store
+            .run_for(&job, slot(1))
+            .await
+            .expect("read")
+            .expect("run");
+        assert_eq!(run.owner, "new-daemon");
+        assert!(
+            store
+                .renew(&run_id, "new-daemon", Duration::from_secs(60))
+                .await
+                .expect("renew")
+        );
+        assert!(
+            !store
+                .renew(&run_id, "dead-daemon", Duration::from_secs(60))
+                .await
+                .expect("renew")
+        );
+    }
+}
+
+#[tokio::test]
+async fn history_is_newest_first_and_filtered() {
+    for (backend, store, _dir) in stores().await {
+        let job = unique_job("hist");
+        let other = unique_job("other");
+        for n in 0..5 {
+            let run_id = uuid::Uuid::new_v4().simple().to_string();
+            store
+                .claim(&claim(&job, slot(n), &run_id, "a"))
+                .await
+                .expect("claim");
+        }
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        store
+            .claim(&claim(&other, slot(9), &run_id, "a"))
+            .await
+            .expect("claim");
+        let runs = store.history(Some(&job), 3).await.expect("history");
+        let slots: Vec<DateTime<Utc>> = runs.iter().map(|r| r.slot).collect();
+        assert_eq!(slots, vec![slot(4), slot(3), slot(2)], "{backend}");
+        assert!(runs.iter().all(|r| r.job == job));
+        assert_eq!(store.last_slot(&job).await.expect("read"), Some(slot(4)));
+        assert_eq!(
+            store.last_slot(&unique_job("none")).await.expect("read"),
+            None
+        );
+    }
+}
+
+/// Two stores (two daemons) on one database claim the same 1,000 slots at once: each slot
+/// is claimed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_claim_each_slot_exactly_once() {
+    for (backend, store, dir) in stores().await {
+        let second = match backend {
+            "sqlite" => Store::open("sqlite://state/ferry.db", dir.path()).await,
+            _ => {
+                Store::open(
+                    &std::env::var("FERRY_TEST_POSTGRES_URL").expect("set"),
+                    dir.path(),
+                )
+                .await
+            }
+        }
+        .expect("a second store on the same database");
+        let job = unique_job("race");
+        let contend = |store: Store, owner: &'static str| {
+            let job = job.clone();
+            tokio::spawn(async move {
+                let mut won = Vec::new();
+                for n in 0..1000 {
+                    let run_id = uuid::Uuid::new_v4().simple().to_string();
+                    if store
+                        .claim(&claim(&job, slot(n), &run_id, owner))
+                        .await
+                        .expect("claim")
+                    {
+                        won.push(n);
+                    }
+                }
+                won
+            })
+        };
+        let (a, b) = tokio::join!(contend(store.clone(), "a"), contend(second, "b"));
+        let (a, b) = (a.expect("join"), b.expect("join"));
+        assert_eq!(
+            a.len() + b.len(),
+            1000,
+            "{backend}: every slot claimed once"
+        );
+        let mut all: Vec<i64> = a.iter().chain(&b).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 1000, "{backend}: no slot claimed twice");
+        assert_eq!(
+            store
+                .history(Some(&job), 2000)
+                .await
+                .expect("history")
+                .len(),
+            1000
+        );
+        eprintln!(
+            "{backend}: daemon a won {} slots, daemon b {}",
+            a.len(),
+            b.len()
+        );
+    }
+}
