@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
@@ -19,7 +20,7 @@ use crate::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
 use crate::source::{ByteStream, DataSource};
 use crate::transform::Transform;
-use crate::writer::{Delivery, Frame, Payload, Writer};
+use crate::writer::{Checkpoints, Delivery, Frame, Payload, Writer};
 
 /// How many chunks may wait for each writer: bounds memory at this × chunk size × writers.
 const FRAMES_IN_FLIGHT: usize = 4;
@@ -40,6 +41,9 @@ pub trait Activity: Send + Sync {
         ctx: &RunContext,
         progress: &mut Progress,
     ) -> Result<Vec<Delivery>, DeliveryError>;
+
+    /// The run failed for good: remove what its attempts kept for a resume.
+    async fn discard(&self, _ctx: &RunContext) {}
 }
 
 #[async_trait]
@@ -51,6 +55,10 @@ impl<A: Activity + ?Sized> Activity for Arc<A> {
     ) -> Result<Vec<Delivery>, DeliveryError> {
         (**self).start(ctx, progress).await
     }
+
+    async fn discard(&self, ctx: &RunContext) {
+        (**self).discard(ctx).await;
+    }
 }
 
 /// One source, an optional transform, and one or more writers.
@@ -58,6 +66,7 @@ impl<A: Activity + ?Sized> Activity for Arc<A> {
 pub struct DeliveryActivity {
     source: Arc<dyn DataSource>,
     transform: Option<Transform>,
+    rate_limit: Option<u64>,
     writers: Vec<Arc<dyn Writer>>,
 }
 
@@ -67,8 +76,15 @@ impl DeliveryActivity {
         DeliveryActivity {
             source,
             transform: None,
+            rate_limit: None,
             writers,
         }
+    }
+
+    /// Limits how fast the source is read, in bytes per second.
+    pub fn with_rate_limit(mut self, bytes_per_second: Option<u64>) -> DeliveryActivity {
+        self.rate_limit = bytes_per_second.filter(|rate| *rate > 0);
+        self
     }
 
     /// Compresses the data on its way to the writers.
@@ -103,6 +119,12 @@ impl Activity for DeliveryActivity {
         }
         Ok(progress.delivered.values().cloned().collect())
     }
+
+    async fn discard(&self, ctx: &RunContext) {
+        for writer in &self.writers {
+            writer.discard(ctx).await;
+        }
+    }
 }
 
 impl DeliveryActivity {
@@ -113,14 +135,26 @@ impl DeliveryActivity {
         progress: &mut Progress,
     ) -> Result<(), DeliveryError> {
         let source = self.source.describe();
-        let opened = self
-            .source
-            .open(ctx)
-            .await
-            .map_err(|err| err.context(format_args!("source {source}")))?;
+        let in_source = |err: DeliveryError| err.context(format_args!("source {source}"));
+        let resume_at = self.resume_point(ctx, pending).await;
+        let resumed = match resume_at {
+            0 => None,
+            offset => self.source.open_at(ctx, offset).await.map_err(in_source)?,
+        };
+        let (opened, offset) = match resumed {
+            Some(opened) => {
+                tracing::info!(offset = resume_at, "Resuming from a checkpoint.");
+                (opened, resume_at)
+            }
+            None => (self.source.open(ctx).await.map_err(in_source)?, 0),
+        };
         let (stream, len) = match self.transform {
             Some(transform) => (transform.apply(opened.stream), None),
             None => (opened.stream, opened.len),
+        };
+        let stream = match self.rate_limit {
+            Some(rate) => throttle(stream, rate),
+            None => stream,
         };
 
         let mut senders = Vec::with_capacity(pending.len());
@@ -130,7 +164,14 @@ impl DeliveryActivity {
             senders.push(tx);
             let writer = Arc::clone(&self.writers[index]);
             let ctx = ctx.clone();
-            let task = tokio::spawn(async move { writer.write(&ctx, Payload::new(rx, len)).await });
+            let checkpoints = ctx.ledger.clone().map(|ledger| Checkpoints {
+                ledger,
+                run_id: ctx.run_id.clone(),
+                writer: index,
+            });
+            let total = len.map(|len| len + offset);
+            let payload = Payload::new(rx, total, offset, checkpoints);
+            let task = tokio::spawn(async move { writer.write(&ctx, payload).await });
             tasks.push((index, AbortOnDropHandle::new(task)));
         }
 
@@ -146,12 +187,13 @@ impl DeliveryActivity {
                 )),
             };
             match (result, &pumped) {
-                (Ok(delivery), Ok(total)) if delivery.bytes != *total => {
+                (Ok(delivery), Ok(streamed)) if delivery.bytes != offset + streamed => {
                     failures.push(DeliveryError::new(
                         ErrorKind::Integrity,
                         format!(
-                            "writer {writer} reported {} bytes of {total}",
-                            delivery.bytes
+                            "writer {writer} reported {} bytes of {}",
+                            delivery.bytes,
+                            offset + streamed
                         ),
                     ));
                 }
@@ -174,6 +216,45 @@ impl DeliveryActivity {
             }
         }
     }
+}
+
+impl DeliveryActivity {
+    /// Where this attempt can start: the smallest number of bytes every pending writer
+    /// still holds from an earlier attempt (per its checkpoint), or 0. Compressed payloads
+    /// always start over (a compressor cannot start mid-stream).
+    async fn resume_point(&self, ctx: &RunContext, pending: &[usize]) -> u64 {
+        let Some(ledger) = &ctx.ledger else {
+            return 0;
+        };
+        if self.transform.is_some() {
+            return 0;
+        }
+        let mut point = u64::MAX;
+        for &index in pending {
+            let held = match ledger.checkpoint(&ctx.run_id, index).await {
+                Some(checkpoint) => self.writers[index].resume_point(ctx, &checkpoint).await,
+                None => 0,
+            };
+            point = point.min(held);
+            if point == 0 {
+                break;
+            }
+        }
+        if point == u64::MAX { 0 } else { point }
+    }
+}
+
+/// Paces `stream` to at most `bytes_per_second`.
+fn throttle(stream: ByteStream, bytes_per_second: u64) -> ByteStream {
+    let started = tokio::time::Instant::now();
+    let paced = futures::stream::unfold((stream, 0u64), move |(mut stream, sent)| async move {
+        let item = stream.next().await?;
+        let sent = sent + item.as_ref().map_or(0, |chunk| chunk.len() as u64);
+        let due = started + Duration::from_secs_f64(sent as f64 / bytes_per_second as f64);
+        tokio::time::sleep_until(due).await;
+        Some((item, (stream, sent)))
+    });
+    Box::pin(paced)
 }
 
 /// Reads `stream` and hands each chunk to every writer still listening. Returns the number

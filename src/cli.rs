@@ -16,6 +16,7 @@ use crate::daemon::{self, DaemonError};
 use crate::job::{BuildEnv, Job};
 use crate::runner::RunStatus;
 use crate::schedule::{Schedule, parse_timezone};
+use crate::state::{Ledger, Store, owner_id};
 
 /// ferry: scheduled data delivery.
 #[derive(Debug, Parser)]
@@ -72,6 +73,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show recent runs from the state store, newest first.
+    History {
+        /// Only this job's runs.
+        job: Option<String>,
+        /// How many runs to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// What a command printed and how it ends.
@@ -124,7 +136,65 @@ pub async fn execute(cli: &Cli) -> Outcome {
             Ok(config) => trigger(&config, job, *json).await,
             Err(outcome) => outcome,
         },
+        Command::History { job, limit, json } => match load(cli) {
+            Ok(config) => history(&config, job.as_deref(), *limit, *json).await,
+            Err(outcome) => outcome,
+        },
     }
+}
+
+/// Opens the job file's state store.
+async fn open_store(config: &Config) -> Result<Store, Outcome> {
+    Store::open(&config.daemon.state_url(), &config.base_dir)
+        .await
+        .map_err(|err| Outcome::fail(1, format!("ferry: {err}\n")))
+}
+
+/// Recent runs, as `ferry history` prints them.
+pub async fn history(config: &Config, job: Option<&str>, limit: u32, json: bool) -> Outcome {
+    let store = match open_store(config).await {
+        Ok(store) => store,
+        Err(outcome) => return outcome,
+    };
+    let runs = match store.history(job, limit).await {
+        Ok(runs) => runs,
+        Err(err) => return Outcome::fail(1, format!("ferry: {err}\n")),
+    };
+    if json {
+        return match serde_json::to_string_pretty(&runs) {
+            Ok(text) => Outcome::ok(text + "\n"),
+            Err(err) => Outcome::fail(1, format!("ferry: cannot render the history: {err}\n")),
+        };
+    }
+    let mut rows = vec![
+        [
+            "JOB", "SLOT", "OUTCOME", "ATTEMPTS", "DURATION", "BYTES", "LOCATION",
+        ]
+        .map(str::to_owned),
+    ];
+    for run in &runs {
+        let duration = run.finished_at.map_or_else(String::new, |end| {
+            let ms = (end - run.started_at).num_milliseconds().max(0);
+            format!("{:.1}s", ms as f64 / 1000.0)
+        });
+        let outcome = match (&run.error, run.state) {
+            (Some(error), _) => format!("failed: {error}"),
+            (None, state) => serde_json::to_value(state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        };
+        rows.push([
+            run.job.clone(),
+            run.slot_local.clone(),
+            outcome,
+            run.attempts.to_string(),
+            duration,
+            run.bytes.map_or_else(String::new, |b| b.to_string()),
+            run.location.clone().unwrap_or_default(),
+        ]);
+    }
+    Outcome::ok(table(&rows))
 }
 
 /// The job file, or the outcome of a bad one (exit 2 with every problem).
@@ -197,17 +267,22 @@ pub fn list(config: &Config, now: DateTime<Utc>) -> String {
             format!("{} → {}", job.source.kind(), writers.join(", ")),
         ]);
     }
-    let mut widths = [0usize; 5];
-    for row in &rows {
+    table(&rows)
+}
+
+/// Rows as left-aligned columns, the last one unpadded.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let mut line = String::new();
         for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
+            if i + 1 == N {
                 line.push_str(cell);
             } else {
                 let _ = write!(line, "{cell:<width$}  ");
@@ -243,7 +318,29 @@ pub async fn trigger(config: &Config, name: &str, json: bool) -> Outcome {
             );
         }
     };
-    let report = job.run(job.now_slot()).await;
+    let store = match open_store(config).await {
+        Ok(store) => store,
+        Err(outcome) => return outcome,
+    };
+    let ledger = Ledger {
+        store,
+        owner: owner_id(),
+        lease: std::time::Duration::from_secs(60),
+    };
+    let slot = job.now_slot();
+    let report = match job.run_claimed(&ledger, slot).await {
+        Ok(Some(report)) => report,
+        Ok(None) => {
+            return Outcome::fail(
+                1,
+                format!(
+                    "ferry: {name} already has a run for slot {}; try again in a second\n",
+                    slot.to_rfc3339()
+                ),
+            );
+        }
+        Err(err) => return Outcome::fail(1, format!("ferry: {err}\n")),
+    };
     let code = match report.status {
         RunStatus::Succeeded => 0,
         RunStatus::Failed => 1,

@@ -42,6 +42,7 @@ use crate::config::{self, Config, ConfigErrors, Overlap};
 use crate::error::{DeliveryError, display_chain};
 use crate::job::Job;
 use crate::runner::RunReport;
+use crate::state::{Backend, Ledger, Outcome, RunState, StateError, Store, owner_id};
 
 /// What the daemon is asked to do from outside (signals, tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +108,9 @@ pub enum DaemonError {
     /// The timer could not be set up (exit code 1).
     #[error("scheduler: {0}")]
     Scheduler(String),
+    /// The state store could not be opened (exit code 1).
+    #[error("{0}")]
+    State(#[from] StateError),
 }
 
 /// Maps SIGHUP to [`Control::Reload`] and SIGTERM/SIGINT to [`Control::Shutdown`] (a second
@@ -146,6 +150,12 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let config = config::load(path)?;
     let jobs = Job::build_all(&config).map_err(DaemonError::Build)?;
+    let store = Store::open(&config.daemon.state_url(), &config.base_dir).await?;
+    let ledger = Ledger {
+        store,
+        owner: owner_id(),
+        lease: LEASE,
+    };
     let scheduler = JobScheduler::new()
         .await
         .map_err(|err| DaemonError::Scheduler(err.to_string()))?;
@@ -166,10 +176,13 @@ pub async fn run(
         not_started: CancellationToken::new(),
         abort: CancellationToken::new(),
         events,
+        ledger,
     };
     for job in jobs {
         daemon.insert(job).await;
     }
+    daemon.resume_unfinished().await?;
+    daemon.catch_up().await?;
     let armed = daemon.armed.values().filter(|a| a.next.is_some()).count();
     tracing::info!(config = %path.display(), jobs = daemon.armed.len(), armed, "Ready: jobs armed.");
     systemd(&[
@@ -238,9 +251,138 @@ struct Daemon {
     /// Cancelled when the shutdown deadline passes: running deliveries stop.
     abort: CancellationToken,
     events: Option<mpsc::UnboundedSender<Event>>,
+    /// Where runs are claimed and recorded.
+    ledger: Ledger,
 }
 
+/// How long a run's claim holds without renewal (renewed at a third of it while it runs).
+const LEASE: Duration = Duration::from_secs(60);
+
 impl Daemon {
+    /// Resumes the runs a previous daemon left unfinished, from their checkpoints. With
+    /// SQLite (one daemon) they are this daemon's to take; with PostgreSQL only those whose
+    /// lease expired (their daemon is gone).
+    async fn resume_unfinished(&mut self) -> Result<(), StateError> {
+        let store = self.ledger.store.clone();
+        let expired_before = match store.backend() {
+            Backend::Sqlite => Utc::now() + chrono::Duration::days(36_500),
+            Backend::Postgres => Utc::now(),
+        };
+        for record in store.unfinished().await? {
+            let Some(armed) = self.armed.get(&record.job) else {
+                let error = "the job is no longer in the job file";
+                tracing::warn!(job = %record.job, run_id = %record.run_id, "Not resuming the run: {error}.");
+                store
+                    .finish(
+                        &record.run_id,
+                        &Outcome {
+                            state: RunState::Failed,
+                            attempts: record.attempts,
+                            bytes: None,
+                            sha256: None,
+                            location: None,
+                            error: Some(error),
+                        },
+                    )
+                    .await?;
+                continue;
+            };
+            if !store
+                .take_over(&record.run_id, &self.ledger.owner, LEASE, expired_before)
+                .await?
+            {
+                continue;
+            }
+            tracing::info!(job = %record.job, run_id = %record.run_id, slot = %record.slot_local, attempts = record.attempts, "Resuming a run left unfinished.");
+            let job = Arc::clone(&armed.job);
+            let running = Arc::clone(&armed.running);
+            let ledger = self.ledger.clone();
+            let abort = self.abort.clone();
+            let events = self.events.clone();
+            self.tracker.spawn(async move {
+                let Some(_running) = Running::enter(running, Overlap::Allow) else {
+                    return;
+                };
+                tokio::select! {
+                    resumed = job.resume(&ledger, &record) => match resumed {
+                        Ok(Some(report)) => {
+                            if let Some(events) = events {
+                                let _ = events.send(Event::Finished(Box::new(report)));
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(err) => tracing::error!(job = %job.name, error = %err, "Cannot resume the run."),
+                    },
+                    () = abort.cancelled() => {
+                        tracing::warn!(job = %job.name, "Run cancelled: the shutdown deadline passed.");
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives each job whose last slot was missed within its `misfire_grace` one catch-up
+    /// run, and logs what was missed outside it.
+    async fn catch_up(&mut self) -> Result<(), StateError> {
+        let now = Utc::now();
+        let mut due = Vec::new();
+        for (name, armed) in &self.armed {
+            let job = &armed.job;
+            if !job.enabled {
+                continue;
+            }
+            let Some(last_due) = job.schedule.latest_at_or_before(now) else {
+                continue;
+            };
+            let last_due_utc = last_due.with_timezone(&Utc);
+            if self
+                .ledger
+                .store
+                .run_for(name, last_due_utc)
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            let recorded = self.ledger.store.last_slot(name).await?;
+            let missed = recorded.map_or(1, |last| job.schedule.count_between(last, now));
+            match job.misfire_grace {
+                Some(grace)
+                    if now - last_due_utc
+                        <= chrono::Duration::from_std(grace).unwrap_or_default() =>
+                {
+                    tracing::info!(job = %name, slot = %last_due.to_rfc3339(), missed, "Catching up: the missed slots coalesce into one run.");
+                    due.push((name.clone(), last_due));
+                }
+                Some(grace) => tracing::info!(
+                    job = %name,
+                    slot = %last_due.to_rfc3339(),
+                    missed,
+                    misfire_grace = %humantime::format_duration(grace),
+                    "Missed slots are older than misfire_grace; not run."
+                ),
+                None if recorded.is_some() && missed > 0 => tracing::info!(
+                    job = %name,
+                    missed,
+                    "Slots were missed while ferry was down; no misfire_grace, so none is made up."
+                ),
+                None => {}
+            }
+        }
+        for (name, slot) in due {
+            if let Some(armed) = self.armed.get(&name) {
+                let (job, running, waiting) = (
+                    Arc::clone(&armed.job),
+                    Arc::clone(&armed.running),
+                    armed.waiting.clone(),
+                );
+                self.start(job, slot, running, waiting);
+            }
+        }
+        Ok(())
+    }
+
     async fn serve(
         &mut self,
         mut control: mpsc::Receiver<Control>,
@@ -419,6 +561,7 @@ impl Daemon {
             .unwrap_or_default();
         let abort = self.abort.clone();
         let events = self.events.clone();
+        let ledger = self.ledger.clone();
         let emit = move |event: Event| {
             if let Some(events) = &events {
                 let _ = events.send(event);
@@ -445,7 +588,11 @@ impl Daemon {
                 return;
             };
             tokio::select! {
-                report = job.run(slot) => emit(Event::Finished(Box::new(report))),
+                claimed = job.run_claimed(&ledger, slot) => match claimed {
+                    Ok(Some(report)) => emit(Event::Finished(Box::new(report))),
+                    Ok(None) => tracing::info!(job = %job.name, slot = %slot.to_rfc3339(), "The slot already has a run; not running it again."),
+                    Err(err) => tracing::error!(job = %job.name, slot = %slot.to_rfc3339(), error = %err, "Cannot claim the slot; not running it."),
+                },
                 () = abort.cancelled() => {
                     tracing::warn!(job = %job.name, slot = %slot.to_rfc3339(), "Run cancelled: the shutdown deadline passed.");
                 }

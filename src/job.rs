@@ -19,6 +19,7 @@ use crate::error::{DeliveryError, ErrorKind};
 use crate::notify::Notifier;
 use crate::runner::{ActivityRunner, RetryPolicy, RetryingActivity, RunReport};
 use crate::schedule::{Schedule, parse_timezone};
+use crate::state::{Claim, Ledger, Outcome, RunRecord, RunState, StateError};
 
 /// What building a source, writer or notifier may use.
 #[derive(Debug, Clone)]
@@ -58,6 +59,8 @@ pub struct Job {
     pub overlap: Overlap,
     /// The longest random delay before a scheduled run starts.
     pub jitter: Option<Duration>,
+    /// How long after a missed slot a catch-up run is still made at start-up.
+    pub misfire_grace: Option<Duration>,
     /// What it does.
     pub runner: ActivityRunner<DeliveryActivity>,
 }
@@ -79,7 +82,9 @@ impl Job {
             .map(|writer| writer.settings().build(env))
             .collect::<Result<Vec<_>, _>>()
             .map_err(in_job)?;
-        let activity = DeliveryActivity::new(source, writers).with_transform(job.transform);
+        let activity = DeliveryActivity::new(source, writers)
+            .with_transform(job.transform)
+            .with_rate_limit(job.rate_limit.map(|rate| rate.0));
 
         let retry = job
             .retry
@@ -117,6 +122,7 @@ impl Job {
             enabled: job.enabled,
             overlap: job.overlap,
             jitter: job.jitter.map(ConfigDuration::get),
+            misfire_grace: job.misfire_grace.map(ConfigDuration::get),
             runner,
         })
     }
@@ -138,8 +144,78 @@ impl Job {
             .collect()
     }
 
-    /// Runs the job for `slot` to its end (all attempts, then the handlers).
+    /// Runs the job for `slot` to its end (all attempts, then the handlers), with no record.
     pub async fn run(&self, slot: DateTime<Tz>) -> RunReport {
         self.runner.run(RunContext::new(&self.name, slot)).await
+    }
+
+    /// Claims `slot` in the store and runs it, recorded; `None` when the slot already has a
+    /// run (here or in another daemon).
+    pub async fn run_claimed(
+        &self,
+        ledger: &Ledger,
+        slot: DateTime<Tz>,
+    ) -> Result<Option<RunReport>, StateError> {
+        let ctx = RunContext::new(&self.name, slot).with_ledger(ledger.clone());
+        let uuid = ctx.uuid.to_string();
+        let claimed = ledger
+            .store
+            .claim(&Claim {
+                job: &self.name,
+                slot: slot.with_timezone(&Utc),
+                slot_local: &slot.to_rfc3339(),
+                run_id: &ctx.run_id,
+                uuid: &uuid,
+                owner: &ledger.owner,
+                lease: ledger.lease,
+            })
+            .await?;
+        if !claimed {
+            return Ok(None);
+        }
+        Ok(Some(self.runner.run(ctx).await))
+    }
+
+    /// Resumes `record`, a run of this job left unfinished, from its checkpoints: same run
+    /// id, slot and `{uuid}`, its attempts counted on. A run whose attempts are used up is
+    /// recorded as failed instead.
+    pub async fn resume(
+        &self,
+        ledger: &Ledger,
+        record: &RunRecord,
+    ) -> Result<Option<RunReport>, StateError> {
+        let policy = self.runner.activity().policy();
+        if record.attempts >= policy.max_attempts {
+            let error = format!(
+                "interrupted during its last attempt ({} of {})",
+                record.attempts, policy.max_attempts
+            );
+            tracing::warn!(job = %self.name, run_id = %record.run_id, %error, "Not resuming the run.");
+            ledger
+                .store
+                .finish(
+                    &record.run_id,
+                    &Outcome {
+                        state: RunState::Failed,
+                        attempts: record.attempts,
+                        bytes: None,
+                        sha256: None,
+                        location: None,
+                        error: Some(&error),
+                    },
+                )
+                .await?;
+            return Ok(None);
+        }
+        let slot = record.slot.with_timezone(&self.schedule.timezone());
+        let ctx = RunContext {
+            job: self.name.clone(),
+            run_id: record.run_id.clone(),
+            uuid: record.uuid.parse().unwrap_or_else(|_| uuid::Uuid::new_v4()),
+            slot,
+            attempt: record.attempts + 1,
+            ledger: Some(ledger.clone()),
+        };
+        Ok(Some(self.runner.run(ctx).await))
     }
 }

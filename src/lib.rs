@@ -64,6 +64,8 @@ pub struct RunContext {
     pub slot: DateTime<Tz>,
     /// The attempt in progress, from 1.
     pub attempt: u32,
+    /// Where the run's attempts, checkpoints and outcome are recorded, when anywhere.
+    pub ledger: Option<state::Ledger>,
 }
 
 impl RunContext {
@@ -75,7 +77,14 @@ impl RunContext {
             uuid: Uuid::new_v4(),
             slot,
             attempt: 1,
+            ledger: None,
         }
+    }
+
+    /// The same run, recorded in `ledger`.
+    pub fn with_ledger(mut self, ledger: state::Ledger) -> RunContext {
+        self.ledger = Some(ledger);
+        self
     }
 }
 

@@ -41,8 +41,75 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
+/// A transfer rate in a job file: `"8MiB"` (per second), `"500KB"`, `"1GiB/s"`, or a number
+/// of bytes per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRate(pub u64);
+
+impl ByteRate {
+    /// Parses `"8MiB"`, `"8 MiB/s"`, `"500kB"`, `"1048576"`.
+    pub fn parse(text: &str) -> Result<ByteRate, String> {
+        let trimmed = text.trim();
+        let trimmed = trimmed.strip_suffix("/s").unwrap_or(trimmed).trim_end();
+        let split = trimmed
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(split);
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("invalid rate {text:?} (write e.g. \"8MiB\" or \"500kB\")"))?;
+        let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "kb" => 1e3,
+            "mb" => 1e6,
+            "gb" => 1e9,
+            "kib" => 1024.0,
+            "mib" => 1024.0 * 1024.0,
+            "gib" => 1024.0 * 1024.0 * 1024.0,
+            _ => {
+                return Err(format!(
+                    "invalid rate unit in {text:?} (B, kB, MB, GB, KiB, MiB, GiB)"
+                ));
+            }
+        };
+        let rate = (number * scale).round();
+        if !(rate >= 1.0 && rate < u64::MAX as f64) {
+            return Err(format!(
+                "rate {text:?} must be at least one byte per second"
+            ));
+        }
+        Ok(ByteRate(rate as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteRate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(0) => Err(serde::de::Error::custom("a rate must be above zero")),
+            Raw::Number(n) => Ok(ByteRate(n)),
+            Raw::Text(text) => ByteRate::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rates_parse() {
+        assert_eq!(ByteRate::parse("8MiB"), Ok(ByteRate(8 << 20)));
+        assert_eq!(ByteRate::parse("8 MiB/s"), Ok(ByteRate(8 << 20)));
+        assert_eq!(ByteRate::parse("500kB"), Ok(ByteRate(500_000)));
+        assert_eq!(ByteRate::parse("1.5KiB"), Ok(ByteRate(1536)));
+        assert!(ByteRate::parse("fast").is_err());
+        assert!(ByteRate::parse("0").is_err());
+    }
+
     use super::*;
 
     #[derive(Deserialize)]

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use duration::ConfigDuration;
+pub use duration::{ByteRate, ConfigDuration};
 pub use load::{ConfigError, ConfigErrors, load, parse};
 pub use secret::{Secret, SecretRef};
 
@@ -62,9 +62,31 @@ pub struct DaemonConfig {
     #[serde(default = "default_timezone")]
     pub timezone: String,
     /// How long running deliveries may take to finish once shutdown is asked; they are
-    /// cancelled (temporary files removed, programs killed) after it.
+    /// cancelled (programs killed, progress kept for a resume) after it.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: ConfigDuration,
+    /// Where run history, checkpoints and cursors are kept: `"sqlite://PATH"` (one daemon;
+    /// a relative path is taken from the job file's directory) or `"postgres://…"` (several
+    /// daemons). By default `sqlite://$STATE_DIRECTORY/state.db` under systemd, else
+    /// `sqlite://ferry-state.db` beside the job file.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+impl DaemonConfig {
+    /// The state store's URL, defaults applied.
+    pub fn state_url(&self) -> String {
+        match (&self.state, std::env::var_os("STATE_DIRECTORY")) {
+            (Some(url), _) => url.clone(),
+            (None, Some(dir)) => {
+                // systemd may list several directories, separated by colons.
+                let dir = dir.to_string_lossy();
+                let first = dir.split(':').next().unwrap_or_default();
+                format!("sqlite://{first}/state.db")
+            }
+            (None, None) => "sqlite://ferry-state.db".to_owned(),
+        }
+    }
 }
 
 fn default_timezone() -> String {
@@ -80,6 +102,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             timezone: default_timezone(),
             shutdown_timeout: default_shutdown_timeout(),
+            state: None,
         }
     }
 }
@@ -140,6 +163,14 @@ pub struct JobConfig {
     /// to spread jobs that share a schedule. The run's slot stays the scheduled time.
     #[serde(default)]
     pub jitter: Option<ConfigDuration>,
+    /// After downtime, the last slot missed within this long before start-up gets one
+    /// catch-up run (several missed slots coalesce into one). No catch-up by default.
+    #[serde(default)]
+    pub misfire_grace: Option<ConfigDuration>,
+    /// The most bytes per second the source is read at (e.g. `"20MiB"`); unlimited by
+    /// default.
+    #[serde(default)]
+    pub rate_limit: Option<ByteRate>,
     /// Whether the job is scheduled; a disabled job can still be triggered by hand.
     #[serde(default = "default_enabled")]
     pub enabled: bool,

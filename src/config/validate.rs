@@ -31,6 +31,15 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
             "must be longer than zero",
         );
     }
+    if let Some(state) = &config.daemon.state {
+        let known = ["sqlite://", "postgres://", "postgresql://"];
+        if !known.iter().any(|prefix| state.starts_with(prefix)) || state == "sqlite://" {
+            problems.add(
+                root.key("daemon").key("state"),
+                "must be sqlite://PATH or postgres://USER@HOST/DATABASE",
+            );
+        }
+    }
     if config.defaults.timeout.is_some_and(|t| t.get().is_zero()) {
         problems.add(
             root.key("defaults").key("timeout"),

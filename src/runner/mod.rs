@@ -21,6 +21,7 @@ use crate::RunContext;
 use crate::activity::{Activity, Progress};
 use crate::error::{DeliveryError, ErrorKind, display_chain};
 use crate::notify::{LogNotifier, Notifier};
+use crate::state::{Ledger, Outcome, RunState};
 use crate::writer::Delivery;
 
 /// The end of a run's attempts.
@@ -62,8 +63,20 @@ impl<A: Activity> RetryingActivity<A> {
         let started = Instant::now();
         let mut ctx = ctx.clone();
         let mut progress = Progress::default();
-        let mut delays = self.policy.delays();
+        // A resumed run continues its count: attempts made before use up their delays.
+        let mut delays = self
+            .policy
+            .delays()
+            .skip(usize::try_from(ctx.attempt.saturating_sub(1)).unwrap_or(usize::MAX));
         loop {
+            if let Some(ledger) = &ctx.ledger
+                && let Err(err) = ledger
+                    .store
+                    .attempt(&ctx.run_id, ctx.attempt, ledger.lease)
+                    .await
+            {
+                tracing::warn!(error = %err, "Cannot record the attempt in the state store.");
+            }
             let attempt = self.attempt(&ctx, &mut progress);
             let result = attempt
                 .instrument(tracing::info_span!("attempt", attempt = ctx.attempt))
@@ -255,10 +268,23 @@ impl<A: Activity> ActivityRunner<A> {
             slot = %ctx.slot.to_rfc3339(),
         );
         async {
-            tracing::info!("Run started.");
+            if ctx.attempt > 1 {
+                tracing::info!(attempt = ctx.attempt, "Run resumed.");
+            } else {
+                tracing::info!("Run started.");
+            }
             let started_at = Utc::now();
             let clock = Instant::now();
-            let attempted = self.activity.run(&ctx).await;
+            let attempted = match &ctx.ledger {
+                None => self.activity.run(&ctx).await,
+                Some(ledger) => tokio::select! {
+                    attempted = self.activity.run(&ctx) => attempted,
+                    never = keep_lease(ledger, &ctx.run_id) => match never {},
+                },
+            };
+            if attempted.result.is_err() {
+                self.activity.activity().discard(&ctx).await;
+            }
             let (status, deliveries, error) = match attempted.result {
                 Ok(deliveries) => (RunStatus::Succeeded, deliveries, None),
                 Err(err) => (
@@ -282,6 +308,9 @@ impl<A: Activity> ActivityRunner<A> {
                 deliveries,
                 error,
             };
+            if let Some(ledger) = &ctx.ledger {
+                record(ledger, &report).await;
+            }
             let handlers = match status {
                 RunStatus::Succeeded => &self.on_success,
                 RunStatus::Failed => &self.on_failure,
@@ -295,6 +324,49 @@ impl<A: Activity> ActivityRunner<A> {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Renews the run's lease at a third of its length, for as long as the run lasts.
+async fn keep_lease(ledger: &Ledger, run_id: &str) -> std::convert::Infallible {
+    let mut tick = tokio::time::interval(ledger.lease / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match ledger
+            .store
+            .renew(run_id, &ledger.owner, ledger.lease)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("The run's lease is held by another daemon now."),
+            Err(err) => tracing::warn!(error = %err, "Cannot renew the run's lease."),
+        }
+    }
+}
+
+/// Writes the run's outcome to the state store (and drops its checkpoints).
+async fn record(ledger: &Ledger, report: &RunReport) {
+    let locations: Vec<&str> = report
+        .deliveries
+        .iter()
+        .map(|d| d.location.as_str())
+        .collect();
+    let locations = locations.join(", ");
+    let error = report.error.as_ref().map(|e| display_chain(&e.chain));
+    let outcome = Outcome {
+        state: match report.status {
+            RunStatus::Succeeded => RunState::Succeeded,
+            RunStatus::Failed => RunState::Failed,
+        },
+        attempts: report.attempts,
+        bytes: (report.status == RunStatus::Succeeded).then(|| report.bytes()),
+        sha256: report.deliveries.first().map(|d| d.sha256.as_str()),
+        location: (!locations.is_empty()).then_some(locations.as_str()),
+        error: error.as_deref(),
+    };
+    if let Err(err) = ledger.store.finish(&report.run_id, &outcome).await {
+        tracing::error!(error = %err, "Cannot record the run's outcome in the state store.");
     }
 }
 

@@ -55,6 +55,12 @@ impl Schedule {
         self.cron.find_next_occurrence(&local, false).ok()
     }
 
+    /// The latest fire time at or before `at`.
+    pub fn latest_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Tz>> {
+        let local = at.trunc_subsecs(0).with_timezone(&self.timezone);
+        self.cron.find_previous_occurrence(&local, true).ok()
+    }
+
     /// The next `count` fire times strictly after `after`.
     pub fn upcoming(&self, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Tz>> {
         let mut out = Vec::with_capacity(count);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::TryStreamExt as _;
 use serde::Deserialize;
+use tokio::io::AsyncSeekExt as _;
 use tokio_util::io::ReaderStream;
 
 use super::{DataSource, SourceSettings, SourceStream};
@@ -65,6 +66,24 @@ impl DataSource for FileSource {
     }
 
     async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
+        self.open_from(ctx, 0).await
+    }
+
+    async fn open_at(
+        &self,
+        ctx: &RunContext,
+        offset: u64,
+    ) -> Result<Option<SourceStream>, DeliveryError> {
+        self.open_from(ctx, offset).await.map(Some)
+    }
+}
+
+impl FileSource {
+    async fn open_from(
+        &self,
+        ctx: &RunContext,
+        offset: u64,
+    ) -> Result<SourceStream, DeliveryError> {
         let path = self.base_dir.join(self.path.render(ctx));
         let file = tokio::fs::File::open(&path)
             .await
@@ -79,12 +98,30 @@ impl DataSource for FileSource {
                 format!("{} is a directory, not a file", path.display()),
             ));
         }
+        let mut file = file;
+        if offset > 0 {
+            if meta.len() < offset {
+                return Err(DeliveryError::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "{} is shorter ({} bytes) than the {offset} bytes already delivered",
+                        path.display(),
+                        meta.len()
+                    ),
+                ));
+            }
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|err| {
+                    DeliveryError::io(format_args!("seek in {}", path.display()), err)
+                })?;
+        }
         let shown = path.display().to_string();
         let stream = ReaderStream::with_capacity(file, CHUNK_SIZE)
             .map_err(move |err| DeliveryError::io(format_args!("read {shown}"), err).into_io());
         Ok(SourceStream {
             stream: Box::pin(stream),
-            len: meta.is_file().then_some(meta.len()),
+            len: meta.is_file().then_some(meta.len() - offset),
         })
     }
 }

@@ -48,16 +48,33 @@ impl DataSource for InlineSource {
     }
 
     async fn open(&self, _ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
-        let data = self.data.clone();
+        Ok(self.stream_from(0))
+    }
+
+    async fn open_at(
+        &self,
+        _ctx: &RunContext,
+        offset: u64,
+    ) -> Result<Option<SourceStream>, DeliveryError> {
+        Ok(Some(self.stream_from(offset)))
+    }
+}
+
+impl InlineSource {
+    fn stream_from(&self, offset: u64) -> SourceStream {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.data.len());
+        let data = self.data.slice(start..);
         let len = data.len() as u64;
         let chunks = if data.is_empty() {
             vec![]
         } else {
             vec![Ok(data)]
         };
-        Ok(SourceStream {
+        SourceStream {
             stream: Box::pin(futures::stream::iter(chunks)),
             len: Some(len),
-        })
+        }
     }
 }

@@ -39,7 +39,7 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 pub struct SourceStream {
     /// The bytes.
     pub stream: ByteStream,
-    /// The total length, when the source knows it in advance.
+    /// How many bytes the stream will yield, when the source knows it in advance.
     pub len: Option<u64>,
 }
 
@@ -60,6 +60,17 @@ pub trait DataSource: fmt::Debug + Send + Sync {
 
     /// Opens the source for `ctx`'s run. Called once per attempt.
     async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError>;
+
+    /// Opens the source from byte `offset` on, to resume a run whose writers hold the bytes
+    /// before it. `None` when this source cannot (the default): the run starts over. The
+    /// stream's `len` is then what remains.
+    async fn open_at(
+        &self,
+        _ctx: &RunContext,
+        _offset: u64,
+    ) -> Result<Option<SourceStream>, DeliveryError> {
+        Ok(None)
+    }
 }
 
 /// The job-file settings of a source kind.

@@ -207,9 +207,37 @@ impl DataSource for UrlSource {
     }
 
     async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
+        let (response, shown) = self.get(ctx, None).await?;
+        Ok(body_stream(response, &shown))
+    }
+
+    async fn open_at(
+        &self,
+        ctx: &RunContext,
+        offset: u64,
+    ) -> Result<Option<SourceStream>, DeliveryError> {
+        let (response, shown) = self.get(ctx, Some(offset)).await?;
+        // A server that ignores the range sends the whole body (200): start over instead.
+        if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+            return Ok(None);
+        }
+        Ok(Some(body_stream(response, &shown)))
+    }
+}
+
+impl UrlSource {
+    /// Sends the GET (from byte `from`, when given) and checks its status.
+    async fn get(
+        &self,
+        ctx: &RunContext,
+        from: Option<u64>,
+    ) -> Result<(reqwest::Response, String), DeliveryError> {
         let url = self.url.render(ctx);
         let shown = redact_query(&url);
         let mut request = self.client.get(&url).headers(self.headers.clone());
+        if let Some(from) = from {
+            request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
         request = match &self.auth {
             Some(Auth::Bearer(token)) => request.bearer_auth(token.expose()),
             Some(Auth::Basic { username, password }) => {
@@ -229,15 +257,19 @@ impl DataSource for UrlSource {
                 format!("GET {shown} answered {status}{snippet}"),
             ));
         }
-        let len = response.content_length();
-        let action = format!("read the body of {shown}");
-        let stream = response
-            .bytes_stream()
-            .map_err(move |err| http_error(&action, err).into_io());
-        Ok(SourceStream {
-            stream: Box::pin(stream),
-            len,
-        })
+        Ok((response, shown))
+    }
+}
+
+fn body_stream(response: reqwest::Response, shown: &str) -> SourceStream {
+    let len = response.content_length();
+    let action = format!("read the body of {shown}");
+    let stream = response
+        .bytes_stream()
+        .map_err(move |err| http_error(&action, err).into_io());
+    SourceStream {
+        stream: Box::pin(stream),
+        len,
     }
 }
 

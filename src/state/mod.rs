@@ -145,6 +145,39 @@ pub struct Checkpoint {
     pub bytes_done: u64,
 }
 
+/// A run's link to the store: where its attempts, checkpoints and outcome go.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    /// The store.
+    pub store: Store,
+    /// The daemon (or command) that owns the run.
+    pub owner: String,
+    /// How long the owner's claim holds without renewal.
+    pub lease: Duration,
+}
+
+impl Ledger {
+    /// Writer `writer`'s saved progress in run `run_id` (errors are logged, not returned:
+    /// without a checkpoint the writer simply starts over).
+    pub async fn checkpoint(&self, run_id: &str, writer: usize) -> Option<Checkpoint> {
+        match self.store.checkpoint(run_id, writer).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::warn!(error = %err, "Cannot read a checkpoint; starting over.");
+                None
+            }
+        }
+    }
+}
+
+/// This process as an owner of runs: host name and process id.
+pub fn owner_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    format!("{host}/{}", std::process::id())
+}
+
 /// The state store.
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -2,8 +2,12 @@
 //!
 //! The data goes to `<final>.partial-<run_id>` in the final directory, is fsynced, and is
 //! renamed onto the final name (then the directory is fsynced), so readers see either the
-//! old file, no file, or the whole new one. Parent directories are created. A failed or
-//! cancelled delivery removes its temporary file.
+//! old file, no file, or the whole new one. Parent directories are created.
+//!
+//! With a state store, every couple of seconds the temporary file is fsynced and its length
+//! saved as a checkpoint; a retry or a restarted daemon cuts the file back to that length and
+//! appends from there (when the source can start mid-way), and the run's final failure
+//! removes it. Without a store, a failed or cancelled attempt removes its temporary file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,13 +15,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
 use super::{Delivery, Payload, Writer, WriterSettings};
 use crate::RunContext;
 use crate::config::{KeyPath, Problems};
 use crate::error::{DeliveryError, ErrorKind};
 use crate::job::BuildEnv;
+use crate::state::Checkpoint;
 use crate::template::Template;
 
 /// Settings of a `local` writer.
@@ -80,20 +85,23 @@ impl LocalWriter {
     }
 }
 
-/// Removes a temporary file when dropped, unless it was committed.
+/// Removes a temporary file when dropped, unless it was committed or is kept for a resume.
 struct TempFile {
     path: PathBuf,
-    committed: bool,
+    keep: bool,
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.keep {
             // Best effort: the file may not have been created.
             let _ = std::fs::remove_file(&self.path);
         }
     }
 }
+
+/// How often a writing attempt makes its progress durable and records a checkpoint.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn temp_path(target: &Path, run_id: &str) -> PathBuf {
     let mut name = target.file_name().unwrap_or_default().to_os_string();
@@ -121,19 +129,36 @@ impl Writer for LocalWriter {
             return Err(exists(&target));
         }
 
+        // With checkpoints, a failed or cancelled attempt keeps its temporary file for the
+        // next attempt (or the next daemon) to resume; `discard` removes it if the run fails.
         let mut temp = TempFile {
             path: temp_path(&target, &ctx.run_id),
-            committed: false,
+            keep: payload.checkpointing(),
         };
         let shown = temp.path.display().to_string();
-        let mut file = tokio::fs::File::create(&temp.path)
-            .await
-            .map_err(|err| DeliveryError::io(format_args!("create {shown}"), err))?;
+        let mut file = if payload.offset() > 0 {
+            reopen(&temp.path, &mut payload).await?
+        } else {
+            tokio::fs::File::create(&temp.path)
+                .await
+                .map_err(|err| DeliveryError::io(format_args!("create {shown}"), err))?
+        };
+        let mut written = payload.offset();
+        let mut last_checkpoint = tokio::time::Instant::now();
+        let document = serde_json::json!({ "temp": shown });
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|err| DeliveryError::io("read the data", err))?;
             file.write_all(&chunk)
                 .await
                 .map_err(|err| DeliveryError::io(format_args!("write {shown}"), err))?;
+            written += chunk.len() as u64;
+            if payload.checkpointing() && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                file.sync_data()
+                    .await
+                    .map_err(|err| DeliveryError::io(format_args!("fsync {shown}"), err))?;
+                payload.save_checkpoint(document.clone(), written).await;
+                last_checkpoint = tokio::time::Instant::now();
+            }
         }
         let digest = payload.finish()?;
         file.flush()
@@ -144,8 +169,10 @@ impl Writer for LocalWriter {
             .map_err(|err| DeliveryError::io(format_args!("fsync {shown}"), err))?;
         drop(file);
 
+        // From here on the temporary file is renamed or removed, never resumed.
+        temp.keep = false;
         commit(&temp.path, &target, self.overwrite).await?;
-        temp.committed = true;
+        temp.keep = true;
         sync_dir(&dir).await?;
 
         let location = std::path::absolute(&target).unwrap_or(target);
@@ -157,6 +184,64 @@ impl Writer for LocalWriter {
             sha256: digest.sha256,
         })
     }
+
+    async fn resume_point(&self, ctx: &RunContext, checkpoint: &Checkpoint) -> u64 {
+        let Ok(target) = self.path.render_path(ctx, &self.root) else {
+            return 0;
+        };
+        let temp = temp_path(&target, &ctx.run_id);
+        let recorded = checkpoint.document.get("temp").and_then(|t| t.as_str());
+        if recorded != Some(temp.to_string_lossy().as_ref()) {
+            return 0;
+        }
+        match tokio::fs::metadata(&temp).await {
+            Ok(meta) if meta.len() >= checkpoint.bytes_done => checkpoint.bytes_done,
+            _ => 0,
+        }
+    }
+
+    async fn discard(&self, ctx: &RunContext) {
+        if let Ok(target) = self.path.render_path(ctx, &self.root) {
+            let _ = tokio::fs::remove_file(temp_path(&target, &ctx.run_id)).await;
+        }
+    }
+}
+
+/// Opens the temporary file an earlier attempt left, cut to the payload's offset (what the
+/// checkpoint says is durable), and feeds that prefix to the payload's hash.
+async fn reopen(path: &Path, payload: &mut Payload) -> Result<tokio::fs::File, DeliveryError> {
+    let shown = path.display();
+    let offset = payload.offset();
+    let mut file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .await
+        .map_err(|err| DeliveryError::io(format_args!("reopen {shown}"), err))?;
+    file.set_len(offset)
+        .await
+        .map_err(|err| DeliveryError::io(format_args!("truncate {shown}"), err))?;
+    let mut buf = vec![0u8; crate::CHUNK_SIZE];
+    let mut left = offset;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = file
+            .read(&mut buf[..want])
+            .await
+            .map_err(|err| DeliveryError::io(format_args!("read {shown}"), err))?;
+        if n == 0 {
+            return Err(DeliveryError::new(
+                ErrorKind::Integrity,
+                format!("{shown} ended before the checkpoint's {offset} bytes"),
+            ));
+        }
+        payload.absorb_prefix(&buf[..n]);
+        left -= n as u64;
+    }
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|err| DeliveryError::io(format_args!("seek in {shown}"), err))?;
+    Ok(file)
 }
 
 fn exists(target: &Path) -> DeliveryError {

@@ -30,6 +30,7 @@ use crate::config::{KeyPath, Problems};
 use crate::error::{DeliveryError, ErrorKind};
 use crate::job::BuildEnv;
 use crate::kinds::kinds;
+use crate::state::{Checkpoint, Ledger};
 
 /// A receipt for one writer's delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,7 +69,23 @@ pub trait Writer: fmt::Debug + Send + Sync {
 
     /// Writes the whole payload for `ctx`'s run and returns the receipt. Called once per
     /// attempt. On error, nothing may remain under the final name that was not there before.
+    ///
+    /// When [`Payload::offset`] is above zero the run is resuming: the first `offset` bytes
+    /// were written by an earlier attempt (see [`Writer::resume_point`]) and the stream
+    /// starts after them; the writer feeds them to [`Payload::absorb_prefix`] so the
+    /// receipt's sha256 covers the whole. A writer that can resume saves its progress now
+    /// and then with [`Payload::save_checkpoint`].
     async fn write(&self, ctx: &RunContext, payload: Payload) -> Result<Delivery, DeliveryError>;
+
+    /// How many bytes of the payload this writer still holds from an earlier attempt of
+    /// `ctx`'s run, given the checkpoint it saved then; 0 to start over (the default).
+    async fn resume_point(&self, _ctx: &RunContext, _checkpoint: &Checkpoint) -> u64 {
+        0
+    }
+
+    /// The run failed for good: remove what its attempts left for a resume (temporary files,
+    /// unfinished uploads). Best effort; the default has nothing to remove.
+    async fn discard(&self, _ctx: &RunContext) {}
 }
 
 /// The job-file settings of a writer kind.
@@ -110,6 +127,17 @@ pub struct Payload {
     bytes: u64,
     hasher: Sha256,
     finished: bool,
+    offset: u64,
+    absorbed: u64,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// Where a writer's checkpoints go: its run and its place among the job's writers.
+#[derive(Debug, Clone)]
+pub(crate) struct Checkpoints {
+    pub(crate) ledger: Ledger,
+    pub(crate) run_id: String,
+    pub(crate) writer: usize,
 }
 
 impl fmt::Debug for Payload {
@@ -132,13 +160,61 @@ pub struct Digest {
 }
 
 impl Payload {
-    pub(crate) fn new(frames: mpsc::Receiver<Frame>, len: Option<u64>) -> Payload {
+    pub(crate) fn new(
+        frames: mpsc::Receiver<Frame>,
+        len: Option<u64>,
+        offset: u64,
+        checkpoints: Option<Checkpoints>,
+    ) -> Payload {
         Payload {
             frames,
             len,
             bytes: 0,
             hasher: Sha256::new(),
             finished: false,
+            offset,
+            absorbed: 0,
+            checkpoints,
+        }
+    }
+
+    /// Where in the payload this stream starts: above zero when the run resumes and the
+    /// writer already holds the first `offset` bytes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Feeds bytes the writer already holds (the first [`Payload::offset`] bytes, in order)
+    /// into the payload's count and sha256.
+    pub fn absorb_prefix(&mut self, prefix: &[u8]) {
+        self.absorbed += prefix.len() as u64;
+        self.bytes += prefix.len() as u64;
+        self.hasher.update(prefix);
+    }
+
+    /// Whether checkpoints are kept for this run (a state store is configured).
+    pub fn checkpointing(&self) -> bool {
+        self.checkpoints.is_some()
+    }
+
+    /// Saves the writer's progress: `document` says where it got to, `bytes_done` how much
+    /// of the payload it made durable. Failing to save is logged, not fatal (a later resume
+    /// just starts further back).
+    pub async fn save_checkpoint(&self, document: serde_json::Value, bytes_done: u64) {
+        let Some(target) = &self.checkpoints else {
+            return;
+        };
+        let checkpoint = Checkpoint {
+            document,
+            bytes_done,
+        };
+        if let Err(err) = target
+            .ledger
+            .store
+            .save_checkpoint(&target.run_id, target.writer, &checkpoint)
+            .await
+        {
+            tracing::warn!(error = %err, "Cannot save a checkpoint.");
         }
     }
 
@@ -152,10 +228,11 @@ impl Payload {
             let _ = tx.try_send(Frame::Data(chunk));
         }
         let _ = tx.try_send(Frame::End);
-        Payload::new(rx, Some(len))
+        Payload::new(rx, Some(len), 0, None)
     }
 
-    /// The payload's total length, when known in advance (no transform, a source that knows).
+    /// The payload's total length (a resumed prefix included), when known in advance (no
+    /// transform, a source that knows).
     pub fn len_hint(&self) -> Option<u64> {
         self.len
     }
@@ -169,6 +246,15 @@ impl Payload {
                 format!(
                     "the writer stopped after {} bytes, before the end of the data",
                     self.bytes
+                ),
+            ));
+        }
+        if self.absorbed != self.offset {
+            return Err(DeliveryError::new(
+                ErrorKind::Integrity,
+                format!(
+                    "the writer resumed at byte {} but accounted for {} bytes before it",
+                    self.offset, self.absorbed
                 ),
             ));
         }

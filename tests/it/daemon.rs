@@ -317,11 +317,18 @@ writers = [{ type = "local", path = "out/stuck" }]
         matches!(events.last(), Some(Event::Stopped { cancelled: 1 })),
         "{events:#?}"
     );
+    let files = ws.files();
     assert!(
-        ws.files().is_empty(),
-        "no final or partial file: {:?}",
-        ws.files()
+        !files.contains(&"out/stuck".to_owned()),
+        "no final file: {files:?}"
     );
+    // The cancelled run stays unfinished in the store, to be resumed at the next start.
+    let store = ferry::state::Store::open("sqlite://ferry-state.db", ws.path())
+        .await
+        .expect("open the daemon's store");
+    let unfinished = store.unfinished().await.expect("read");
+    assert_eq!(unfinished.len(), 1, "{unfinished:#?}");
+    assert_eq!(unfinished[0].job, "stuck");
 }
 
 #[tokio::test]

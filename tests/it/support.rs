@@ -37,11 +37,12 @@ impl Workspace {
         }
     }
 
-    /// Every file under the workspace, relative, sorted (the job file left out).
+    /// Every file under the workspace, relative, sorted (the job file and the default
+    /// state store left out).
     pub fn files(&self) -> Vec<String> {
         let mut out = Vec::new();
         walk(self.path(), self.path(), &mut out);
-        out.retain(|f| f != "jobs.toml");
+        out.retain(|f| f != "jobs.toml" && !f.starts_with("ferry-state.db"));
         out.sort();
         out
     }
