@@ -30,6 +30,8 @@ const FRAMES_IN_FLIGHT: usize = 4;
 pub struct Progress {
     /// Receipts of writers that already delivered, by writer index.
     pub delivered: BTreeMap<usize, Delivery>,
+    /// The furthest an attempt resumed into the payload from checkpoints, in bytes.
+    pub resumed_from: u64,
 }
 
 /// A unit of work that can be attempted more than once for one run.
@@ -144,6 +146,7 @@ impl DeliveryActivity {
         let (opened, offset) = match resumed {
             Some(opened) => {
                 tracing::info!(offset = resume_at, "Resuming from a checkpoint.");
+                progress.resumed_from = progress.resumed_from.max(resume_at);
                 (opened, resume_at)
             }
             None => (self.source.open(ctx).await.map_err(in_source)?, 0),

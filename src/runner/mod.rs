@@ -33,6 +33,8 @@ pub struct Attempted {
     pub attempts: u32,
     /// Why no further attempt was made, when the run failed.
     pub gave_up: Option<String>,
+    /// The furthest an attempt resumed into the payload from checkpoints, in bytes.
+    pub resumed_from: u64,
 }
 
 /// An activity wrapped in a retry policy.
@@ -87,14 +89,17 @@ impl<A: Activity> RetryingActivity<A> {
                         result: Ok(deliveries),
                         attempts: ctx.attempt,
                         gave_up: None,
+                        resumed_from: progress.resumed_from,
                     };
                 }
                 Err(err) => err,
             };
+            let resumed_from = progress.resumed_from;
             let stop = |err: DeliveryError, why: String| Attempted {
                 result: Err(err),
                 attempts: ctx.attempt,
                 gave_up: Some(why),
+                resumed_from,
             };
             if !self.policy.retries(err.kind()) {
                 let why = format!("a {} error is not retried", err.kind());
@@ -206,6 +211,8 @@ pub struct RunReport {
     pub duration: Duration,
     /// One receipt per writer that delivered.
     pub deliveries: Vec<Delivery>,
+    /// How far into the payload the run resumed from checkpoints (0: it never resumed).
+    pub resumed_from: u64,
     /// The failure, when the run failed.
     pub error: Option<FailureReport>,
 }
@@ -303,6 +310,7 @@ impl<A: Activity> ActivityRunner<A> {
                 slot: ctx.slot.to_rfc3339(),
                 status,
                 attempts: attempted.attempts,
+                resumed_from: attempted.resumed_from,
                 started_at,
                 duration: clock.elapsed(),
                 deliveries,

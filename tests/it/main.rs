@@ -6,6 +6,7 @@ mod daemon;
 mod fanout;
 mod local_writer;
 mod process;
+mod resume;
 mod retry;
 mod schedule;
 mod sources;

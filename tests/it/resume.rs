@@ -1,0 +1,438 @@
+//! Checkpoints and resumption, missed runs and history: the state store at work.
+
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{Timelike as _, Utc};
+use ferry::daemon::{self, Control, Event};
+use ferry::job::Job;
+use ferry::runner::RunStatus;
+use ferry::state::{Claim, Ledger, Outcome, RunState, Store};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+
+use crate::support::{Workspace, ferry, sha256_file, show};
+
+fn random_file(path: &std::path::Path, len: usize) {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as u8
+        })
+        .collect();
+    std::fs::write(path, data).expect("write input");
+}
+
+async fn ledger(ws: &Workspace) -> Ledger {
+    Ledger {
+        store: Store::open("sqlite://ferry-state.db", ws.path())
+            .await
+            .expect("open the store"),
+        owner: "test".into(),
+        lease: Duration::from_secs(60),
+    }
+}
+
+/// An attempt cut off by its timeout mid-transfer leaves a checkpoint; the retry resumes
+/// from it instead of starting over, and the result is byte-identical.
+#[tokio::test]
+async fn a_retry_resumes_from_the_checkpoint() {
+    let ws = Workspace::new();
+    random_file(&ws.path().join("input.bin"), 24 << 20);
+    let config = ws.config(
+        r#"
+[[jobs]]
+name = "slow"
+schedule = "@daily"
+source = { type = "file", path = "input.bin" }
+rate_limit = "8MiB"
+timeout = "2600ms"
+retry = { max_attempts = 2, initial_interval = "10ms" }
+writers = [{ type = "local", path = "out/copy.bin" }]
+"#,
+    );
+    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
+    let job = Job::build(&config, &config.jobs[0], &env).expect("job");
+    let ledger = ledger(&ws).await;
+    let started = Instant::now();
+    let report = job
+        .run_claimed(&ledger, job.now_slot())
+        .await
+        .expect("store works")
+        .expect("claimed");
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(report.attempts, 2);
+    // A checkpoint is taken every 2 s: at 8 MiB/s, 16 MiB were durable when time ran out.
+    assert!(
+        report.resumed_from >= 8 << 20,
+        "resumed from {}",
+        report.resumed_from
+    );
+    // Starting over would take 3 s more; resuming takes about one.
+    assert!(
+        started.elapsed() < Duration::from_millis(5200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        sha256_file(&ws.path().join("out/copy.bin")),
+        sha256_file(&ws.path().join("input.bin"))
+    );
+    assert_eq!(
+        report.deliveries[0].sha256,
+        sha256_file(&ws.path().join("input.bin"))
+    );
+    let files = ws.files();
+    assert_eq!(
+        files,
+        vec!["input.bin".to_owned(), "out/copy.bin".to_owned()],
+        "no partial left"
+    );
+    let run = ledger
+        .store
+        .run_for("slow", report_slot(&report))
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(run.attempts, 2);
+    assert_eq!(run.bytes, Some(24 << 20));
+}
+
+fn report_slot(report: &ferry::runner::RunReport) -> chrono::DateTime<Utc> {
+    chrono::DateTime::parse_from_rfc3339(&report.slot)
+        .expect("slot")
+        .with_timezone(&Utc)
+}
+
+/// A run that fails for good leaves no partial file behind, even with checkpoints on.
+#[tokio::test]
+async fn a_failed_run_removes_its_partial_file() {
+    let ws = Workspace::new();
+    let config = ws.config(
+        r#"
+[[jobs]]
+name = "broken"
+schedule = "@daily"
+source = { type = "command", command = ["sh", "-c", "head -c 3000000 /dev/zero; exit 4"] }
+retry = { max_attempts = 2, initial_interval = "10ms" }
+writers = [{ type = "local", path = "out/x.bin" }]
+"#,
+    );
+    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
+    let job = Job::build(&config, &config.jobs[0], &env).expect("job");
+    let report = job
+        .run_claimed(&ledger(&ws).await, job.now_slot())
+        .await
+        .expect("store works")
+        .expect("claimed");
+    assert_eq!(report.status, RunStatus::Failed);
+    assert!(ws.files().is_empty(), "{:?}", ws.files());
+}
+
+fn boot(config: &std::path::Path) -> (mpsc::Sender<Control>, mpsc::UnboundedReceiver<Event>) {
+    let (control, control_rx) = mpsc::channel(4);
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let path = config.to_path_buf();
+    tokio::spawn(async move { daemon::run(&path, control_rx, Some(events_tx)).await });
+    (control, events)
+}
+
+/// Events for `within`.
+async fn collect(events: &mut mpsc::UnboundedReceiver<Event>, within: Duration) -> Vec<Event> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+        seen.push(event);
+    }
+    seen
+}
+
+async fn record_past_run(store: &Store, job: &str, slot: chrono::DateTime<Utc>) {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    store
+        .claim(&Claim {
+            job,
+            slot,
+            slot_local: &slot.to_rfc3339(),
+            run_id: &run_id,
+            uuid: &uuid::Uuid::new_v4().to_string(),
+            owner: "an earlier daemon",
+            lease: Duration::from_secs(60),
+        })
+        .await
+        .expect("claim");
+    store
+        .finish(
+            &run_id,
+            &Outcome {
+                state: RunState::Succeeded,
+                attempts: 1,
+                bytes: Some(1),
+                sha256: None,
+                location: None,
+                error: None,
+            },
+        )
+        .await
+        .expect("finish");
+}
+
+/// Down across several slots and back within `misfire_grace`: exactly one catch-up run,
+/// for the latest missed slot.
+#[tokio::test]
+async fn missed_slots_within_grace_coalesce_into_one_catch_up_run() {
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"
+[[jobs]]
+name = "minutely"
+schedule = "0 * * * * *"
+misfire_grace = "2m"
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/{scheduled:%H%M}" }]
+"#,
+    );
+    let schedule = ferry::schedule::Schedule::parse("0 * * * * *", chrono_tz::UTC).expect("valid");
+    let last_due = schedule
+        .latest_at_or_before(Utc::now())
+        .expect("a past slot")
+        .with_timezone(&Utc);
+    // The previous daemon last ran four minutes before that: three slots were missed.
+    let store = Store::open("sqlite://ferry-state.db", ws.path())
+        .await
+        .expect("store");
+    record_past_run(&store, "minutely", last_due - chrono::Duration::minutes(4)).await;
+
+    let (control, mut events) = boot(&config);
+    let seen = collect(&mut events, Duration::from_secs(3)).await;
+    control
+        .send(Control::Shutdown)
+        .await
+        .expect("daemon listening");
+    let finished: Vec<String> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Finished(report) => Some(report.slot.clone()),
+            _ => None,
+        })
+        .collect();
+    let caught_up: Vec<&String> = finished
+        .iter()
+        .filter(|slot| chrono::DateTime::parse_from_rfc3339(slot).is_ok_and(|s| s <= last_due))
+        .collect();
+    assert_eq!(caught_up.len(), 1, "one catch-up run: {finished:?}");
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(caught_up[0]).expect("slot"),
+        last_due
+    );
+    let history = store.history(Some("minutely"), 10).await.expect("history");
+    let before_now: Vec<_> = history.iter().filter(|r| r.slot <= last_due).collect();
+    assert_eq!(
+        before_now.len(),
+        2,
+        "the old run and one catch-up: {history:#?}"
+    );
+}
+
+/// Down across a slot and back after `misfire_grace`: nothing is made up.
+#[tokio::test]
+async fn a_missed_slot_outside_grace_is_not_run() {
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"
+[[jobs]]
+name = "yearly"
+schedule = "0 0 0 1 1 *"
+misfire_grace = "1h"
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/x" }]
+"#,
+    );
+    let schedule = ferry::schedule::Schedule::parse("0 0 0 1 1 *", chrono_tz::UTC).expect("valid");
+    let last_due = schedule
+        .latest_at_or_before(Utc::now())
+        .expect("past")
+        .with_timezone(&Utc);
+    let store = Store::open("sqlite://ferry-state.db", ws.path())
+        .await
+        .expect("store");
+    record_past_run(&store, "yearly", last_due - chrono::Duration::days(365)).await;
+
+    let (control, mut events) = boot(&config);
+    let seen = collect(&mut events, Duration::from_secs(2)).await;
+    control
+        .send(Control::Shutdown)
+        .await
+        .expect("daemon listening");
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::Finished(_))),
+        "nothing runs: {seen:#?}"
+    );
+    assert!(
+        store
+            .run_for("yearly", last_due)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert!(ws.files().is_empty(), "{:?}", ws.files());
+}
+
+/// `ferry run` killed with SIGKILL mid-transfer and started again: the run resumes from its
+/// checkpoint, the file arrives byte-identical, one run row shows two attempts, and no
+/// partial file is left.
+#[test]
+fn a_daemon_killed_mid_transfer_resumes_after_restart() {
+    let ws = Workspace::new();
+    let input = ws.path().join("input.bin");
+    random_file(&input, 40 << 20);
+    // Fire once, two seconds from now.
+    let at = Utc::now() + chrono::Duration::seconds(2);
+    let config = ws.job_file(&format!(
+        r#"
+[[jobs]]
+name = "big"
+schedule = "{} {} {} {} {} *"
+source = {{ type = "file", path = "input.bin" }}
+rate_limit = "8MiB"
+writers = [{{ type = "local", path = "out/big.bin" }}]
+"#,
+        at.second(),
+        at.minute(),
+        at.hour(),
+        at.format("%d"),
+        at.format("%m"),
+    ));
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "run",
+                "--config",
+                &config.display().to_string(),
+                "--log-format",
+                "json",
+            ])
+            .env("FERRY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ferry run")
+    };
+    let partial = || {
+        ws.files()
+            .into_iter()
+            .find(|f| f.starts_with("out/big.bin.partial-"))
+            .map(|f| ws.path().join(f))
+    };
+
+    let mut first = start();
+    // Kill it once a checkpoint was taken (every 2 s, at 8 MiB/s: 16 MiB) and more is written.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let written = partial()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len());
+        if written >= 20 << 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the transfer did not get going: {:?}",
+            ws.files()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGKILL).expect("SIGKILL");
+    let _ = first.wait();
+    assert!(
+        !ws.path().join("out/big.bin").exists(),
+        "killed before the end"
+    );
+
+    let mut second = start();
+    let target = ws.path().join("out/big.bin");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !target.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the run was not resumed: {:?}",
+            ws.files()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill(Pid::from_raw(second.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let status = second.wait().expect("wait");
+    let mut stderr = String::new();
+    second
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(sha256_file(&target), sha256_file(&input), "byte-identical");
+    assert_eq!(partial(), None, "no partial file left");
+    let resumed = stderr
+        .lines()
+        .find(|l| l.contains("Resuming from a checkpoint."))
+        .unwrap_or_else(|| panic!("no resume in the log:\n{stderr}"));
+    let offset: u64 = resumed
+        .split("\"offset\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("an offset");
+    assert!(offset >= 8 << 20, "resumed from byte {offset}");
+
+    let history = ferry(&[
+        "history",
+        "big",
+        "--json",
+        "--config",
+        &config.display().to_string(),
+    ]);
+    assert_eq!(history.status.code(), Some(0), "{}", show(&history));
+    let runs: serde_json::Value = serde_json::from_slice(&history.stdout).expect("JSON");
+    let runs = runs.as_array().expect("an array");
+    assert_eq!(runs.len(), 1, "one run row: {runs:#?}");
+    assert_eq!(runs[0]["state"], "succeeded");
+    assert_eq!(runs[0]["attempts"], 2, "the resume is the second attempt");
+    assert_eq!(runs[0]["bytes"], 40 << 20);
+}
+
+#[test]
+fn history_lists_triggered_runs() {
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"
+[[jobs]]
+name = "hello"
+schedule = "@daily"
+source = { type = "inline", data = "hi" }
+writers = [{ type = "local", path = "out/{run_id}" }]
+"#,
+    );
+    let shown = config.display().to_string();
+    let out = ferry(&["trigger", "hello", "--config", &shown]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let out = ferry(&["history", "--config", &shown]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and one run:\n{text}");
+    assert!(
+        lines[0].starts_with("JOB") && lines[0].contains("OUTCOME"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("hello ") && lines[1].contains("succeeded"),
+        "{text}"
+    );
+    assert!(lines[1].contains(" 2 "), "2 bytes: {text}");
+}
