@@ -240,3 +240,21 @@ writers = []
     let lines: Vec<usize> = found.iter().map(|e| e.line).collect();
     assert_eq!(lines, vec![2, 6, 8, 9, 14, 18, 21], "{found:#?}");
 }
+
+#[test]
+fn a_bad_state_url_and_rate() {
+    let text = format!("[daemon]\nstate = \"mysql://db/ferry\"\n{GOOD_JOB}rate_limit = \"fast\"\n");
+    let found = errors(&text);
+    let positions: Vec<(usize, usize)> = found.iter().map(|e| (e.line, e.column)).collect();
+    assert_eq!(positions, vec![(2, 9), (9, 14)], "{found:#?}");
+    assert!(
+        found[0].message.contains("sqlite://PATH or postgres://"),
+        "{}",
+        found[0]
+    );
+    assert!(
+        found[1].message.contains("invalid rate \"fast\""),
+        "{}",
+        found[1]
+    );
+}

@@ -436,3 +436,111 @@ writers = [{ type = "local", path = "out/{run_id}" }]
     );
     assert!(lines[1].contains(" 2 "), "2 bytes: {text}");
 }
+
+/// The url source resumes with an HTTP Range request against a real server; a command
+/// source cannot resume, and its retry starts over cleanly.
+#[tokio::test]
+async fn url_sources_resume_with_range_and_commands_start_over() {
+    use axum::Router;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse as _;
+    use axum::routing::get;
+    use std::sync::{Arc, Mutex};
+
+    let body: Arc<Vec<u8>> = Arc::new((0..(24u32 << 20)).map(|i| (i % 253) as u8).collect());
+    let ranges: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (served, seen) = (Arc::clone(&body), Arc::clone(&ranges));
+    let addr = crate::support::serve(Router::new().route(
+        "/export.bin",
+        get(move |headers: HeaderMap| {
+            let (body, seen) = (Arc::clone(&served), Arc::clone(&seen));
+            async move {
+                let len = body.len();
+                let from = headers
+                    .get(header::RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes="))
+                    .and_then(|v| v.strip_suffix('-'))
+                    .and_then(|v| v.parse::<usize>().ok());
+                match from {
+                    Some(from) if from < len => {
+                        seen.lock().expect("lock").push(format!("bytes={from}-"));
+                        (
+                            StatusCode::PARTIAL_CONTENT,
+                            [(
+                                header::CONTENT_RANGE,
+                                format!("bytes {from}-{}/{len}", len - 1),
+                            )],
+                            body[from..].to_vec(),
+                        )
+                            .into_response()
+                    }
+                    _ => body.to_vec().into_response(),
+                }
+            }
+        }),
+    ))
+    .await;
+
+    let ws = Workspace::new();
+    let config = ws.config(&format!(
+        r#"
+[[jobs]]
+name = "web"
+schedule = "@daily"
+source = {{ type = "url", url = "http://{addr}/export.bin" }}
+rate_limit = "8MiB"
+timeout = "2600ms"
+retry = {{ max_attempts = 2, initial_interval = "10ms" }}
+writers = [{{ type = "local", path = "out/web.bin" }}]
+
+[[jobs]]
+name = "piped"
+schedule = "@daily"
+source = {{ type = "command", command = ["cat", "out/web.bin"] }}
+rate_limit = "8MiB"
+timeout = "1500ms"
+retry = {{ max_attempts = 2, initial_interval = "10ms" }}
+writers = [{{ type = "local", path = "out/piped.bin" }}]
+"#
+    ));
+    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
+    let ledger = ledger(&ws).await;
+
+    let web = Job::build(&config, &config.jobs[0], &env).expect("job");
+    let report = web
+        .run_claimed(&ledger, web.now_slot())
+        .await
+        .expect("store")
+        .expect("claimed");
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(report.attempts, 2);
+    assert!(report.resumed_from >= 8 << 20, "{}", report.resumed_from);
+    assert_eq!(
+        ranges.lock().expect("lock").clone(),
+        vec![format!("bytes={}-", report.resumed_from)],
+        "one ranged request, from the checkpoint"
+    );
+    assert_eq!(
+        std::fs::read(ws.path().join("out/web.bin")).expect("delivered"),
+        *body
+    );
+
+    // Not seekable: the second attempt starts from byte 0 (and, at 8 MiB/s for 24 MiB with
+    // 1.5 s per attempt, cannot finish either), leaving nothing behind.
+    let piped = Job::build(&config, &config.jobs[1], &env).expect("job");
+    let report = piped
+        .run_claimed(&ledger, piped.now_slot())
+        .await
+        .expect("store")
+        .expect("claimed");
+    assert_eq!(report.status, RunStatus::Failed);
+    assert_eq!(report.attempts, 2);
+    assert_eq!(report.resumed_from, 0, "a command cannot resume");
+    assert!(!ws.path().join("out/piped.bin").exists());
+    assert!(
+        !ws.files().iter().any(|f| f.contains(".partial-")),
+        "{:?}",
+        ws.files()
+    );
+}
