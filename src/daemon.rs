@@ -297,24 +297,14 @@ impl Daemon {
             let job = Arc::clone(&armed.job);
             let running = Arc::clone(&armed.running);
             let ledger = self.ledger.clone();
-            let abort = self.abort.clone();
-            let events = self.events.clone();
-            self.tracker.spawn(async move {
-                let Some(_running) = Running::enter(running, Overlap::Allow) else {
-                    return;
-                };
-                tokio::select! {
-                    resumed = job.resume(&ledger, &record) => match resumed {
-                        Ok(Some(report)) => {
-                            if let Some(events) = events {
-                                let _ = events.send(Event::Finished(Box::new(report)));
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(err) => tracing::error!(job = %job.name, error = %err, "Cannot resume the run."),
-                    },
-                    () = abort.cancelled() => {
-                        tracing::warn!(job = %job.name, "Run cancelled: the shutdown deadline passed.");
+            self.track(record.job.clone(), async move {
+                // A resumed run counts as running: a firing meanwhile follows `overlap`.
+                let _running = Running::enter(running, Overlap::Allow);
+                match job.resume(&ledger, &record).await {
+                    Ok(report) => report,
+                    Err(err) => {
+                        tracing::error!(job = %job.name, error = %err, "Cannot resume the run.");
+                        None
                     }
                 }
             });
@@ -559,20 +549,15 @@ impl Daemon {
             .jitter
             .map(|max| max.mul_f64(rand::rng().random_range(0.0..=1.0)))
             .unwrap_or_default();
-        let abort = self.abort.clone();
-        let events = self.events.clone();
         let ledger = self.ledger.clone();
-        let emit = move |event: Event| {
-            if let Some(events) = &events {
-                let _ = events.send(event);
-            }
-        };
-        self.tracker.spawn(async move {
+        let events = self.events.clone();
+        let name = job.name.clone();
+        self.track(name, async move {
             let start_at = slot.with_timezone(&Utc) + jitter;
             if let Ok(wait) = (start_at - Utc::now()).to_std() {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    () = waiting.cancelled() => return,
+                    () = waiting.cancelled() => return None,
                 }
             }
             let Some(_running) = Running::enter(running, job.overlap) else {
@@ -581,20 +566,43 @@ impl Daemon {
                     slot = %slot.to_rfc3339(),
                     "Skipped: the previous run is still going (overlap = \"skip\")."
                 );
-                emit(Event::Skipped {
-                    job: job.name.clone(),
-                    slot,
-                });
-                return;
+                if let Some(events) = events {
+                    let _ = events.send(Event::Skipped {
+                        job: job.name.clone(),
+                        slot,
+                    });
+                }
+                return None;
             };
+            match job.run_claimed(&ledger, slot).await {
+                Ok(report) => {
+                    if report.is_none() {
+                        tracing::info!(job = %job.name, slot = %slot.to_rfc3339(), "The slot already has a run; not running it again.");
+                    }
+                    report
+                }
+                Err(err) => {
+                    tracing::error!(job = %job.name, slot = %slot.to_rfc3339(), error = %err, "Cannot claim the slot; not running it.");
+                    None
+                }
+            }
+        });
+    }
+
+    /// Runs `work` as a tracked task that the shutdown deadline cancels, and tells the
+    /// events channel about the report it returns.
+    fn track(&self, job: String, work: impl Future<Output = Option<RunReport>> + Send + 'static) {
+        let abort = self.abort.clone();
+        let events = self.events.clone();
+        self.tracker.spawn(async move {
             tokio::select! {
-                claimed = job.run_claimed(&ledger, slot) => match claimed {
-                    Ok(Some(report)) => emit(Event::Finished(Box::new(report))),
-                    Ok(None) => tracing::info!(job = %job.name, slot = %slot.to_rfc3339(), "The slot already has a run; not running it again."),
-                    Err(err) => tracing::error!(job = %job.name, slot = %slot.to_rfc3339(), error = %err, "Cannot claim the slot; not running it."),
-                },
+                report = work => {
+                    if let (Some(report), Some(events)) = (report, events) {
+                        let _ = events.send(Event::Finished(Box::new(report)));
+                    }
+                }
                 () = abort.cancelled() => {
-                    tracing::warn!(job = %job.name, slot = %slot.to_rfc3339(), "Run cancelled: the shutdown deadline passed.");
+                    tracing::warn!(%job, "Run cancelled: the shutdown deadline passed.");
                 }
             }
         });
