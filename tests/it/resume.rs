@@ -544,3 +544,74 @@ writers = [{{ type = "local", path = "out/piped.bin" }}]
         ws.files()
     );
 }
+
+/// Unfinished runs found at start-up are resumed only within their retry policy, and only
+/// for jobs that still exist; the others are recorded as failed, not left hanging.
+#[tokio::test]
+async fn unfinished_runs_out_of_attempts_or_jobs_are_closed_at_start() {
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"
+[[jobs]]
+name = "kept"
+schedule = "@yearly"
+retry = { max_attempts = 3 }
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/x" }]
+"#,
+    );
+    let store = Store::open("sqlite://ferry-state.db", ws.path())
+        .await
+        .expect("store");
+    let claim = |job: &'static str, run_id: &'static str| Claim {
+        job,
+        slot: Utc::now() - chrono::Duration::hours(1),
+        slot_local: "earlier",
+        run_id,
+        uuid: "00000000-0000-4000-8000-000000000000",
+        owner: "a dead daemon",
+        lease: Duration::from_secs(60),
+    };
+    store.claim(&claim("kept", "used-up")).await.expect("claim");
+    store
+        .attempt("used-up", 3, Duration::from_secs(60))
+        .await
+        .expect("attempt");
+    store.claim(&claim("gone", "orphan")).await.expect("claim");
+
+    let (control, mut events) = boot(&config);
+    let seen = collect(&mut events, Duration::from_secs(2)).await;
+    control
+        .send(Control::Shutdown)
+        .await
+        .expect("daemon listening");
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::Finished(_))),
+        "{seen:#?}"
+    );
+    let runs = store.history(None, 10).await.expect("history");
+    let used_up = runs
+        .iter()
+        .find(|r| r.run_id == "used-up")
+        .expect("recorded");
+    assert_eq!(used_up.state, RunState::Failed);
+    assert!(
+        used_up
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("last attempt (3 of 3)")),
+        "{used_up:#?}"
+    );
+    let orphan = runs
+        .iter()
+        .find(|r| r.run_id == "orphan")
+        .expect("recorded");
+    assert_eq!(orphan.state, RunState::Failed);
+    assert!(
+        orphan
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no longer in the job file"))
+    );
+    assert!(store.unfinished().await.expect("read").is_empty());
+}
