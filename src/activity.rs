@@ -19,6 +19,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
 use crate::source::{ByteStream, DataSource};
+use crate::state::Checkpoint;
 use crate::transform::Transform;
 use crate::writer::{Checkpoints, Delivery, Frame, Payload, Writer};
 
@@ -123,8 +124,12 @@ impl Activity for DeliveryActivity {
     }
 
     async fn discard(&self, ctx: &RunContext) {
-        for writer in &self.writers {
-            writer.discard(ctx).await;
+        for (index, writer) in self.writers.iter().enumerate() {
+            let checkpoint = match &ctx.ledger {
+                Some(ledger) => ledger.checkpoint(&ctx.run_id, index).await,
+                None => None,
+            };
+            writer.discard(ctx, checkpoint.as_ref()).await;
         }
     }
 }
@@ -138,7 +143,7 @@ impl DeliveryActivity {
     ) -> Result<(), DeliveryError> {
         let source = self.source.describe();
         let in_source = |err: DeliveryError| err.context(format_args!("source {source}"));
-        let resume_at = self.resume_point(ctx, pending).await;
+        let (resume_at, mut checkpoints) = self.resume_point(ctx, pending).await;
         let resumed = match resume_at {
             0 => None,
             offset => self.source.open_at(ctx, offset).await.map_err(in_source)?,
@@ -160,6 +165,7 @@ impl DeliveryActivity {
             None => stream,
         };
 
+        let mut saved = std::mem::take(&mut checkpoints);
         let mut senders = Vec::with_capacity(pending.len());
         let mut tasks = Vec::with_capacity(pending.len());
         for &index in pending {
@@ -173,7 +179,8 @@ impl DeliveryActivity {
                 writer: index,
             });
             let total = len.map(|len| len + offset);
-            let payload = Payload::new(rx, total, offset, checkpoints);
+            let payload =
+                Payload::new(rx, total, offset, checkpoints).with_checkpoint(saved.remove(&index));
             let task = tokio::spawn(async move { writer.write(&ctx, payload).await });
             tasks.push((index, AbortOnDropHandle::new(task)));
         }
@@ -225,17 +232,26 @@ impl DeliveryActivity {
     /// Where this attempt can start: the smallest number of bytes every pending writer
     /// still holds from an earlier attempt (per its checkpoint), or 0. Compressed payloads
     /// always start over (a compressor cannot start mid-stream).
-    async fn resume_point(&self, ctx: &RunContext, pending: &[usize]) -> u64 {
+    async fn resume_point(
+        &self,
+        ctx: &RunContext,
+        pending: &[usize],
+    ) -> (u64, BTreeMap<usize, Checkpoint>) {
+        let mut saved = BTreeMap::new();
         let Some(ledger) = &ctx.ledger else {
-            return 0;
+            return (0, saved);
         };
         if self.transform.is_some() {
-            return 0;
+            return (0, saved);
         }
         let mut point = u64::MAX;
         for &index in pending {
             let held = match ledger.checkpoint(&ctx.run_id, index).await {
-                Some(checkpoint) => self.writers[index].resume_point(ctx, &checkpoint).await,
+                Some(checkpoint) => {
+                    let held = self.writers[index].resume_point(ctx, &checkpoint).await;
+                    saved.insert(index, checkpoint);
+                    held
+                }
                 None => 0,
             };
             point = point.min(held);
@@ -243,7 +259,11 @@ impl DeliveryActivity {
                 break;
             }
         }
-        if point == u64::MAX { 0 } else { point }
+        if point == u64::MAX {
+            (0, saved)
+        } else {
+            (point, saved)
+        }
     }
 }
 

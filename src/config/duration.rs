@@ -51,35 +51,48 @@ impl ByteRate {
     pub fn parse(text: &str) -> Result<ByteRate, String> {
         let trimmed = text.trim();
         let trimmed = trimmed.strip_suffix("/s").unwrap_or(trimmed).trim_end();
-        let split = trimmed
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(trimmed.len());
-        let (number, unit) = trimmed.split_at(split);
-        let number: f64 = number
-            .parse()
-            .map_err(|_| format!("invalid rate {text:?} (write e.g. \"8MiB\" or \"500kB\")"))?;
-        let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1.0,
-            "kb" => 1e3,
-            "mb" => 1e6,
-            "gb" => 1e9,
-            "kib" => 1024.0,
-            "mib" => 1024.0 * 1024.0,
-            "gib" => 1024.0 * 1024.0 * 1024.0,
-            _ => {
-                return Err(format!(
-                    "invalid rate unit in {text:?} (B, kB, MB, GB, KiB, MiB, GiB)"
-                ));
-            }
-        };
-        let rate = (number * scale).round();
-        if !(rate >= 1.0 && rate < u64::MAX as f64) {
+        parse_bytes(trimmed, text).map(ByteRate)
+    }
+}
+
+/// A size in a job file: `"16MiB"`, `"500kB"`, or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        ByteRate::deserialize(deserializer).map(|rate| ByteSize(rate.0))
+    }
+}
+
+/// Parses `trimmed` (from `text`, quoted in errors) as a number with an optional unit.
+fn parse_bytes(trimmed: &str, text: &str) -> Result<u64, String> {
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid rate {text:?} (write e.g. \"8MiB\" or \"500kB\")"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
             return Err(format!(
-                "rate {text:?} must be at least one byte per second"
+                "invalid unit in {text:?} (B, kB, MB, GB, KiB, MiB, GiB)"
             ));
         }
-        Ok(ByteRate(rate as u64))
+    };
+    let bytes = (number * scale).round();
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{text:?} must be at least one byte"));
     }
+    Ok(bytes as u64)
 }
 
 impl<'de> Deserialize<'de> for ByteRate {

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use duration::{ByteRate, ConfigDuration};
+pub use duration::{ByteRate, ByteSize, ConfigDuration};
 pub use load::{ConfigError, ConfigErrors, load, parse};
 pub use secret::{Secret, SecretRef};
 

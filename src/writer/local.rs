@@ -200,7 +200,7 @@ impl Writer for LocalWriter {
         }
     }
 
-    async fn discard(&self, ctx: &RunContext) {
+    async fn discard(&self, ctx: &RunContext, _checkpoint: Option<&Checkpoint>) {
         if let Ok(target) = self.path.render_path(ctx, &self.root) {
             let _ = tokio::fs::remove_file(temp_path(&target, &ctx.run_id)).await;
         }

@@ -9,6 +9,7 @@
 //! Kinds: `local`, one file each.
 
 mod local;
+mod s3;
 
 use std::fmt;
 use std::io;
@@ -20,10 +21,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 use serde::Serialize;
+use sha2::digest::common::hazmat::SerializableState as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 pub use local::{LocalConfig, LocalWriter};
+pub use s3::{Checksums, S3Config, S3Writer};
 
 use crate::RunContext;
 use crate::config::{KeyPath, Problems};
@@ -84,8 +87,9 @@ pub trait Writer: fmt::Debug + Send + Sync {
     }
 
     /// The run failed for good: remove what its attempts left for a resume (temporary files,
-    /// unfinished uploads). Best effort; the default has nothing to remove.
-    async fn discard(&self, _ctx: &RunContext) {}
+    /// unfinished uploads), given the writer's last checkpoint. Best effort; the default has
+    /// nothing to remove.
+    async fn discard(&self, _ctx: &RunContext, _checkpoint: Option<&Checkpoint>) {}
 }
 
 /// The job-file settings of a writer kind.
@@ -97,11 +101,24 @@ pub trait WriterSettings: fmt::Debug + Send + Sync {
     fn build(&self, env: &BuildEnv) -> Result<Arc<dyn Writer>, DeliveryError>;
 }
 
+/// Large settings structs are boxed in the kinds enum; they are still settings.
+impl<T: WriterSettings + ?Sized> WriterSettings for Box<T> {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) {
+        (**self).validate(at, problems);
+    }
+
+    fn build(&self, env: &BuildEnv) -> Result<Arc<dyn Writer>, DeliveryError> {
+        (**self).build(env)
+    }
+}
+
 kinds! {
     /// `writers = [{ type = "…", … }]`: one of a job's destinations.
     pub enum WriterConfig: WriterSettings {
         /// `type = "local"`: a file on this machine.
         "local" => Local(LocalConfig),
+        /// `type = "s3"`: an object in S3 or an S3-compatible store.
+        "s3" => S3(Box<S3Config>),
     }
 }
 
@@ -123,6 +140,8 @@ pub(crate) enum Frame {
 /// error can never commit a truncated payload.
 pub struct Payload {
     frames: mpsc::Receiver<Frame>,
+    /// The rest of a chunk split by [`Payload::next_up_to`].
+    pending: Option<Bytes>,
     len: Option<u64>,
     bytes: u64,
     hasher: Sha256,
@@ -130,6 +149,7 @@ pub struct Payload {
     offset: u64,
     absorbed: u64,
     checkpoints: Option<Checkpoints>,
+    resumed: Option<Checkpoint>,
 }
 
 /// Where a writer's checkpoints go: its run and its place among the job's writers.
@@ -168,6 +188,7 @@ impl Payload {
     ) -> Payload {
         Payload {
             frames,
+            pending: None,
             len,
             bytes: 0,
             hasher: Sha256::new(),
@@ -175,7 +196,20 @@ impl Payload {
             offset,
             absorbed: 0,
             checkpoints,
+            resumed: None,
         }
+    }
+
+    /// The checkpoint the writer saved in an earlier attempt of this run, if any: what it
+    /// resumes from when [`Payload::offset`] is above zero, and what it must clean up (an
+    /// old upload, say) when the run starts over.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.resumed.as_ref()
+    }
+
+    pub(crate) fn with_checkpoint(mut self, checkpoint: Option<Checkpoint>) -> Payload {
+        self.resumed = checkpoint;
+        self
     }
 
     /// Where in the payload this stream starts: above zero when the run resumes and the
@@ -190,6 +224,56 @@ impl Payload {
         self.absorbed += prefix.len() as u64;
         self.bytes += prefix.len() as u64;
         self.hasher.update(prefix);
+    }
+
+    /// The hash of everything consumed so far (prefix included), to keep in a checkpoint and
+    /// hand back to [`Payload::resume_hash`] when the run resumes at this point.
+    pub fn hash_state(&self) -> HashState {
+        HashState {
+            bytes: self.bytes,
+            state: hex::encode(self.hasher.serialize()),
+        }
+    }
+
+    /// Resumes the hash at [`Payload::offset`] from a state saved by an earlier attempt,
+    /// instead of feeding the prefix to [`Payload::absorb_prefix`].
+    pub fn resume_hash(&mut self, saved: &HashState) -> Result<(), DeliveryError> {
+        let broken = || {
+            DeliveryError::new(
+                ErrorKind::Integrity,
+                "the checkpoint's hash state is unusable",
+            )
+        };
+        if saved.bytes != self.offset || self.bytes != 0 {
+            return Err(broken());
+        }
+        let raw = hex::decode(&saved.state).map_err(|_| broken())?;
+        let state =
+            sha2::digest::common::hazmat::SerializedState::<Sha256>::try_from(raw.as_slice())
+                .map_err(|_| broken())?;
+        self.hasher = Sha256::deserialize(&state).map_err(|_| broken())?;
+        self.bytes = saved.bytes;
+        self.absorbed = saved.bytes;
+        Ok(())
+    }
+
+    /// The next chunk, at most `max` bytes long (a longer one is split and its rest comes
+    /// next): lets a writer cut the payload at exact boundaries, with the hash in step.
+    pub async fn next_up_to(&mut self, max: usize) -> Option<io::Result<Bytes>> {
+        let chunk = match self.pending.take() {
+            Some(chunk) => chunk,
+            None => match std::future::poll_fn(|cx| self.poll_frame(cx)).await? {
+                Ok(chunk) => chunk,
+                Err(err) => return Some(Err(err)),
+            },
+        };
+        let mut chunk = chunk;
+        if chunk.len() > max.max(1) {
+            self.pending = Some(chunk.split_off(max.max(1)));
+        }
+        self.bytes += chunk.len() as u64;
+        self.hasher.update(&chunk);
+        Some(Ok(chunk))
     }
 
     /// Whether checkpoints are kept for this run (a state store is configured).
@@ -265,20 +349,15 @@ impl Payload {
     }
 }
 
-impl Stream for Payload {
-    type Item = io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+impl Payload {
+    /// The next chunk from the activity, not yet counted or hashed.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         if self.finished {
             return Poll::Ready(None);
         }
         match self.frames.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Frame::Data(chunk))) => {
-                self.bytes += chunk.len() as u64;
-                self.hasher.update(&chunk);
-                Poll::Ready(Some(Ok(chunk)))
-            }
+            Poll::Ready(Some(Frame::Data(chunk))) => Poll::Ready(Some(Ok(chunk))),
             Poll::Ready(Some(Frame::End)) => {
                 self.finished = true;
                 Poll::Ready(None)
@@ -291,4 +370,30 @@ impl Stream for Payload {
             .into_io()))),
         }
     }
+}
+
+impl Stream for Payload {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let chunk = match self.pending.take() {
+            Some(chunk) => chunk,
+            None => match self.poll_frame(cx) {
+                Poll::Ready(Some(Ok(chunk))) => chunk,
+                other => return other,
+            },
+        };
+        self.bytes += chunk.len() as u64;
+        self.hasher.update(&chunk);
+        Poll::Ready(Some(Ok(chunk)))
+    }
+}
+
+/// A payload's hash part-way, as kept in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HashState {
+    /// Bytes hashed.
+    pub bytes: u64,
+    /// The sha256 state, serialized, in hex.
+    pub state: String,
 }

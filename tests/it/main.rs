@@ -8,6 +8,7 @@ mod local_writer;
 mod process;
 mod resume;
 mod retry;
+mod s3;
 mod schedule;
 mod sources;
 mod store;

@@ -86,9 +86,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 pub fn sha256_file(path: &Path) -> String {
+    use std::io::Read as _;
     let mut file = std::fs::File::open(path).expect("open file to hash");
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).expect("hash file");
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read file to hash");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
     hex::encode(hasher.finalize())
 }
 

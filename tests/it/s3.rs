@@ -1,0 +1,434 @@
+//! The S3 writer against a real S3 server on 127.0.0.1: s3s with its file-system backend.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use ferry::error::ErrorKind;
+use ferry::job::{BuildEnv, Job};
+use ferry::runner::{RunReport, RunStatus};
+use ferry::state::{Ledger, Store};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest as _, Sha256};
+use tokio::task::JoinSet;
+
+use crate::support::{Workspace, sha256_file};
+
+pub const ACCESS_KEY: &str = "AKIAFERRYTESTKEY";
+pub const SECRET_KEY: &str = "ferry-test-secret-key-0123456789";
+pub const BUCKET: &str = "deliveries";
+
+/// An S3 server (s3s + s3s-fs) on 127.0.0.1, storing objects under a directory.
+pub struct S3Server {
+    pub addr: SocketAddr,
+    /// UploadPart requests seen, by part number.
+    pub parts: Arc<Mutex<BTreeMap<u32, usize>>>,
+    connections: JoinSet<()>,
+}
+
+impl S3Server {
+    /// Serves `root` (a bucket is a directory in it) on `addr` (port 0: any free port).
+    pub async fn start(
+        root: &Path,
+        addr: SocketAddr,
+        parts: Arc<Mutex<BTreeMap<u32, usize>>>,
+    ) -> S3Server {
+        let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs over the directory");
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = builder.build();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind the S3 port");
+        let addr = listener.local_addr().expect("address");
+        let mut connections = JoinSet::new();
+        let counter = Arc::clone(&parts);
+        connections.spawn(async move {
+            let mut tasks = JoinSet::new();
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    break;
+                };
+                let service = service.clone();
+                let counter = Arc::clone(&counter);
+                tasks.spawn(async move {
+                    let counting = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            if req.method() == hyper::Method::PUT
+                                && let Some(number) = part_number(req.uri().query().unwrap_or(""))
+                            {
+                                *counter.lock().expect("lock").entry(number).or_default() += 1;
+                            }
+                            let service = service.clone();
+                            async move { hyper::service::Service::call(&service, req).await }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(socket), counting)
+                        .await;
+                });
+            }
+        });
+        S3Server {
+            addr,
+            parts,
+            connections,
+        }
+    }
+
+    /// Stops accepting and cuts every open connection.
+    pub fn stop(mut self) {
+        self.connections.abort_all();
+    }
+}
+
+fn part_number(query: &str) -> Option<u32> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("partNumber="))
+        .and_then(|n| n.parse().ok())
+}
+
+/// A fresh server with the test bucket, and its storage directory.
+pub async fn server() -> (S3Server, tempfile::TempDir) {
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(root.path().join(BUCKET)).expect("bucket directory");
+    let server = S3Server::start(
+        root.path(),
+        "127.0.0.1:0".parse().expect("addr"),
+        Arc::default(),
+    )
+    .await;
+    (server, root)
+}
+
+/// A client of the test server, for reading back what ferry wrote.
+pub fn client(addr: SocketAddr) -> Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://{addr}"))
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+        .build();
+    Client::from_conf(config)
+}
+
+/// The `[[jobs]]` table of an S3 delivery; `extra` goes into the writer table.
+pub fn s3_job(name: &str, source: &str, addr: SocketAddr, key: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[jobs]]
+name = "{name}"
+schedule = "@daily"
+source = {source}
+retry = {{ max_attempts = 3, initial_interval = "1s" }}
+writers = [{{ type = "s3", bucket = "{BUCKET}", key = "{key}", endpoint = "http://{addr}", path_style = true, region = "us-east-1", access_key_id = "{ACCESS_KEY}", secret_access_key_env = "FERRY_TEST_S3_SECRET"{extra} }}]
+"#
+    )
+}
+
+fn set_secret() {
+    // SAFETY: every test sets the same value; nothing reads it concurrently with a change.
+    unsafe { std::env::set_var("FERRY_TEST_S3_SECRET", SECRET_KEY) };
+}
+
+async fn run(ws: &Workspace, text: &str, ledger: Option<&Ledger>) -> RunReport {
+    set_secret();
+    let config = ws.config(text);
+    let env = BuildEnv::new(config.base_dir.clone()).expect("env");
+    let job = Job::build(&config, &config.jobs[0], &env).expect("job builds");
+    match ledger {
+        None => job.run(job.now_slot()).await,
+        Some(ledger) => job
+            .run_claimed(ledger, job.now_slot())
+            .await
+            .expect("store")
+            .expect("claimed"),
+    }
+}
+
+/// The object's bytes' sha256 and its metadata.
+async fn read_back(
+    client: &Client,
+    key: &str,
+) -> (String, u64, std::collections::HashMap<String, String>) {
+    let object = client
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .expect("the object exists");
+    let metadata = object.metadata().cloned().unwrap_or_default();
+    let mut body = object.body;
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    while let Some(chunk) = body.try_next().await.expect("read the body") {
+        len += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    (hex::encode(hasher.finalize()), len, metadata)
+}
+
+fn random_file(path: &Path, len: usize) {
+    let mut state = 0x0123_4567_89ab_cdef_u64;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(len);
+    std::fs::write(path, data).expect("write input");
+}
+
+#[tokio::test]
+async fn a_small_object_is_put_with_its_metadata() {
+    let (server, _root) = server().await;
+    let ws = Workspace::new();
+    let text = s3_job(
+        "small",
+        r#"{ type = "inline", data = "hello, bucket\n" }"#,
+        server.addr,
+        "greetings/{job}.txt",
+        r#", content_type = "text/plain", metadata = { team = "data" }"#,
+    );
+    let report = run(&ws, &text, None).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let delivery = &report.deliveries[0];
+    assert_eq!(delivery.location, "s3://deliveries/greetings/small.txt");
+    assert_eq!(
+        delivery.link.as_deref(),
+        Some("s3://deliveries/greetings/small.txt")
+    );
+    let (sha, len, metadata) = read_back(&client(server.addr), "greetings/small.txt").await;
+    assert_eq!(len, 14);
+    assert_eq!(sha, delivery.sha256);
+    assert_eq!(
+        metadata.get("sha256"),
+        Some(&delivery.sha256),
+        "{metadata:?}"
+    );
+    assert_eq!(metadata.get("job").map(String::as_str), Some("small"));
+    assert_eq!(metadata.get("run-id"), Some(&report.run_id));
+    assert_eq!(metadata.get("team").map(String::as_str), Some("data"));
+}
+
+#[tokio::test]
+async fn a_200_mib_file_goes_up_in_parts_and_reads_back_identical() {
+    let (server, _root) = server().await;
+    let ws = Workspace::new();
+    let input = ws.path().join("big.bin");
+    random_file(&input, 200 << 20);
+    let text = s3_job(
+        "big",
+        r#"{ type = "file", path = "big.bin" }"#,
+        server.addr,
+        "big/{run_id}.bin",
+        r#", part_size = "8MiB", concurrency = 4"#,
+    );
+    let report = run(&ws, &text, None).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let want = sha256_file(&input);
+    assert_eq!(report.deliveries[0].sha256, want);
+    let key = format!("big/{}.bin", report.run_id);
+    let (sha, len, metadata) = read_back(&client(server.addr), &key).await;
+    assert_eq!(len, 200 << 20);
+    assert_eq!(sha, want, "read back identical");
+    assert_eq!(
+        metadata.get("sha256"),
+        Some(&want),
+        "sha256 stored after the multipart upload"
+    );
+    assert_eq!(
+        server.parts.lock().expect("lock").len(),
+        25,
+        "200 MiB in 8 MiB parts"
+    );
+}
+
+#[tokio::test]
+async fn a_source_of_unknown_length_works() {
+    let (server, _root) = server().await;
+    let ws = Workspace::new();
+    random_file(&ws.path().join("input.bin"), 12 << 20);
+    let text = s3_job(
+        "piped",
+        r#"{ type = "command", command = ["cat", "input.bin"] }"#,
+        server.addr,
+        "piped.bin",
+        r#", part_size = "5MiB""#,
+    );
+    let report = run(&ws, &text, None).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let (sha, len, _) = read_back(&client(server.addr), "piped.bin").await;
+    assert_eq!(len, 12 << 20);
+    assert_eq!(sha, sha256_file(&ws.path().join("input.bin")));
+}
+
+#[tokio::test]
+async fn create_only_refuses_an_existing_key() {
+    let (server, _root) = server().await;
+    let ws = Workspace::new();
+    let first = s3_job(
+        "once",
+        r#"{ type = "inline", data = "first" }"#,
+        server.addr,
+        "once.txt",
+        ", if_none_match = true",
+    );
+    assert_eq!(run(&ws, &first, None).await.status, RunStatus::Succeeded);
+    let second = s3_job(
+        "once",
+        r#"{ type = "inline", data = "second" }"#,
+        server.addr,
+        "once.txt",
+        ", if_none_match = true",
+    );
+    let report = run(&ws, &second, None).await;
+    assert_eq!(report.status, RunStatus::Failed);
+    let failure = report.error.expect("failure");
+    assert_eq!(failure.kind, ErrorKind::Rejected, "{failure:?}");
+    assert_eq!(report.attempts, 1, "not retried");
+    let (_, len, _) = read_back(&client(server.addr), "once.txt").await;
+    assert_eq!(len, 5, "the first object is untouched");
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_at_once() {
+    let (server, _root) = server().await;
+    let ws = Workspace::new();
+    let text = s3_job(
+        "denied",
+        r#"{ type = "inline", data = "x" }"#,
+        server.addr,
+        "x.txt",
+        "",
+    )
+    .replace(
+        &format!("access_key_id = \"{ACCESS_KEY}\""),
+        "access_key_id = \"AKIAWRONGWRONG\"",
+    );
+    let started = std::time::Instant::now();
+    let report = run(&ws, &text, None).await;
+    assert_eq!(report.status, RunStatus::Failed);
+    let failure = report.error.expect("failure");
+    assert_eq!(failure.kind, ErrorKind::Auth, "{failure:?}");
+    assert_eq!(report.attempts, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!failure.chain.join(" ").contains(SECRET_KEY));
+}
+
+#[tokio::test]
+async fn the_presigned_link_downloads_the_object() {
+    let (server, _root) = server().await;
+    let ws = Workspace::new();
+    let text = s3_job(
+        "shared",
+        r#"{ type = "inline", data = "for your eyes" }"#,
+        server.addr,
+        "shared.txt",
+        r#", presign = "1h""#,
+    );
+    let report = run(&ws, &text, None).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let link = report.deliveries[0].link.clone().expect("a link");
+    assert!(
+        link.starts_with(&format!("http://{}/deliveries/shared.txt?", server.addr)),
+        "{link}"
+    );
+    assert!(link.contains("X-Amz-Signature="), "{link}");
+    let body = reqwest::get(&link).await.expect("GET the link");
+    assert_eq!(body.status(), 200);
+    assert_eq!(body.text().await.expect("body"), "for your eyes");
+}
+
+/// The server goes away mid-upload and comes back: the run's next attempt lists the
+/// upload's parts and sends only what was missing.
+#[tokio::test]
+async fn an_interrupted_upload_resumes_from_its_finished_parts() {
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(root.path().join(BUCKET)).expect("bucket");
+    let parts: Arc<Mutex<BTreeMap<u32, usize>>> = Arc::default();
+    let server = S3Server::start(
+        root.path(),
+        "127.0.0.1:0".parse().expect("addr"),
+        Arc::clone(&parts),
+    )
+    .await;
+    let addr = server.addr;
+    let ws = Workspace::new();
+    let input = ws.path().join("input.bin");
+    random_file(&input, 60 << 20);
+    let text = s3_job(
+        "resumable",
+        r#"{ type = "file", path = "input.bin" }"#,
+        addr,
+        "resumable.bin",
+        r#", part_size = "5MiB", concurrency = 2"#,
+    )
+    .replace(
+        "schedule = \"@daily\"",
+        "schedule = \"@daily\"\nrate_limit = \"15MiB\"",
+    );
+    let ledger = Ledger {
+        store: Store::open("sqlite://ferry-state.db", ws.path())
+            .await
+            .expect("store"),
+        owner: "test".into(),
+        lease: Duration::from_secs(60),
+    };
+
+    // Stop the server once six parts are in, and bring it back two seconds later.
+    let watcher_parts = Arc::clone(&parts);
+    let root_path = root.path().to_path_buf();
+    let restarter = tokio::spawn(async move {
+        loop {
+            if watcher_parts.lock().expect("lock").len() >= 6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.stop();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        S3Server::start(&root_path, addr, watcher_parts).await
+    });
+    let report = run(&ws, &text, Some(&ledger)).await;
+    let _server = restarter.await.expect("restarted");
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert!(report.attempts >= 2, "{report:#?}");
+    assert!(
+        report.resumed_from >= 5 << 20,
+        "resumed after finished parts: {}",
+        report.resumed_from
+    );
+    let sent = parts.lock().expect("lock").clone();
+    assert_eq!(sent.len(), 12, "60 MiB in 5 MiB parts: {sent:?}");
+    let sent_twice = sent.values().filter(|n| **n > 1).count();
+    let finished_before = usize::try_from(report.resumed_from / (5 << 20)).expect("fits");
+    eprintln!(
+        "parts sent: {sent:?}; resumed after {finished_before} parts; {sent_twice} sent twice"
+    );
+    assert!(
+        sent_twice <= 12 - finished_before,
+        "parts before the resume point are not sent again"
+    );
+    assert!(
+        sent.iter().take(finished_before).all(|(_, n)| *n == 1),
+        "the finished parts were sent once: {sent:?}"
+    );
+    let (sha, len, _) = read_back(&client(addr), "resumable.bin").await;
+    assert_eq!(len, 60 << 20);
+    assert_eq!(sha, sha256_file(&input));
+    assert_eq!(report.deliveries[0].sha256, sha256_file(&input));
+}
