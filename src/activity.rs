@@ -143,7 +143,7 @@ impl DeliveryActivity {
     ) -> Result<(), DeliveryError> {
         let source = self.source.describe();
         let in_source = |err: DeliveryError| err.context(format_args!("source {source}"));
-        let (resume_at, mut checkpoints) = self.resume_point(ctx, pending).await;
+        let (resume_at, mut checkpoints) = self.resume_point(ctx, pending).await?;
         let resumed = match resume_at {
             0 => None,
             offset => self.source.open_at(ctx, offset).await.map_err(in_source)?,
@@ -236,19 +236,23 @@ impl DeliveryActivity {
         &self,
         ctx: &RunContext,
         pending: &[usize],
-    ) -> (u64, BTreeMap<usize, Checkpoint>) {
+    ) -> Result<(u64, BTreeMap<usize, Checkpoint>), DeliveryError> {
         let mut saved = BTreeMap::new();
         let Some(ledger) = &ctx.ledger else {
-            return (0, saved);
+            return Ok((0, saved));
         };
         if self.transform.is_some() {
-            return (0, saved);
+            return Ok((0, saved));
         }
         let mut point = u64::MAX;
         for &index in pending {
             let held = match ledger.checkpoint(&ctx.run_id, index).await {
                 Some(checkpoint) => {
-                    let held = self.writers[index].resume_point(ctx, &checkpoint).await;
+                    let writer = &self.writers[index];
+                    let held = writer
+                        .resume_point(ctx, &checkpoint)
+                        .await
+                        .map_err(|err| err.context(format_args!("writer {}", writer.describe())))?;
                     saved.insert(index, checkpoint);
                     held
                 }
@@ -259,11 +263,7 @@ impl DeliveryActivity {
                 break;
             }
         }
-        if point == u64::MAX {
-            (0, saved)
-        } else {
-            (point, saved)
-        }
+        Ok((if point == u64::MAX { 0 } else { point }, saved))
     }
 }
 

@@ -185,19 +185,23 @@ impl Writer for LocalWriter {
         })
     }
 
-    async fn resume_point(&self, ctx: &RunContext, checkpoint: &Checkpoint) -> u64 {
+    async fn resume_point(
+        &self,
+        ctx: &RunContext,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, DeliveryError> {
         let Ok(target) = self.path.render_path(ctx, &self.root) else {
-            return 0;
+            return Ok(0);
         };
         let temp = temp_path(&target, &ctx.run_id);
         let recorded = checkpoint.document.get("temp").and_then(|t| t.as_str());
         if recorded != Some(temp.to_string_lossy().as_ref()) {
-            return 0;
+            return Ok(0);
         }
-        match tokio::fs::metadata(&temp).await {
+        Ok(match tokio::fs::metadata(&temp).await {
             Ok(meta) if meta.len() >= checkpoint.bytes_done => checkpoint.bytes_done,
             _ => 0,
-        }
+        })
     }
 
     async fn discard(&self, ctx: &RunContext, _checkpoint: Option<&Checkpoint>) {

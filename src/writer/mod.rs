@@ -81,9 +81,15 @@ pub trait Writer: fmt::Debug + Send + Sync {
     async fn write(&self, ctx: &RunContext, payload: Payload) -> Result<Delivery, DeliveryError>;
 
     /// How many bytes of the payload this writer still holds from an earlier attempt of
-    /// `ctx`'s run, given the checkpoint it saved then; 0 to start over (the default).
-    async fn resume_point(&self, _ctx: &RunContext, _checkpoint: &Checkpoint) -> u64 {
-        0
+    /// `ctx`'s run, given the checkpoint it saved then; 0 to start over (the default). An
+    /// error when that cannot be told now (the destination is unreachable): the attempt
+    /// fails and is retried, rather than throwing away what the destination holds.
+    async fn resume_point(
+        &self,
+        _ctx: &RunContext,
+        _checkpoint: &Checkpoint,
+    ) -> Result<u64, DeliveryError> {
+        Ok(0)
     }
 
     /// The run failed for good: remove what its attempts left for a resume (temporary files,

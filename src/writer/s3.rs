@@ -2,7 +2,8 @@
 //!
 //! A payload smaller than one part goes up in a single PUT; a larger one (or one of unknown
 //! length) as a multipart upload whose parts are read from the stream one at a time and sent
-//! with bounded concurrency, so memory stays at part size × (concurrency + 1). The object
+//! with bounded concurrency: at most `concurrency` part buffers exist at once (the one being
+//! filled included), so memory stays within part size × concurrency. The object
 //! exists only once CompleteMultipartUpload succeeds; a HEAD then checks its size. The
 //! sha256 ferry computed while streaming is stored as user metadata (`x-amz-meta-sha256`):
 //! with the PUT itself, or, for a multipart upload whose hash is known only at the end, by
@@ -582,16 +583,10 @@ impl S3Writer {
         let mut finished: BTreeMap<i32, String> = upload.parts.iter().cloned().collect();
         let mut boundaries: BTreeMap<i32, HashState> = BTreeMap::new();
         let mut in_flight: JoinSet<Result<(i32, String), DeliveryError>> = JoinSet::new();
+        // At most `concurrency` part buffers live at once, the one being filled included.
+        let filling_limit = self.concurrency.saturating_sub(1).max(1);
         loop {
-            let part = match first.take() {
-                Some(part) => Some(part),
-                None => parts.next(payload).await?,
-            };
-            let Some(part) = part else {
-                break;
-            };
-            boundaries.insert(next_number, payload.hash_state());
-            while in_flight.len() >= self.concurrency {
+            while first.is_none() && in_flight.len() >= filling_limit {
                 self.part_done(
                     &mut in_flight,
                     &mut finished,
@@ -601,6 +596,14 @@ impl S3Writer {
                 )
                 .await?;
             }
+            let part = match first.take() {
+                Some(part) => Some(part),
+                None => parts.next(payload).await?,
+            };
+            let Some(part) = part else {
+                break;
+            };
+            boundaries.insert(next_number, payload.hash_state());
             let number = next_number;
             next_number += 1;
             let request = client
@@ -745,13 +748,17 @@ impl Writer for S3Writer {
         self.receipt(key, digest).await
     }
 
-    async fn resume_point(&self, ctx: &RunContext, checkpoint: &Checkpoint) -> u64 {
+    async fn resume_point(
+        &self,
+        ctx: &RunContext,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, DeliveryError> {
         let Ok(upload) = serde_json::from_value::<UploadCheckpoint>(checkpoint.document.clone())
         else {
-            return 0;
+            return Ok(0);
         };
         if upload.key != self.key.render(ctx) || upload.part_size != self.part_size {
-            return 0;
+            return Ok(0);
         }
         // The store must still have the upload and its parts.
         let listed = self
@@ -763,8 +770,20 @@ impl Writer for S3Writer {
             .upload_id(&upload.upload_id)
             .send()
             .await;
-        let Ok(listed) = listed else {
-            return 0;
+        let listed = match listed {
+            Ok(listed) => listed,
+            Err(err) => {
+                let err = s3_error(
+                    &format!("list the parts of {}", self.location(&upload.key)),
+                    err,
+                );
+                // A gone upload (aborted, expired) means starting over; anything else means
+                // the store cannot tell now.
+                return match err.kind() {
+                    ErrorKind::NotFound => Ok(0),
+                    _ => Err(err),
+                };
+            }
         };
         let on_server: BTreeMap<i32, (Option<String>, Option<i64>)> = listed
             .parts()
@@ -783,7 +802,7 @@ impl Writer for S3Writer {
                 None => false,
             })
             .count();
-        held as u64 * self.part_size
+        Ok(held as u64 * self.part_size)
     }
 
     async fn discard(&self, _ctx: &RunContext, checkpoint: Option<&Checkpoint>) {

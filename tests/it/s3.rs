@@ -380,6 +380,15 @@ async fn an_interrupted_upload_resumes_from_its_finished_parts() {
     .replace(
         "schedule = \"@daily\"",
         "schedule = \"@daily\"\nrate_limit = \"15MiB\"",
+    )
+    // However long the server stays away, attempts keep coming until it is back.
+    .replace(
+        "retry = { max_attempts = 3, initial_interval = \"1s\" }",
+        "retry = { max_attempts = 12, initial_interval = \"500ms\", max_interval = \"1s\" }",
+    );
+    assert!(
+        text.contains("max_attempts = 12") && text.contains("rate_limit"),
+        "{text}"
     );
     let ledger = Ledger {
         store: Store::open("sqlite://ferry-state.db", ws.path())
@@ -389,7 +398,9 @@ async fn an_interrupted_upload_resumes_from_its_finished_parts() {
         lease: Duration::from_secs(60),
     };
 
-    // Stop the server once six parts are in, and bring it back two seconds later.
+    // Stop the server once six parts are in, and bring it back six seconds later: longer
+    // than the SDK's own retries of a request (three tries, a few seconds), so the attempt
+    // fails and the run's next attempt must resume.
     let watcher_parts = Arc::clone(&parts);
     let root_path = root.path().to_path_buf();
     let restarter = tokio::spawn(async move {
@@ -400,7 +411,7 @@ async fn an_interrupted_upload_resumes_from_its_finished_parts() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         server.stop();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
         S3Server::start(&root_path, addr, watcher_parts).await
     });
     let report = run(&ws, &text, Some(&ledger)).await;
