@@ -203,3 +203,27 @@ writers = [{{ type = "local", path = "out/b" }}]
         }
     }
 }
+
+/// Every job file under `examples/` is valid, and so is the shipped one.
+#[test]
+fn the_shipped_and_example_job_files_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("config/jobs.toml")];
+    for entry in std::fs::read_dir(root.join("examples")).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            files.push(path);
+        }
+    }
+    assert!(files.len() >= 2, "{files:?}");
+    for file in files {
+        let out = ferry(&["validate", "--config", &file.display().to_string()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            file.display(),
+            show(&out)
+        );
+    }
+}
