@@ -547,19 +547,35 @@ impl S3Writer {
                     .await
                     .map_err(|err| s3_error(&format!("start the upload of {location}"), err))?;
                 let upload_id = created.upload_id().unwrap_or_default().to_owned();
-                UploadCheckpoint {
+                let upload = UploadCheckpoint {
                     key: key.to_owned(),
                     upload_id,
                     part_size: self.part_size,
                     parts: Vec::new(),
                     hash: None,
+                };
+                // Recorded at once, so that a run failing before its first part still
+                // aborts this upload (`discard`).
+                if let Ok(document) = serde_json::to_value(&upload) {
+                    payload.save_checkpoint(document, 0).await;
                 }
+                upload
             }
         };
+        let mut in_flight = JoinSet::new();
         let result = self
-            .upload_parts(ctx, &client, &mut upload, &mut first, parts, payload)
+            .upload_parts(
+                &client,
+                &mut upload,
+                &mut first,
+                parts,
+                payload,
+                &mut in_flight,
+            )
             .await;
         if let Err(err) = result {
+            // Let the parts already on their way land, so that an abort leaves nothing behind.
+            while in_flight.join_next().await.is_some() {}
             // Without checkpoints nobody resumes this upload: abort it now.
             if !payload.checkpointing() {
                 self.abort(key, &upload.upload_id).await;
@@ -571,30 +587,23 @@ impl S3Writer {
 
     async fn upload_parts(
         &self,
-        _ctx: &RunContext,
         client: &Client,
         upload: &mut UploadCheckpoint,
         first: &mut Option<Bytes>,
         parts: &mut Parts,
         payload: &mut Payload,
+        in_flight: &mut JoinSet<Result<(i32, String), DeliveryError>>,
     ) -> Result<(), DeliveryError> {
         let location = self.location(&upload.key);
         let mut next_number = i32::try_from(upload.parts.len()).unwrap_or(i32::MAX) + 1;
         let mut finished: BTreeMap<i32, String> = upload.parts.iter().cloned().collect();
         let mut boundaries: BTreeMap<i32, HashState> = BTreeMap::new();
-        let mut in_flight: JoinSet<Result<(i32, String), DeliveryError>> = JoinSet::new();
         // At most `concurrency` part buffers live at once, the one being filled included.
         let filling_limit = self.concurrency.saturating_sub(1).max(1);
         loop {
             while first.is_none() && in_flight.len() >= filling_limit {
-                self.part_done(
-                    &mut in_flight,
-                    &mut finished,
-                    &mut boundaries,
-                    upload,
-                    payload,
-                )
-                .await?;
+                self.part_done(in_flight, &mut finished, &mut boundaries, upload, payload)
+                    .await?;
             }
             let part = match first.take() {
                 Some(part) => Some(part),
@@ -621,14 +630,8 @@ impl S3Writer {
             });
         }
         while !in_flight.is_empty() {
-            self.part_done(
-                &mut in_flight,
-                &mut finished,
-                &mut boundaries,
-                upload,
-                payload,
-            )
-            .await?;
+            self.part_done(in_flight, &mut finished, &mut boundaries, upload, payload)
+                .await?;
         }
         let completed: Vec<CompletedPart> = finished
             .iter()

@@ -443,3 +443,74 @@ async fn an_interrupted_upload_resumes_from_its_finished_parts() {
     assert_eq!(sha, sha256_file(&input));
     assert_eq!(report.deliveries[0].sha256, sha256_file(&input));
 }
+
+/// Upload leftovers in the server's storage: s3s-fs keeps unfinished uploads as files.
+fn upload_leftovers(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                stack.push(path);
+            } else if name.contains("upload") {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+/// A run that gives up aborts its multipart upload: nothing is left on the server, with
+/// checkpoints (aborted when the run fails for good) and without (aborted at once).
+#[tokio::test]
+async fn a_run_that_gives_up_aborts_its_upload() {
+    let (server, root) = server().await;
+    let ws = Workspace::new();
+    let text = s3_job(
+        "doomed",
+        r#"{ type = "command", command = ["sh", "-c", "head -c 12000000 /dev/zero; exit 1"] }"#,
+        server.addr,
+        "doomed.bin",
+        r#", part_size = "5MiB""#,
+    )
+    .replace(
+        "retry = { max_attempts = 3, initial_interval = \"1s\" }",
+        "retry = { max_attempts = 2, initial_interval = \"10ms\" }",
+    );
+    assert!(text.contains("max_attempts = 2"), "{text}");
+    let report = run(&ws, &text, None).await;
+    assert_eq!(report.status, RunStatus::Failed);
+    assert!(
+        server.parts.lock().expect("lock").len() >= 2,
+        "parts were sent"
+    );
+    assert!(
+        upload_leftovers(root.path()).is_empty(),
+        "{:?}",
+        upload_leftovers(root.path())
+    );
+
+    let ledger = Ledger {
+        store: Store::open("sqlite://ferry-state.db", ws.path())
+            .await
+            .expect("store"),
+        owner: "test".into(),
+        lease: Duration::from_secs(60),
+    };
+    let report = run(&ws, &text, Some(&ledger)).await;
+    assert_eq!(report.status, RunStatus::Failed);
+    assert!(
+        upload_leftovers(root.path()).is_empty(),
+        "{:?}",
+        upload_leftovers(root.path())
+    );
+    let missing = client(server.addr)
+        .head_object()
+        .bucket(BUCKET)
+        .key("doomed.bin")
+        .send()
+        .await;
+    assert!(missing.is_err(), "no object appeared");
+}
