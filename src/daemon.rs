@@ -42,7 +42,7 @@ use crate::config::{self, Config, ConfigErrors, Overlap};
 use crate::error::{DeliveryError, display_chain};
 use crate::job::Job;
 use crate::runner::RunReport;
-use crate::state::{Backend, Ledger, Outcome, RunState, StateError, Store, owner_id};
+use crate::state::{Backend, Ledger, Outcome, StateError, Store, owner_id};
 
 /// What the daemon is asked to do from outside (signals, tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,17 +273,7 @@ impl Daemon {
                 let error = "the job is no longer in the job file";
                 tracing::warn!(job = %record.job, run_id = %record.run_id, "Not resuming the run: {error}.");
                 store
-                    .finish(
-                        &record.run_id,
-                        &Outcome {
-                            state: RunState::Failed,
-                            attempts: record.attempts,
-                            bytes: None,
-                            sha256: None,
-                            location: None,
-                            error: Some(error),
-                        },
-                    )
+                    .finish(&record.run_id, &Outcome::failed(record.attempts, error))
                     .await?;
                 continue;
             };

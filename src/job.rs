@@ -19,7 +19,7 @@ use crate::error::{DeliveryError, ErrorKind};
 use crate::notify::Notifier;
 use crate::runner::{ActivityRunner, RetryPolicy, RetryingActivity, RunReport};
 use crate::schedule::{Schedule, parse_timezone};
-use crate::state::{Claim, Ledger, Outcome, RunRecord, RunState, StateError};
+use crate::state::{Claim, Ledger, Outcome, RunRecord, StateError};
 
 /// What building a source, writer or notifier may use.
 #[derive(Debug, Clone)]
@@ -193,17 +193,7 @@ impl Job {
             tracing::warn!(job = %self.name, run_id = %record.run_id, %error, "Not resuming the run.");
             ledger
                 .store
-                .finish(
-                    &record.run_id,
-                    &Outcome {
-                        state: RunState::Failed,
-                        attempts: record.attempts,
-                        bytes: None,
-                        sha256: None,
-                        location: None,
-                        error: Some(&error),
-                    },
-                )
+                .finish(&record.run_id, &Outcome::failed(record.attempts, &error))
                 .await?;
             return Ok(None);
         }

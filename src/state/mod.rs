@@ -136,6 +136,20 @@ pub struct Outcome<'a> {
     pub error: Option<&'a str>,
 }
 
+impl<'a> Outcome<'a> {
+    /// A run closed as failed without a delivery (it cannot be resumed), saying why.
+    pub fn failed(attempts: u32, error: &'a str) -> Outcome<'a> {
+        Outcome {
+            state: RunState::Failed,
+            attempts,
+            bytes: None,
+            sha256: None,
+            location: None,
+            error: Some(error),
+        }
+    }
+}
+
 /// A writer's saved progress in a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {

@@ -19,16 +19,7 @@ use crate::support::{Workspace, sha256_file, slot};
 
 fn random_file(ws: &Workspace, name: &str, len: usize) -> std::path::PathBuf {
     let path = ws.path().join(name);
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    std::fs::write(&path, data).expect("write input");
+    crate::support::random_file(&path, len);
     path
 }
 

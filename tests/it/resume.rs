@@ -13,20 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
-use crate::support::{Workspace, ferry, sha256_file, show};
-
-fn random_file(path: &std::path::Path, len: usize) {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as u8
-        })
-        .collect();
-    std::fs::write(path, data).expect("write input");
-}
+use crate::support::{Workspace, ferry, random_file, sha256_file, show};
 
 async fn ledger(ws: &Workspace) -> Ledger {
     Ledger {

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
 
-use crate::support::{Workspace, sha256_file};
+use crate::support::{Workspace, random_file, sha256_file};
 
 pub const ACCESS_KEY: &str = "AKIAFERRYTESTKEY";
 pub const SECRET_KEY: &str = "ferry-test-secret-key-0123456789";
@@ -173,19 +173,6 @@ async fn read_back(
         hasher.update(&chunk);
     }
     (hex::encode(hasher.finalize()), len, metadata)
-}
-
-fn random_file(path: &Path, len: usize) {
-    let mut state = 0x0123_4567_89ab_cdef_u64;
-    let mut data = Vec::with_capacity(len);
-    while data.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        data.extend_from_slice(&state.to_le_bytes());
-    }
-    data.truncate(len);
-    std::fs::write(path, data).expect("write input");
 }
 
 #[tokio::test]

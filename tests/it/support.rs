@@ -120,3 +120,17 @@ pub fn slot() -> chrono::DateTime<chrono_tz::Tz> {
         .single()
         .expect("valid instant")
 }
+
+/// Writes `len` bytes of pseudo-random data (xorshift, so nothing compresses) to `path`.
+pub fn random_file(path: &Path, len: usize) {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(len);
+    std::fs::write(path, data).expect("write input");
+}
