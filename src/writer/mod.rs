@@ -8,6 +8,7 @@
 //!
 //! Kinds: `local`, one file each.
 
+mod ftp;
 mod local;
 mod s3;
 
@@ -25,6 +26,7 @@ use sha2::digest::common::hazmat::SerializableState as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
+pub use ftp::{FtpConfig, FtpMode, FtpSecurity, FtpWriter};
 pub use local::{LocalConfig, LocalWriter};
 pub use s3::{Checksums, S3Config, S3Writer};
 
@@ -125,6 +127,8 @@ kinds! {
         "local" => Local(LocalConfig),
         /// `type = "s3"`: an object in S3 or an S3-compatible store.
         "s3" => S3(Box<S3Config>),
+        /// `type = "ftp"`: a file on an FTP server.
+        "ftp" => Ftp(Box<FtpConfig>),
     }
 }
 

@@ -4,6 +4,7 @@ mod cli;
 mod config_errors;
 mod daemon;
 mod fanout;
+mod ftp;
 mod local_writer;
 mod process;
 mod resume;
