@@ -143,7 +143,7 @@ impl DeliveryActivity {
     ) -> Result<(), DeliveryError> {
         let source = self.source.describe();
         let in_source = |err: DeliveryError| err.context(format_args!("source {source}"));
-        let (resume_at, mut checkpoints) = self.resume_point(ctx, pending).await?;
+        let (resume_at, mut saved) = self.resume_point(ctx, pending).await?;
         let resumed = match resume_at {
             0 => None,
             offset => self.source.open_at(ctx, offset).await.map_err(in_source)?,
@@ -165,7 +165,6 @@ impl DeliveryActivity {
             None => stream,
         };
 
-        let mut saved = std::mem::take(&mut checkpoints);
         let mut senders = Vec::with_capacity(pending.len());
         let mut tasks = Vec::with_capacity(pending.len());
         for &index in pending {
@@ -229,9 +228,11 @@ impl DeliveryActivity {
 }
 
 impl DeliveryActivity {
-    /// Where this attempt can start: the smallest number of bytes every pending writer
-    /// still holds from an earlier attempt (per its checkpoint), or 0. Compressed payloads
-    /// always start over (a compressor cannot start mid-stream).
+    /// Where this attempt can start: the fewest bytes a pending writer still holds from an
+    /// earlier attempt (per its checkpoint), if every writer holding more can go back to it
+    /// (a local file can; an upload keeping its hash state at its last part cannot), else 0;
+    /// with the checkpoints read. Compressed payloads always start over (a compressor cannot
+    /// start mid-stream).
     async fn resume_point(
         &self,
         ctx: &RunContext,
@@ -241,29 +242,37 @@ impl DeliveryActivity {
         let Some(ledger) = &ctx.ledger else {
             return Ok((0, saved));
         };
-        if self.transform.is_some() {
-            return Ok((0, saved));
-        }
-        let mut point = u64::MAX;
+        let mut held = Vec::with_capacity(pending.len());
         for &index in pending {
-            let held = match ledger.checkpoint(&ctx.run_id, index).await {
-                Some(checkpoint) => {
-                    let writer = &self.writers[index];
-                    let held = writer
-                        .resume_point(ctx, &checkpoint)
-                        .await
-                        .map_err(|err| err.context(format_args!("writer {}", writer.describe())))?;
-                    saved.insert(index, checkpoint);
-                    held
-                }
-                None => 0,
+            let Some(checkpoint) = ledger.checkpoint(&ctx.run_id, index).await else {
+                held.push(0);
+                continue;
             };
-            point = point.min(held);
-            if point == 0 {
-                break;
-            }
+            let writer = &self.writers[index];
+            let point = writer
+                .resume_point(ctx, &checkpoint)
+                .await
+                .map_err(|err| err.context(format_args!("writer {}", writer.describe())))?;
+            held.push(point);
+            saved.insert(index, checkpoint);
         }
-        Ok((if point == u64::MAX { 0 } else { point }, saved))
+        let least = held.iter().copied().min().unwrap_or(0);
+        let all_can_start_there = pending
+            .iter()
+            .zip(&held)
+            .all(|(&index, &point)| point == least || self.writers[index].can_rewind());
+        let point = if all_can_start_there {
+            least
+        } else {
+            tracing::info!(
+                ?held,
+                "Writers hold different amounts and cannot all go back; starting over."
+            );
+            0
+        };
+        // Writers still get their checkpoints, to clean up what starting over leaves.
+        let point = if self.transform.is_some() { 0 } else { point };
+        Ok((point, saved))
     }
 }
 

@@ -204,6 +204,11 @@ impl Writer for LocalWriter {
         })
     }
 
+    fn can_rewind(&self) -> bool {
+        // `reopen` cuts the file back to whatever offset the attempt starts at.
+        true
+    }
+
     async fn discard(&self, ctx: &RunContext, _checkpoint: Option<&Checkpoint>) {
         if let Ok(target) = self.path.render_path(ctx, &self.root) {
             let _ = tokio::fs::remove_file(temp_path(&target, &ctx.run_id)).await;

@@ -94,6 +94,13 @@ pub trait Writer: fmt::Debug + Send + Sync {
         Ok(0)
     }
 
+    /// Whether the writer can resume from fewer bytes than its [`Writer::resume_point`]
+    /// (when another writer of the job holds less): a local file can be cut back, an
+    /// upload whose hash state is kept at its last part cannot. No by default.
+    fn can_rewind(&self) -> bool {
+        false
+    }
+
     /// The run failed for good: remove what its attempts left for a resume (temporary files,
     /// unfinished uploads), given the writer's last checkpoint. Best effort; the default has
     /// nothing to remove.

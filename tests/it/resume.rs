@@ -611,3 +611,40 @@ writers = [{ type = "local", path = "out/x" }]
     );
     assert!(store.unfinished().await.expect("read").is_empty());
 }
+
+/// Two local writers checkpoint at slightly different points; the retry resumes both from
+/// the lesser one (a local file can be cut back), and both copies come out identical.
+#[tokio::test]
+async fn two_local_writers_resume_from_the_lesser_checkpoint() {
+    let ws = Workspace::new();
+    random_file(&ws.path().join("input.bin"), 24 << 20);
+    let config = ws.config(
+        r#"
+[[jobs]]
+name = "pair"
+schedule = "@daily"
+source = { type = "file", path = "input.bin" }
+rate_limit = "8MiB"
+timeout = "2600ms"
+retry = { max_attempts = 4, initial_interval = "10ms" }
+writers = [
+  { type = "local", path = "out/a.bin" },
+  { type = "local", path = "out/b.bin" },
+]
+"#,
+    );
+    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
+    let job = Job::build(&config, &config.jobs[0], &env).expect("job");
+    let report = job
+        .run_claimed(&ledger(&ws).await, job.now_slot())
+        .await
+        .expect("store works")
+        .expect("claimed");
+    // Each attempt is cut off before 24 MiB at 8 MiB/s: only resuming can finish.
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert!(report.resumed_from > 0, "{report:#?}");
+    let want = sha256_file(&ws.path().join("input.bin"));
+    assert_eq!(sha256_file(&ws.path().join("out/a.bin")), want);
+    assert_eq!(sha256_file(&ws.path().join("out/b.bin")), want);
+    assert!(report.deliveries.iter().all(|d| d.sha256 == want));
+}
