@@ -9,10 +9,12 @@
 //! time, and prints wall time, MiB/s and peak RSS. Needs rclone (`apt-get install rclone`)
 //! and GNU time; a missing tool is reported and its row skipped.
 
-use std::io::Write as _;
+mod common;
+
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+
+use common::{measure, write_random};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -108,56 +110,6 @@ writers = [{{ type = "s3", bucket = "{BUCKET}", key = "ferry.bin", endpoint = "{
     }
 }
 
-/// Runs `command` under GNU time and prints a row.
-fn measure(name: &str, mib: u64, dir: &Path, command: &mut Command) {
-    let timing = dir.join(format!("{}.time", name.replace(' ', "-")));
-    let program = command.get_program().to_owned();
-    let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
-    let mut timed = Command::new("/usr/bin/time");
-    timed
-        .arg("-f")
-        .arg("%e %M")
-        .arg("-o")
-        .arg(&timing)
-        .arg(&program)
-        .args(&args)
-        .current_dir(dir);
-    for (key, value) in command.get_envs() {
-        if let Some(value) = value {
-            timed.env(key, value);
-        }
-    }
-    let started = Instant::now();
-    let output = match timed.output() {
-        Ok(output) => output,
-        Err(err) => {
-            println!("{name:<14} not run: {err}");
-            return;
-        }
-    };
-    let wall = started.elapsed().as_secs_f64();
-    if !output.status.success() {
-        println!(
-            "{name:<14} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return;
-    }
-    let text = std::fs::read_to_string(&timing).unwrap_or_default();
-    let mut fields = text.split_whitespace();
-    let secs: f64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(wall);
-    let rss_kib: f64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    println!(
-        "{name:<14} {secs:>7.2} s {:>9.1} MiB/s {:>8.1} MiB peak RSS",
-        mib as f64 / secs,
-        rss_kib / 1024.0
-    );
-}
-
 async fn serve(root: &Path) -> std::net::SocketAddr {
     let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs");
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
@@ -178,25 +130,6 @@ async fn serve(root: &Path) -> std::net::SocketAddr {
         }
     });
     addr
-}
-
-fn write_random(path: &Path, len: u64) {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create input"));
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for word in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
-        }
-        let n = left.min(block.len() as u64) as usize;
-        file.write_all(&block[..n]).expect("write input");
-        left -= n as u64;
-    }
-    file.flush().expect("flush input");
 }
 
 fn num_cpus() -> usize {
