@@ -13,13 +13,13 @@ use tokio::task::JoinHandle;
 use crate::support::Workspace;
 
 /// A daemon running in this test's runtime.
-struct Booted {
+pub(crate) struct Booted {
     control: mpsc::Sender<Control>,
     events: mpsc::UnboundedReceiver<Event>,
     task: JoinHandle<Result<(), daemon::DaemonError>>,
 }
 
-fn boot(config: &Path) -> Booted {
+pub(crate) fn boot(config: &Path) -> Booted {
     let (control, control_rx) = mpsc::channel(4);
     let (events_tx, events) = mpsc::unbounded_channel();
     let path = config.to_path_buf();
@@ -32,6 +32,16 @@ fn boot(config: &Path) -> Booted {
 }
 
 impl Booted {
+    /// Every event within `within`.
+    pub(crate) async fn collect(&mut self, within: Duration) -> Vec<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            seen.push(event);
+        }
+        seen
+    }
+
     /// The next event, failing the test after `within`.
     async fn next(&mut self, within: Duration) -> Event {
         match tokio::time::timeout(within, self.events.recv()).await {
@@ -62,7 +72,7 @@ impl Booted {
         }
     }
 
-    async fn stop(mut self) -> Vec<Event> {
+    pub(crate) async fn stop(mut self) -> Vec<Event> {
         self.control
             .send(Control::Shutdown)
             .await

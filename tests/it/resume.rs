@@ -5,14 +5,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{Timelike as _, Utc};
-use ferry::daemon::{self, Control, Event};
+use ferry::daemon::Event;
 use ferry::job::Job;
 use ferry::runner::RunStatus;
 use ferry::state::{Claim, Ledger, Outcome, RunState, Store};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::sync::mpsc;
 
+use crate::daemon::boot;
 use crate::support::{Workspace, ferry, random_file, sha256_file, show};
 
 async fn ledger(ws: &Workspace) -> Ledger {
@@ -122,24 +122,6 @@ writers = [{ type = "local", path = "out/x.bin" }]
     assert!(ws.files().is_empty(), "{:?}", ws.files());
 }
 
-fn boot(config: &std::path::Path) -> (mpsc::Sender<Control>, mpsc::UnboundedReceiver<Event>) {
-    let (control, control_rx) = mpsc::channel(4);
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let path = config.to_path_buf();
-    tokio::spawn(async move { daemon::run(&path, control_rx, Some(events_tx)).await });
-    (control, events)
-}
-
-/// Events for `within`.
-async fn collect(events: &mut mpsc::UnboundedReceiver<Event>, within: Duration) -> Vec<Event> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut seen = Vec::new();
-    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
-        seen.push(event);
-    }
-    seen
-}
-
 async fn record_past_run(store: &Store, job: &str, slot: chrono::DateTime<Utc>) {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     store
@@ -196,12 +178,9 @@ writers = [{ type = "local", path = "out/{scheduled:%H%M}" }]
         .expect("store");
     record_past_run(&store, "minutely", last_due - chrono::Duration::minutes(4)).await;
 
-    let (control, mut events) = boot(&config);
-    let seen = collect(&mut events, Duration::from_secs(3)).await;
-    control
-        .send(Control::Shutdown)
-        .await
-        .expect("daemon listening");
+    let mut daemon = boot(&config);
+    let seen = daemon.collect(Duration::from_secs(3)).await;
+    daemon.stop().await;
     let finished: Vec<String> = seen
         .iter()
         .filter_map(|e| match e {
@@ -251,12 +230,9 @@ writers = [{ type = "local", path = "out/x" }]
         .expect("store");
     record_past_run(&store, "yearly", last_due - chrono::Duration::days(365)).await;
 
-    let (control, mut events) = boot(&config);
-    let seen = collect(&mut events, Duration::from_secs(2)).await;
-    control
-        .send(Control::Shutdown)
-        .await
-        .expect("daemon listening");
+    let mut daemon = boot(&config);
+    let seen = daemon.collect(Duration::from_secs(2)).await;
+    daemon.stop().await;
     assert!(
         !seen.iter().any(|e| matches!(e, Event::Finished(_))),
         "nothing runs: {seen:#?}"
@@ -575,12 +551,9 @@ writers = [{ type = "local", path = "out/x" }]
         .expect("attempt");
     store.claim(&claim("gone", "orphan")).await.expect("claim");
 
-    let (control, mut events) = boot(&config);
-    let seen = collect(&mut events, Duration::from_secs(2)).await;
-    control
-        .send(Control::Shutdown)
-        .await
-        .expect("daemon listening");
+    let mut daemon = boot(&config);
+    let seen = daemon.collect(Duration::from_secs(2)).await;
+    daemon.stop().await;
     assert!(
         !seen.iter().any(|e| matches!(e, Event::Finished(_))),
         "{seen:#?}"
