@@ -6,27 +6,46 @@
 //! half-written file. Every exchange on the control connection has a time limit, as has every
 //! write to the data connection.
 //!
+//! With `security = "explicit_tls"` the control connection is upgraded with AUTH TLS and
+//! data connections are protected too (PBSZ 0, PROT P); the server's certificate is checked
+//! against the system's roots, or exactly the certificates of `ca_file`.
+//!
+//! With a state store, every couple of seconds the writer records the temporary name and
+//! the hash state of what it has sent; a retry or a restarted daemon asks SIZE and continues
+//! with REST+STOR from the last recorded point the server holds. Without a store, a failed
+//! attempt removes its temporary file. When the server offers a hash command (HASH with
+//! SHA-256, or XSHA256), the uploaded file's sha256 is compared too.
+//!
 //! Replies 4xx and broken connections are transient; 5xx replies are permanent, a refused
-//! login is an authentication failure.
+//! login or an untrusted certificate is an authentication failure.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
+use rustls::ClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::Deserialize;
-use suppaftp::tokio::AsyncFtpStream;
+use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
 use suppaftp::types::FileType;
-use suppaftp::{FtpError, Mode};
+use suppaftp::{FtpError, Mode, Status};
 use tokio::io::AsyncWriteExt as _;
 
-use super::{Delivery, Payload, Writer, WriterSettings};
+use super::{Delivery, HashState, Payload, Writer, WriterSettings};
 use crate::RunContext;
 use crate::config::{ConfigDuration, KeyPath, Problems, Secret, SecretRef};
 use crate::error::{DeliveryError, ErrorKind};
 use crate::job::BuildEnv;
+use crate::state::Checkpoint;
 use crate::template::Template;
+
+/// A control connection, plain or (after AUTH TLS) protected.
+type Ftp = AsyncRustlsFtpStream;
 
 /// Settings of an `ftp` writer.
 #[derive(Debug, Clone, Deserialize)]
@@ -51,9 +70,17 @@ pub struct FtpConfig {
     pub password_file: Option<PathBuf>,
     /// The file to write on the server, an absolute path; a template.
     pub path: String,
-    /// `"none"`: plain FTP. (Explicit TLS is not available yet.)
+    /// `"none"` (plain FTP, the default) or `"explicit_tls"` (AUTH TLS, data protected).
     #[serde(default)]
     pub security: FtpSecurity,
+    /// With TLS: a PEM file of the certificates to trust instead of the system's (a private
+    /// CA, a self-signed server). Relative to the job file's directory.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// With TLS: accept any certificate the server shows. Only for testing; the connection
+    /// is then open to interception.
+    #[serde(default)]
+    pub accept_invalid_certs: bool,
     /// The data connection: `"passive"` (PASV, the default), `"extended_passive"` (EPSV,
     /// needed over IPv6) .
     #[serde(default)]
@@ -89,6 +116,8 @@ pub enum FtpSecurity {
     /// Plain FTP.
     #[default]
     None,
+    /// AUTH TLS on the control connection, then protected data connections.
+    ExplicitTls,
 }
 
 /// `mode`: how data connections are opened.
@@ -134,6 +163,25 @@ impl WriterSettings for FtpConfig {
         if self.timeout.is_some_and(|t| t.get().is_zero()) {
             problems.add(at.key("timeout"), "must be longer than zero");
         }
+        if self.security == FtpSecurity::None {
+            if self.ca_file.is_some() {
+                problems.add(
+                    at.key("ca_file"),
+                    "only applies with security = \"explicit_tls\"",
+                );
+            }
+            if self.accept_invalid_certs {
+                problems.add(
+                    at.key("accept_invalid_certs"),
+                    "only applies with security = \"explicit_tls\"",
+                );
+            }
+        } else if self.ca_file.is_some() && self.accept_invalid_certs {
+            problems.add(
+                at.key("accept_invalid_certs"),
+                "cannot be combined with `ca_file`: either trust that file's certificates or none",
+            );
+        }
     }
 
     fn build(&self, env: &BuildEnv) -> Result<Arc<dyn Writer>, DeliveryError> {
@@ -144,14 +192,122 @@ impl WriterSettings for FtpConfig {
             Some(secret) => Some(secret.resolve(&env.base_dir)?),
             None => None,
         };
+        let tls = match self.security {
+            FtpSecurity::None => None,
+            FtpSecurity::ExplicitTls => Some(self.tls_config(&env.base_dir)?),
+        };
         Ok(Arc::new(FtpWriter {
             settings: self.clone(),
             path,
             password,
+            tls,
             timeout: self
                 .timeout
                 .map_or(Duration::from_secs(30), ConfigDuration::get),
         }))
+    }
+}
+
+impl FtpConfig {
+    /// The TLS settings: aws-lc-rs (never the process default, which may be ambiguous),
+    /// trusting `ca_file`'s certificates, the system's, or (when asked) any.
+    fn tls_config(&self, base_dir: &Path) -> Result<Arc<ClientConfig>, DeliveryError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|err| DeliveryError::new(ErrorKind::Config, format!("TLS: {err}")))?;
+        if self.accept_invalid_certs {
+            return Ok(Arc::new(
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                    .with_no_client_auth(),
+            ));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_file {
+            Some(file) => {
+                let file = base_dir.join(file);
+                let shown = file.display();
+                let unreadable = |err: rustls_pki_types::pem::Error| {
+                    DeliveryError::new(ErrorKind::Config, format!("ca_file {shown}: {err}"))
+                };
+                for cert in CertificateDer::pem_file_iter(&file).map_err(unreadable)? {
+                    roots.add(cert.map_err(unreadable)?).map_err(|err| {
+                        DeliveryError::new(ErrorKind::Config, format!("ca_file {shown}: {err}"))
+                    })?;
+                }
+                if roots.is_empty() {
+                    return Err(DeliveryError::new(
+                        ErrorKind::Config,
+                        format!("ca_file {shown} holds no PEM certificate"),
+                    ));
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(native.certs);
+                if roots.is_empty() {
+                    return Err(DeliveryError::new(
+                        ErrorKind::Config,
+                        "no CA certificates found on this machine (install ca-certificates) \
+                         and no `ca_file` given",
+                    ));
+                }
+            }
+        }
+        Ok(Arc::new(
+            builder.with_root_certificates(roots).with_no_client_auth(),
+        ))
+    }
+}
+
+/// `accept_invalid_certs`: takes any certificate, still checking the handshake's signatures.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -161,6 +317,7 @@ pub struct FtpWriter {
     settings: FtpConfig,
     path: Template,
     password: Option<Secret>,
+    tls: Option<Arc<ClientConfig>>,
     timeout: Duration,
 }
 
@@ -177,15 +334,74 @@ fn ftp_error(action: &str, err: FtpError) -> DeliveryError {
                 _ => ErrorKind::Rejected,
             }
         }
+        // An untrusted certificate will not become trusted by retrying.
+        FtpError::SecureError(message) if message.contains("certificate") => ErrorKind::Auth,
         _ => ErrorKind::Network,
     };
     // suppaftp's messages carry the server's reply text, never the password.
     DeliveryError::new(kind, format!("{action}: {err}"))
 }
 
+/// How often a checkpointing upload records how far it got.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+
+/// How many recent hash states a checkpoint keeps. The server may hold less than was sent
+/// (data in flight when the connection broke is lost), so a resume continues from the
+/// latest state the server's SIZE covers.
+const STATES_KEPT: usize = 4;
+
+/// What an uploading attempt records: its temporary file and recent points it can resume
+/// from, oldest first.
+#[derive(Debug, Default, serde::Serialize, Deserialize)]
+struct UploadCheckpoint {
+    temp: String,
+    states: Vec<HashState>,
+}
+
+impl UploadCheckpoint {
+    /// The checkpoint's record, when it is about `temp`.
+    fn of(checkpoint: &Checkpoint, temp: &str) -> Option<UploadCheckpoint> {
+        let saved: UploadCheckpoint = serde_json::from_value(checkpoint.document.clone()).ok()?;
+        (saved.temp == temp).then_some(saved)
+    }
+
+    fn push(&mut self, state: HashState) {
+        if self.states.len() == STATES_KEPT {
+            self.states.remove(0);
+        }
+        self.states.push(state);
+    }
+
+    fn bytes_done(&self) -> u64 {
+        self.states.last().map_or(0, |state| state.bytes)
+    }
+}
+
+/// The sha256 in a reply to HASH (`213 SHA-256 0-49 <hex> name`) or XSHA256 (`250 <hex>`).
+fn sha256_in_reply(reply: &str) -> Option<String> {
+    reply
+        .split_whitespace()
+        .find(|word| word.len() == 64 && word.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase)
+}
+
 impl FtpWriter {
     fn location(&self, path: &str) -> String {
         format!("ftp://{}:{}{path}", self.settings.host, self.settings.port)
+    }
+
+    /// The target path and its temporary name for `ctx`'s run.
+    fn names(&self, ctx: &RunContext) -> Result<(String, String), DeliveryError> {
+        let target = self.path.render(ctx);
+        let (dir, name) = target.rsplit_once('/').unwrap_or(("", target.as_str()));
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(DeliveryError::new(
+                ErrorKind::Config,
+                format!("{} does not name a file", self.location(&target)),
+            ));
+        }
+        let temp = format!("{dir}/{name}.partial-{}", ctx.run_id);
+        Ok((target, temp))
     }
 
     /// Runs one control exchange within the time limit.
@@ -206,14 +422,25 @@ impl FtpWriter {
         }
     }
 
-    async fn connect(&self) -> Result<AsyncFtpStream, DeliveryError> {
+    /// Connects, secures the connection when asked, logs in and switches to binary mode.
+    async fn connect(&self) -> Result<Ftp, DeliveryError> {
         let address = format!("{}:{}", self.settings.host, self.settings.port);
         let mut ftp = self
             .within(
                 &format!("connect to {address}"),
-                AsyncFtpStream::connect(address.as_str()),
+                Ftp::connect(address.as_str()),
             )
             .await?;
+        if let Some(tls) = &self.tls {
+            let connector =
+                AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(Arc::clone(tls)));
+            ftp = self
+                .within(
+                    &format!("start TLS with {address}"),
+                    ftp.into_secure(connector, &self.settings.host),
+                )
+                .await?;
+        }
         ftp.set_mode(match self.settings.mode {
             FtpMode::Passive => Mode::Passive,
             FtpMode::ExtendedPassive => Mode::ExtendedPassive,
@@ -229,7 +456,7 @@ impl FtpWriter {
     }
 
     /// Creates each missing directory of `dir`, from the root down.
-    async fn make_dirs(&self, ftp: &mut AsyncFtpStream, dir: &str) -> Result<(), DeliveryError> {
+    async fn make_dirs(&self, ftp: &mut Ftp, dir: &str) -> Result<(), DeliveryError> {
         let mut current = String::new();
         for part in dir.split('/').filter(|p| !p.is_empty()) {
             current.push('/');
@@ -244,6 +471,137 @@ impl FtpWriter {
             }
         }
         self.within("change directory", ftp.cwd("/")).await
+    }
+
+    /// Removes `path`, best effort.
+    async fn remove(&self, ftp: &mut Ftp, path: &str) {
+        let _ = tokio::time::timeout(self.timeout, ftp.rm(path)).await;
+    }
+
+    /// Asks the server for the sha256 of `path`, when it offers a way: HASH (selecting
+    /// SHA-256) or XSHA256. `None` when it offers neither or refuses; an error only when the
+    /// control connection is lost or stuck.
+    async fn server_sha256(
+        &self,
+        ftp: &mut Ftp,
+        path: &str,
+    ) -> Result<Option<String>, DeliveryError> {
+        let features = match self.within("FEAT", ftp.feat()).await {
+            Ok(features) => features,
+            Err(err) if err.kind() == ErrorKind::Timeout => return Err(err),
+            Err(_) => return Ok(None),
+        };
+        let hash = features
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("HASH"))
+            .and_then(|(_, algorithms)| algorithms.clone());
+        let command = match hash {
+            Some(algorithms) if algorithms.to_ascii_uppercase().contains("SHA-256") => {
+                if !algorithms.to_ascii_uppercase().contains("SHA-256*")
+                    && self
+                        .within("OPTS HASH", ftp.opts("HASH", Some("SHA-256")))
+                        .await
+                        .is_err()
+                {
+                    return Ok(None);
+                }
+                "HASH"
+            }
+            _ if features
+                .keys()
+                .any(|name| name.eq_ignore_ascii_case("XSHA256")) =>
+            {
+                "XSHA256"
+            }
+            _ => return Ok(None),
+        };
+        let reply = self
+            .within(
+                &format!("{command} {path}"),
+                ftp.custom_command(
+                    format!("{command} {path}"),
+                    &[Status::File, Status::RequestedFileActionOk],
+                ),
+            )
+            .await;
+        match reply {
+            Ok(reply) => Ok(reply.as_string().ok().as_deref().and_then(sha256_in_reply)),
+            Err(err) if err.kind() == ErrorKind::Timeout => Err(err),
+            Err(err) => {
+                tracing::debug!(error = %err, "The server would not hash the upload.");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sends the payload to `temp` (from the payload's offset on), recording checkpoints.
+    /// Returns the bytes sent in this attempt.
+    async fn upload(
+        &self,
+        ftp: &mut Ftp,
+        temp: &str,
+        payload: &mut Payload,
+        mut record: UploadCheckpoint,
+    ) -> Result<u64, DeliveryError> {
+        let offset = payload.offset();
+        if offset > 0 {
+            ftp.resume_transfer(usize::try_from(offset).unwrap_or(usize::MAX))
+                .await
+                .map_err(|err| ftp_error("REST", err))?;
+        }
+        let stor = format!("STOR {temp}");
+        let mut upload = match self.within(&stor, ftp.put_with_stream(temp)).await {
+            Ok(upload) => upload,
+            Err(err) if offset > 0 && !err.kind().is_transient_by_default() => {
+                // The server will not continue the file (REST refused): a checkpoint with no
+                // resume point makes the next attempt start over.
+                payload.save_checkpoint(serde_json::Value::Null, 0).await;
+                return Err(DeliveryError::new(
+                    ErrorKind::Server,
+                    format!("{stor} from byte {offset} refused; the next attempt starts over"),
+                )
+                .with_source(err));
+            }
+            Err(err) => return Err(err),
+        };
+        let mut sent = 0u64;
+        let mut last_checkpoint = tokio::time::Instant::now();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|err| DeliveryError::io("read the data", err))?;
+            let checkpoint_due =
+                payload.checkpointing() && last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+            let write = async {
+                upload.write_all(&chunk).await?;
+                if checkpoint_due {
+                    upload.flush().await?;
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            match tokio::time::timeout(self.timeout, write).await {
+                Ok(Ok(())) => sent += chunk.len() as u64,
+                Ok(Err(err)) => return Err(DeliveryError::io(format_args!("send {temp}"), err)),
+                Err(_) => {
+                    return Err(DeliveryError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "send {temp}: stalled for {}",
+                            humantime::format_duration(self.timeout)
+                        ),
+                    ));
+                }
+            }
+            if checkpoint_due {
+                record.push(payload.hash_state());
+                let bytes_done = record.bytes_done();
+                if let Ok(document) = serde_json::to_value(&record) {
+                    payload.save_checkpoint(document, bytes_done).await;
+                }
+                last_checkpoint = tokio::time::Instant::now();
+            }
+        }
+        self.within(&format!("finish {temp}"), upload.finish())
+            .await?;
+        Ok(sent)
     }
 }
 
@@ -261,16 +619,9 @@ impl Writer for FtpWriter {
         ctx: &RunContext,
         mut payload: Payload,
     ) -> Result<Delivery, DeliveryError> {
-        let target = self.path.render(ctx);
+        let (target, temp) = self.names(ctx)?;
         let location = self.location(&target);
-        let (dir, name) = target.rsplit_once('/').unwrap_or(("", target.as_str()));
-        if name.is_empty() || name == "." || name == ".." {
-            return Err(DeliveryError::new(
-                ErrorKind::Config,
-                format!("{location} does not name a file"),
-            ));
-        }
-        let temp = format!("{dir}/{name}.partial-{}", ctx.run_id);
+        let dir = target.rsplit_once('/').map_or("", |(dir, _)| dir);
         let mut ftp = self.connect().await?;
         self.make_dirs(&mut ftp, dir).await?;
         if !self.settings.overwrite && ftp.size(&target).await.is_ok() {
@@ -280,60 +631,71 @@ impl Writer for FtpWriter {
             ));
         }
 
-        let mut upload = self
-            .within(&format!("STOR {temp}"), ftp.put_with_stream(&temp))
-            .await?;
-        let mut sent = 0u64;
-        let failure = loop {
-            let Some(chunk) = payload.next().await else {
-                break None;
+        // Resuming: continue the hash from the state recorded at the resume point.
+        let mut record = UploadCheckpoint {
+            temp: temp.clone(),
+            states: Vec::new(),
+        };
+        let offset = payload.offset();
+        if offset > 0 {
+            let saved = payload
+                .checkpoint()
+                .and_then(|checkpoint| UploadCheckpoint::of(checkpoint, &temp))
+                .unwrap_or_default();
+            let Some(at) = saved.states.iter().position(|state| state.bytes == offset) else {
+                return Err(DeliveryError::new(
+                    ErrorKind::Integrity,
+                    format!("no hash state recorded at byte {offset} of {temp}"),
+                ));
             };
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(err) => break Some(DeliveryError::io("read the data", err)),
-            };
-            match tokio::time::timeout(self.timeout, upload.write_all(&chunk)).await {
-                Ok(Ok(())) => sent += chunk.len() as u64,
-                Ok(Err(err)) => break Some(DeliveryError::io(format_args!("send {temp}"), err)),
-                Err(_) => {
-                    break Some(DeliveryError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "send {temp}: stalled for {}",
-                            humantime::format_duration(self.timeout)
-                        ),
-                    ));
+            payload.resume_hash(&saved.states[at])?;
+            record.states = saved.states[..=at].to_vec();
+        }
+
+        let sent = match self.upload(&mut ftp, &temp, &mut payload, record).await {
+            Ok(sent) => sent,
+            Err(err) => {
+                // With checkpoints the temporary file stays for the next attempt to resume
+                // (`discard` removes it if the run fails); without, nothing is left behind.
+                if !payload.checkpointing() {
+                    self.remove(&mut ftp, &temp).await;
                 }
+                return Err(err);
             }
         };
-        if let Some(err) = failure {
-            // Leave nothing half-written behind: end the transfer, then remove the temp file.
-            drop(upload);
-            let _ = tokio::time::timeout(self.timeout, ftp.rm(&temp)).await;
-            return Err(err);
-        }
-        self.within(&format!("finish {temp}"), upload.finish())
-            .await?;
         let digest = payload.finish()?;
         let stored = self
             .within(&format!("SIZE {temp}"), ftp.size(&temp))
             .await?;
-        if stored as u64 != digest.bytes || sent != digest.bytes {
-            let _ = ftp.rm(&temp).await;
+        if stored as u64 != digest.bytes || offset + sent != digest.bytes {
+            self.remove(&mut ftp, &temp).await;
             return Err(DeliveryError::new(
                 ErrorKind::Integrity,
                 format!("{temp} holds {stored} bytes after sending {}", digest.bytes),
             ));
         }
+        if let Some(hashed) = self.server_sha256(&mut ftp, &temp).await? {
+            if hashed != digest.sha256 {
+                self.remove(&mut ftp, &temp).await;
+                return Err(DeliveryError::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "the server's sha256 of {temp} is {hashed}, the data's {}",
+                        digest.sha256
+                    ),
+                ));
+            }
+            tracing::debug!(file = %temp, "The server's sha256 matches.");
+        }
         let rename = format!("rename {temp} onto {target}");
         let mut renamed = self.within(&rename, ftp.rename(&temp, &target)).await;
         if renamed.is_err() && self.settings.overwrite {
             // Some servers refuse RNTO onto an existing name: remove it, then rename.
-            let _ = tokio::time::timeout(self.timeout, ftp.rm(&target)).await;
+            self.remove(&mut ftp, &target).await;
             renamed = self.within(&rename, ftp.rename(&temp, &target)).await;
         }
         if let Err(err) = renamed {
-            let _ = tokio::time::timeout(self.timeout, ftp.rm(&temp)).await;
+            self.remove(&mut ftp, &temp).await;
             return Err(err);
         }
         let _ = tokio::time::timeout(self.timeout, ftp.quit()).await;
@@ -344,5 +706,85 @@ impl Writer for FtpWriter {
             bytes: digest.bytes,
             sha256: digest.sha256,
         })
+    }
+
+    async fn resume_point(
+        &self,
+        ctx: &RunContext,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, DeliveryError> {
+        let Ok((_, temp)) = self.names(ctx) else {
+            return Ok(0);
+        };
+        let Some(saved) = UploadCheckpoint::of(checkpoint, &temp) else {
+            return Ok(0);
+        };
+        if saved.states.is_empty() {
+            return Ok(0);
+        }
+        // The server may be down now: that is an error (the attempt is retried), not a
+        // reason to throw away what it holds.
+        let mut ftp = self.connect().await?;
+        let held = match self.within(&format!("SIZE {temp}"), ftp.size(&temp)).await {
+            Ok(size) => size as u64,
+            Err(err) if err.kind().is_transient_by_default() => return Err(err),
+            Err(_) => 0,
+        };
+        let _ = tokio::time::timeout(self.timeout, ftp.quit()).await;
+        Ok(saved
+            .states
+            .iter()
+            .rev()
+            .map(|state| state.bytes)
+            .find(|&bytes| bytes <= held)
+            .unwrap_or(0))
+    }
+
+    async fn discard(&self, ctx: &RunContext, _checkpoint: Option<&Checkpoint>) {
+        // Without a state store a failed attempt has already removed its temporary file.
+        if ctx.ledger.is_none() {
+            return;
+        }
+        let Ok((_, temp)) = self.names(ctx) else {
+            return;
+        };
+        if let Ok(mut ftp) = self.connect().await {
+            self.remove(&mut ftp, &temp).await;
+            let _ = tokio::time::timeout(self.timeout, ftp.quit()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_sha256_in_hash_replies() {
+        let hex = "a".repeat(64);
+        assert_eq!(
+            sha256_in_reply(&format!("SHA-256 0-49 {hex} /in/file.csv")),
+            Some(hex.clone())
+        );
+        assert_eq!(sha256_in_reply(&hex.to_ascii_uppercase()), Some(hex));
+        assert_eq!(
+            sha256_in_reply("SHA-1 0-49 da39a3ee5e6b4b0d3255bfef95601890afd80709 f"),
+            None
+        );
+        assert_eq!(sha256_in_reply(""), None);
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_its_latest_states() {
+        let mut record = UploadCheckpoint::default();
+        for bytes in 1..=6 {
+            record.push(HashState {
+                bytes,
+                state: String::new(),
+            });
+        }
+        assert_eq!(record.states.len(), STATES_KEPT);
+        assert_eq!(record.states[0].bytes, 3);
+        assert_eq!(record.bytes_done(), 6);
     }
 }

@@ -258,3 +258,25 @@ fn a_bad_state_url_and_rate() {
         found[1]
     );
 }
+
+#[test]
+fn ftp_tls_settings_without_tls() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = [{ type = "ftp", host = "ftp.example.com", path = "/in/a", ca_file = "ca.pem" }]
+"#;
+    assert_one(text, 5, 80, "only applies with security = \"explicit_tls\"");
+}
+
+#[test]
+fn ftp_trusting_a_ca_file_and_anything() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = [{ type = "ftp", host = "h", path = "/a", security = "explicit_tls", ca_file = "ca.pem", accept_invalid_certs = true }]
+"#;
+    assert_one(text, 5, 123, "cannot be combined with `ca_file`");
+}

@@ -2,15 +2,16 @@
 //! backend, and a password check.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry::error::ErrorKind;
-use ferry::job::{BuildEnv, Job};
 use ferry::runner::{RunReport, RunStatus};
+use ferry::state::Ledger;
 use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, Principal};
 
-use crate::support::{Workspace, random_file, sha256_file};
+use crate::support::{Workspace, files_under, random_file, sha256_file};
 
 const USER: &str = "ferry";
 const PASSWORD: &str = "ftp-test-password";
@@ -45,30 +46,77 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Serves `root` over FTP on a free port; returns the port.
-async fn serve(root: &Path) -> u16 {
-    let port = free_port();
-    let passive = free_port();
-    let root = root.to_path_buf();
-    let server = libunftp::ServerBuilder::with_authenticator(
-        Box::new(move || unftp_sbe_fs::Filesystem::new(root.clone()).expect("file system backend")),
-        Arc::new(OneUser),
-    )
-    .passive_ports(passive..=passive.saturating_add(20))
-    .build()
-    .expect("FTP server");
-    tokio::spawn(server.listen(format!("127.0.0.1:{port}")));
-    // Wait until it accepts connections.
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return port;
+/// An FTP server on 127.0.0.1 serving a directory, on its own runtime so that stopping it
+/// cuts every connection at once, as a crash or a network failure would.
+struct FtpServer {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// The server's certificate and key files, for explicit TLS (required on both channels).
+struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl FtpServer {
+    /// Serves `root` on `port`; waits until it accepts connections.
+    async fn start(root: &Path, port: u16, tls: Option<&Tls>) -> FtpServer {
+        let root = root.to_path_buf();
+        let passive = free_port();
+        let mut builder = libunftp::ServerBuilder::with_authenticator(
+            Box::new(move || {
+                unftp_sbe_fs::Filesystem::new(root.clone()).expect("file system backend")
+            }),
+            Arc::new(OneUser),
+        )
+        .passive_ports(passive..=passive.saturating_add(20));
+        if let Some(tls) = tls {
+            builder = builder
+                .ftps(tls.cert.clone(), tls.key.clone())
+                .ftps_required(
+                    libunftp::options::FtpsRequired::All,
+                    libunftp::options::FtpsRequired::All,
+                );
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let server = builder.build().expect("FTP server");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        runtime.spawn(server.listen(format!("127.0.0.1:{port}")));
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return FtpServer {
+                    runtime: Some(runtime),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the FTP server did not start on port {port}");
     }
-    panic!("the FTP server did not start");
+
+    /// Stops the server, cutting its connections mid-transfer.
+    fn stop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for FtpServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Serves `root` over plain FTP on a free port; returns the port and the server.
+async fn serve(root: &Path) -> (u16, FtpServer) {
+    let port = free_port();
+    (port, FtpServer::start(root, port, None).await)
 }
 
 fn ftp_job(source: &str, port: u16, path: &str, extra: &str) -> String {
@@ -85,36 +133,20 @@ writers = [{{ type = "ftp", host = "127.0.0.1", port = {port}, username = "{USER
 }
 
 async fn run(ws: &Workspace, text: &str) -> RunReport {
-    // SAFETY: every test sets the same value.
-    unsafe { std::env::set_var("FERRY_TEST_FTP_PASSWORD", PASSWORD) };
-    let config = ws.config(text);
-    let env = BuildEnv::new(config.base_dir.clone()).expect("env");
-    let job = Job::build(&config, &config.jobs[0], &env).expect("job builds");
-    job.run(job.now_slot()).await
+    run_with(ws, text, None).await
 }
 
-/// Files under `root`, relative, sorted.
-fn files(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(rel) = path.strip_prefix(root) {
-                out.push(rel.display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
+/// Runs the job once, keeping checkpoints in `ledger` when given.
+async fn run_with(ws: &Workspace, text: &str, ledger: Option<&Ledger>) -> RunReport {
+    // SAFETY: every test sets the same value.
+    unsafe { std::env::set_var("FERRY_TEST_FTP_PASSWORD", PASSWORD) };
+    ws.run_first(text, ledger).await
 }
 
 #[tokio::test]
 async fn a_small_file_lands_under_its_final_name() {
     let root = tempfile::tempdir().expect("temp dir");
-    let port = serve(root.path()).await;
+    let (port, _server) = serve(root.path()).await;
     let ws = Workspace::new();
     let report = run(
         &ws,
@@ -132,7 +164,7 @@ async fn a_small_file_lands_under_its_final_name() {
         b"a,b\n1,2\n"
     );
     assert_eq!(
-        files(root.path()),
+        files_under(root.path()),
         vec!["in/export.csv".to_owned()],
         "no temporary file left"
     );
@@ -147,9 +179,9 @@ async fn a_small_file_lands_under_its_final_name() {
 #[tokio::test]
 async fn nested_directories_are_created_and_big_files_arrive_whole() {
     let root = tempfile::tempdir().expect("temp dir");
-    let port = serve(root.path()).await;
+    let (port, _server) = serve(root.path()).await;
     let ws = Workspace::new();
-    random_file(&ws.path().join("big.bin"), 40 << 20);
+    random_file(&ws.path().join("big.bin"), 200 << 20);
     let text = ftp_job(
         r#"{ type = "file", path = "big.bin" }"#,
         port,
@@ -158,7 +190,7 @@ async fn nested_directories_are_created_and_big_files_arrive_whole() {
     );
     let report = run(&ws, &text).await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
-    let delivered = files(root.path());
+    let delivered = files_under(root.path());
     assert_eq!(delivered.len(), 1, "{delivered:?}");
     assert!(delivered[0].starts_with("a/b/c/ftp-job-"), "{delivered:?}");
     let want = sha256_file(&ws.path().join("big.bin"));
@@ -169,7 +201,7 @@ async fn nested_directories_are_created_and_big_files_arrive_whole() {
 #[tokio::test]
 async fn a_wrong_password_fails_at_once() {
     let root = tempfile::tempdir().expect("temp dir");
-    let port = serve(root.path()).await;
+    let (port, _server) = serve(root.path()).await;
     let ws = Workspace::new();
     let text = ftp_job(r#"{ type = "inline", data = "x" }"#, port, "/x.txt", "").replace(
         "password_env = \"FERRY_TEST_FTP_PASSWORD\"",
@@ -181,13 +213,13 @@ async fn a_wrong_password_fails_at_once() {
     assert_eq!(failure.kind, ErrorKind::Auth, "{failure:?}");
     assert_eq!(report.attempts, 1, "a refused login is not retried");
     assert!(!failure.chain.join(" ").contains("not-the-password"));
-    assert!(files(root.path()).is_empty());
+    assert!(files_under(root.path()).is_empty());
 }
 
 #[tokio::test]
 async fn a_failing_source_leaves_nothing_on_the_server() {
     let root = tempfile::tempdir().expect("temp dir");
-    let port = serve(root.path()).await;
+    let (port, _server) = serve(root.path()).await;
     let ws = Workspace::new();
     let text = ftp_job(
         r#"{ type = "command", command = ["sh", "-c", "head -c 3000000 /dev/zero; exit 2"] }"#,
@@ -198,7 +230,11 @@ async fn a_failing_source_leaves_nothing_on_the_server() {
     let report = run(&ws, &text).await;
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(report.error.expect("failure").kind, ErrorKind::Command);
-    assert!(files(root.path()).is_empty(), "{:?}", files(root.path()));
+    assert!(
+        files_under(root.path()).is_empty(),
+        "{:?}",
+        files_under(root.path())
+    );
 }
 
 #[tokio::test]
@@ -213,4 +249,159 @@ async fn the_server_down_is_a_network_failure() {
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(report.error.expect("failure").kind, ErrorKind::Network);
     assert_eq!(report.attempts, 3, "connection failures are retried");
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written to `dir`.
+fn self_signed(dir: &Path) -> Tls {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("certificate");
+    let tls = Tls {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&tls.cert, generated.cert.pem()).expect("write certificate");
+    std::fs::write(&tls.key, generated.signing_key.serialize_pem()).expect("write key");
+    tls
+}
+
+#[tokio::test]
+async fn explicit_tls_trusts_the_ca_file_and_nothing_else() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let ws = Workspace::new();
+    let tls = self_signed(ws.path());
+    let port = free_port();
+    // The server refuses anything but TLS on both channels.
+    let _server = FtpServer::start(root.path(), port, Some(&tls)).await;
+    let source = r#"{ type = "inline", data = "over TLS\n" }"#;
+
+    let trusted = ftp_job(
+        source,
+        port,
+        "/secure/a.txt",
+        r#", security = "explicit_tls", ca_file = "server.pem""#,
+    );
+    let report = run(&ws, &trusted).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(
+        std::fs::read(root.path().join("secure/a.txt")).expect("delivered"),
+        b"over TLS\n"
+    );
+
+    // The system's roots do not include the test's certificate: refused, not retried.
+    let untrusted = ftp_job(
+        source,
+        port,
+        "/secure/b.txt",
+        r#", security = "explicit_tls""#,
+    );
+    let report = run(&ws, &untrusted).await;
+    assert_eq!(report.status, RunStatus::Failed);
+    let failure = report.error.expect("failure");
+    assert_eq!(failure.kind, ErrorKind::Auth, "{failure:?}");
+    assert!(
+        failure.chain.join(" ").contains("certificate"),
+        "{failure:?}"
+    );
+    assert_eq!(
+        report.attempts, 1,
+        "an untrusted certificate is not retried"
+    );
+
+    // Asked explicitly, any certificate is accepted.
+    let anything = ftp_job(
+        source,
+        port,
+        "/secure/c.txt",
+        r#", security = "explicit_tls", accept_invalid_certs = true"#,
+    );
+    let report = run(&ws, &anything).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+
+    // Plain FTP is refused by this server.
+    let plain = ftp_job(source, port, "/secure/d.txt", "");
+    let report = run(&ws, &plain).await;
+    assert_eq!(report.status, RunStatus::Failed, "{report:#?}");
+    assert_eq!(
+        files_under(root.path()),
+        vec!["secure/a.txt".to_owned(), "secure/c.txt".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn a_cut_connection_resumes_where_the_server_left_off() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let ws = Workspace::new();
+    let input = ws.path().join("input.bin");
+    random_file(&input, 64 << 20);
+    let port = free_port();
+    let mut server = FtpServer::start(root.path(), port, None).await;
+    let text = ftp_job(
+        r#"{ type = "file", path = "input.bin" }"#,
+        port,
+        "/in/resumable.bin",
+        "",
+    )
+    .replace(
+        "schedule = \"0 0 0 * * Mon-Fri\"",
+        "schedule = \"0 0 0 * * Mon-Fri\"\nrate_limit = \"12MiB\"",
+    )
+    // However long the server stays away, attempts keep coming until it is back.
+    .replace(
+        "retry = { max_attempts = 3, initial_interval = \"100ms\" }",
+        "retry = { max_attempts = 12, initial_interval = \"500ms\", max_interval = \"1s\" }",
+    );
+    assert!(
+        text.contains("max_attempts = 12") && text.contains("rate_limit"),
+        "{text}"
+    );
+    let ledger = ws.ledger().await;
+
+    // Cut every connection once the server holds 40 MiB of the temporary file (after the
+    // first checkpoint, two seconds in: what was in flight then has landed), and come back
+    // two seconds later on the same port.
+    let watched = root.path().join("in");
+    let root_path = root.path().to_path_buf();
+    let restarter = tokio::spawn(async move {
+        loop {
+            let held: u64 = std::fs::read_dir(&watched)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|entry| entry.metadata().ok())
+                .map(|meta| meta.len())
+                .sum();
+            if held >= 40 << 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.stop();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        FtpServer::start(&root_path, port, None).await
+    });
+    let report = run_with(&ws, &text, Some(&ledger)).await;
+    let _server = restarter.await.expect("restarted");
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert!(report.attempts >= 2, "{report:#?}");
+    eprintln!(
+        "resumed from byte {} of {}; attempts {}",
+        report.resumed_from,
+        64u64 << 20,
+        report.attempts
+    );
+    assert!(
+        report.resumed_from >= 8 << 20 && report.resumed_from < 64 << 20,
+        "resumed part-way: {}",
+        report.resumed_from
+    );
+    assert_eq!(
+        sha256_file(&root.path().join("in/resumable.bin")),
+        sha256_file(&input)
+    );
+    assert_eq!(report.deliveries[0].sha256, sha256_file(&input));
+    assert_eq!(
+        files_under(root.path()),
+        vec!["in/resumable.bin".to_owned()]
+    );
 }

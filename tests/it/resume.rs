@@ -16,13 +16,7 @@ use crate::daemon::boot;
 use crate::support::{Workspace, ferry, random_file, sha256_file, show};
 
 async fn ledger(ws: &Workspace) -> Ledger {
-    Ledger {
-        store: Store::open("sqlite://ferry-state.db", ws.path())
-            .await
-            .expect("open the store"),
-        owner: "test".into(),
-        lease: Duration::from_secs(60),
-    }
+    ws.ledger().await
 }
 
 /// An attempt cut off by its timeout mid-transfer leaves a checkpoint; the retry resumes

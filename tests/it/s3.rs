@@ -9,9 +9,8 @@ use std::time::Duration;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use ferry::error::ErrorKind;
-use ferry::job::{BuildEnv, Job};
 use ferry::runner::{RunReport, RunStatus};
-use ferry::state::{Ledger, Store};
+use ferry::state::Ledger;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
@@ -139,17 +138,7 @@ fn set_secret() {
 
 async fn run(ws: &Workspace, text: &str, ledger: Option<&Ledger>) -> RunReport {
     set_secret();
-    let config = ws.config(text);
-    let env = BuildEnv::new(config.base_dir.clone()).expect("env");
-    let job = Job::build(&config, &config.jobs[0], &env).expect("job builds");
-    match ledger {
-        None => job.run(job.now_slot()).await,
-        Some(ledger) => job
-            .run_claimed(ledger, job.now_slot())
-            .await
-            .expect("store")
-            .expect("claimed"),
-    }
+    ws.run_first(text, ledger).await
 }
 
 /// The object's bytes' sha256 and its metadata.
@@ -377,13 +366,7 @@ async fn an_interrupted_upload_resumes_from_its_finished_parts() {
         text.contains("max_attempts = 12") && text.contains("rate_limit"),
         "{text}"
     );
-    let ledger = Ledger {
-        store: Store::open("sqlite://ferry-state.db", ws.path())
-            .await
-            .expect("store"),
-        owner: "test".into(),
-        lease: Duration::from_secs(60),
-    };
+    let ledger = ws.ledger().await;
 
     // Stop the server once six parts are in, and bring it back six seconds later: longer
     // than the SDK's own retries of a request (three tries, a few seconds), so the attempt
@@ -479,13 +462,7 @@ async fn a_run_that_gives_up_aborts_its_upload() {
         upload_leftovers(root.path())
     );
 
-    let ledger = Ledger {
-        store: Store::open("sqlite://ferry-state.db", ws.path())
-            .await
-            .expect("store"),
-        owner: "test".into(),
-        lease: Duration::from_secs(60),
-    };
+    let ledger = ws.ledger().await;
     let report = run(&ws, &text, Some(&ledger)).await;
     assert_eq!(report.status, RunStatus::Failed);
     assert!(

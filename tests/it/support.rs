@@ -4,6 +4,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use std::time::Duration;
+
+use ferry::job::{BuildEnv, Job};
+use ferry::runner::RunReport;
+use ferry::state::{Ledger, Store};
 use sha2::{Digest as _, Sha256};
 
 /// A temporary directory holding a job file.
@@ -40,12 +45,44 @@ impl Workspace {
     /// Every file under the workspace, relative, sorted (the job file and the default
     /// state store left out).
     pub fn files(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        walk(self.path(), self.path(), &mut out);
+        let mut out = files_under(self.path());
         out.retain(|f| f != "jobs.toml" && !f.starts_with("ferry-state.db"));
-        out.sort();
         out
     }
+
+    /// A ledger on a SQLite store in this workspace, for runs that keep checkpoints.
+    pub async fn ledger(&self) -> Ledger {
+        Ledger {
+            store: Store::open("sqlite://ferry-state.db", self.path())
+                .await
+                .expect("open the store"),
+            owner: "test".into(),
+            lease: Duration::from_secs(60),
+        }
+    }
+
+    /// Runs the first job of `text` once, now, claiming the run in `ledger` when given.
+    pub async fn run_first(&self, text: &str, ledger: Option<&Ledger>) -> RunReport {
+        let config = self.config(text);
+        let env = BuildEnv::new(config.base_dir.clone()).expect("build env");
+        let job = Job::build(&config, &config.jobs[0], &env).expect("job builds");
+        match ledger {
+            None => job.run(job.now_slot()).await,
+            Some(ledger) => job
+                .run_claimed(ledger, job.now_slot())
+                .await
+                .expect("store works")
+                .expect("claimed"),
+        }
+    }
+}
+
+/// Every file under `root`, relative, sorted.
+pub fn files_under(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
