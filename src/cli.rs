@@ -1,4 +1,5 @@
-//! The command line: `ferry validate | list | trigger JOB`, each with `--config PATH`.
+//! The command line: `ferry run | validate | list | trigger JOB | history | notify-test NAME`,
+//! each with `--config PATH`.
 //!
 //! Each command is a function returning what to print and the exit code, so tests can call
 //! them without a process: 0 success, 1 a delivery or runtime failure, 2 bad usage or a bad
@@ -73,6 +74,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a test message through a notifier, about a made-up run; exit 0 once it went
+    /// out, 1 with the reason it did not.
+    NotifyTest {
+        /// The notifier's name (`[notifiers.NAME]`).
+        notifier: String,
+        /// Tell of a failed run instead of a successful one.
+        #[arg(long)]
+        failure: bool,
+    },
     /// Show recent runs from the state store, newest first.
     History {
         /// Only this job's runs.
@@ -134,6 +144,10 @@ pub async fn execute(cli: &Cli) -> Outcome {
         },
         Command::Trigger { job, json } => match load(cli) {
             Ok(config) => trigger(&config, job, *json).await,
+            Err(outcome) => outcome,
+        },
+        Command::NotifyTest { notifier, failure } => match load(cli) {
+            Ok(config) => notify_test(&config, notifier, *failure).await,
             Err(outcome) => outcome,
         },
         Command::History { job, limit, json } => match load(cli) {
@@ -294,6 +308,54 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
+/// Sends a test message through notifier `name` of `config`, as `ferry notify-test` does.
+pub async fn notify_test(config: &Config, name: &str, failure: bool) -> Outcome {
+    let Some((key, settings)) = config.notifiers.get_key_value(name) else {
+        let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
+        return Outcome::fail(
+            2,
+            format!(
+                "ferry: no notifier named {name:?} in {} (notifiers: {})\n",
+                config.origin,
+                known.join(", ")
+            ),
+        );
+    };
+    let built =
+        BuildEnv::new(config.base_dir.clone()).and_then(|env| settings.settings().build(key, &env));
+    let notifier = match built {
+        Ok(notifier) => notifier,
+        Err(err) => {
+            return Outcome::fail(
+                1,
+                format!("ferry: {}\n", crate::error::display_chain(&err.chain())),
+            );
+        }
+    };
+    let status = if failure {
+        RunStatus::Failed
+    } else {
+        RunStatus::Succeeded
+    };
+    let report = crate::notify::message::sample_report(status);
+    let delivered = crate::notify::deliver(notifier.as_ref(), &report).await;
+    let tries = format!(
+        "{} attempt{}",
+        delivered.attempts,
+        plural(delivered.attempts as usize)
+    );
+    match delivered.result {
+        Ok(()) => Outcome::ok(format!(
+            "{name}: test message ({}) sent after {tries}\n",
+            status.as_str()
+        )),
+        Err(err) => Outcome::fail(1, format!("ferry: {name}: not sent after {tries}: {err}\n")),
+    }
+}
+
+/// How long `trigger` waits for a run's notifications before exiting.
+const NOTIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// Runs job `name` of `config` now and reports its receipts.
 pub async fn trigger(config: &Config, name: &str, json: bool) -> Outcome {
     let Some(job_config) = config.job(name) else {
@@ -347,6 +409,14 @@ pub async fn trigger(config: &Config, name: &str, json: bool) -> Outcome {
     };
     let mut stdout = String::new();
     let mut stderr = String::new();
+    // The run's outcome is settled; its notifications get a while to go out before exit.
+    if !job.runner.notifications().settle(NOTIFY_WAIT).await {
+        let _ = writeln!(
+            stderr,
+            "ferry: gave up waiting for notifications after {}",
+            humantime::format_duration(NOTIFY_WAIT)
+        );
+    }
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => {

@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{self, Config, ConfigErrors, Overlap};
 use crate::error::{DeliveryError, display_chain};
 use crate::job::Job;
+use crate::notify::Notifications;
 use crate::runner::RunReport;
 use crate::state::{Backend, Ledger, Outcome, StateError, Store, owner_id};
 
@@ -149,7 +150,8 @@ pub async fn run(
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<(), DaemonError> {
     let config = config::load(path)?;
-    let jobs = Job::build_all(&config).map_err(DaemonError::Build)?;
+    let notifications = Notifications::default();
+    let jobs = Job::build_all(&config, &notifications).map_err(DaemonError::Build)?;
     let store = Store::open(&config.daemon.state_url(), &config.base_dir).await?;
     let ledger = Ledger {
         store,
@@ -177,6 +179,7 @@ pub async fn run(
         abort: CancellationToken::new(),
         events,
         ledger,
+        notifications,
     };
     for job in jobs {
         daemon.insert(job).await;
@@ -253,6 +256,8 @@ struct Daemon {
     events: Option<mpsc::UnboundedSender<Event>>,
     /// Where runs are claimed and recorded.
     ledger: Ledger,
+    /// Notifications on their way, waited for at shutdown.
+    notifications: Notifications,
 }
 
 /// How long a run's claim holds without renewal (renewed at a third of it while it runs).
@@ -603,7 +608,7 @@ impl Daemon {
         tracing::info!(config = %self.path.display(), "Reloading.");
         match config::load(&self.path) {
             Err(errors) => self.reject(errors.to_string(), errors.0.len()),
-            Ok(config) => match Job::build_all(&config) {
+            Ok(config) => match Job::build_all(&config, &self.notifications) {
                 Err(err) => self.reject(display_chain(&err.chain()), 1),
                 Ok(jobs) => self.apply(&config, jobs).await,
             },
@@ -682,6 +687,7 @@ impl Daemon {
     }
 
     async fn shutdown(&mut self, mut control: mpsc::Receiver<Control>, now: bool) {
+        let began = tokio::time::Instant::now();
         systemd(&[sd_notify::NotifyState::Stopping]);
         tracing::info!(
             running = self.tracker.len(),
@@ -708,6 +714,17 @@ impl Daemon {
             tracing::warn!(cancelled, "Cancelling the deliveries still running.");
             self.abort.cancel();
             self.tracker.wait().await;
+        }
+        // Notifications of finished runs get what is left of the deadline.
+        let pending = self.notifications.pending();
+        if pending > 0 {
+            let left = self.shutdown_timeout.saturating_sub(began.elapsed());
+            if !now && !self.notifications.settle(left).await {
+                tracing::warn!(
+                    pending = self.notifications.pending(),
+                    "Notifications still unsent at the shutdown deadline are dropped."
+                );
+            }
         }
         tracing::info!(cancelled, "Stopped.");
         self.emit(Event::Stopped { cancelled });

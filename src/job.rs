@@ -16,7 +16,7 @@ use crate::RunContext;
 use crate::activity::DeliveryActivity;
 use crate::config::{Config, ConfigDuration, JobConfig, Overlap};
 use crate::error::{DeliveryError, ErrorKind};
-use crate::notify::Notifier;
+use crate::notify::{Notifications, Notifier};
 use crate::runner::{ActivityRunner, RetryPolicy, RetryingActivity, RunReport};
 use crate::schedule::{Schedule, parse_timezone};
 use crate::state::{Claim, Ledger, Outcome, RunRecord, StateError};
@@ -28,11 +28,17 @@ pub struct BuildEnv {
     pub base_dir: PathBuf,
     /// The HTTP client shared by every HTTP-speaking part.
     pub http: reqwest::Client,
+    /// Where the built jobs' notifications run (shared, so a daemon can wait for them all).
+    pub notifications: Notifications,
 }
 
 impl BuildEnv {
     /// An environment for a job file in `base_dir`.
     pub fn new(base_dir: PathBuf) -> Result<BuildEnv, DeliveryError> {
+        // Every TLS client here uses aws-lc-rs; making it the process default keeps a
+        // library that asks for "the default" from failing when another crate's features
+        // also compile in ring. (An error means one is installed already.)
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = reqwest::Client::builder()
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
@@ -42,7 +48,11 @@ impl BuildEnv {
                 DeliveryError::new(ErrorKind::Config, "cannot set up the HTTP client")
                     .with_source(err)
             })?;
-        Ok(BuildEnv { base_dir, http })
+        Ok(BuildEnv {
+            base_dir,
+            http,
+            notifications: Notifications::default(),
+        })
     }
 }
 
@@ -109,11 +119,12 @@ impl Job {
             built.insert(key, Arc::clone(&notifier));
             Ok(notifier)
         };
-        let mut runner = ActivityRunner::new(RetryingActivity::new(activity, policy));
-        for name in &job.on_success {
+        let mut runner = ActivityRunner::new(RetryingActivity::new(activity, policy))
+            .with_notifications(env.notifications.clone());
+        for name in config.on_success(job) {
             runner = runner.on_success(notifier(name).map_err(in_job)?);
         }
-        for name in &job.on_failure {
+        for name in config.on_failure(job) {
             runner = runner.on_failure(notifier(name).map_err(in_job)?);
         }
         Ok(Job {
@@ -134,9 +145,14 @@ impl Job {
             .with_timezone(&self.schedule.timezone())
     }
 
-    /// Builds every job of `config`; the first failure stops (a daemon runs all or nothing).
-    pub fn build_all(config: &Config) -> Result<Vec<Job>, DeliveryError> {
-        let env = BuildEnv::new(config.base_dir.clone())?;
+    /// Builds every job of `config`, their notifications sent through `notifications`; the
+    /// first failure stops (a daemon runs all or nothing).
+    pub fn build_all(
+        config: &Config,
+        notifications: &Notifications,
+    ) -> Result<Vec<Job>, DeliveryError> {
+        let mut env = BuildEnv::new(config.base_dir.clone())?;
+        env.notifications = notifications.clone();
         config
             .jobs
             .iter()

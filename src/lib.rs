@@ -93,3 +93,12 @@ impl RunContext {
 /// Large enough that per-chunk overhead vanishes on fast disks and loopback, small enough
 /// that a few chunks in flight per writer keep memory flat.
 pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// This machine's host name, as the kernel tells it (`localhost` if it cannot be read).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

@@ -52,6 +52,20 @@ impl Config {
     pub fn job(&self, name: &str) -> Option<&JobConfig> {
         self.jobs.iter().find(|job| job.name == name)
     }
+
+    /// The notifiers told when a run of `job` succeeds: its own list, else the default.
+    pub fn on_success<'a>(&'a self, job: &'a JobConfig) -> &'a [String] {
+        job.on_success
+            .as_deref()
+            .unwrap_or(&self.defaults.on_success)
+    }
+
+    /// The notifiers told when a run of `job` fails: its own list, else the default.
+    pub fn on_failure<'a>(&'a self, job: &'a JobConfig) -> &'a [String] {
+        job.on_failure
+            .as_deref()
+            .unwrap_or(&self.defaults.on_failure)
+    }
 }
 
 /// `[daemon]`: settings of the daemon as a whole.
@@ -118,6 +132,12 @@ pub struct Defaults {
     /// The time one attempt of a job may take before it is cancelled (e.g. `"10m"`).
     #[serde(default)]
     pub timeout: Option<ConfigDuration>,
+    /// Notifiers told when a run of a job that names none of its own succeeds.
+    #[serde(default)]
+    pub on_success: Vec<String>,
+    /// Notifiers told when a run of a job that names none of its own fails.
+    #[serde(default)]
+    pub on_failure: Vec<String>,
 }
 
 /// `[[jobs]]`: one delivery: where data comes from, where it goes, when, and who hears of it.
@@ -149,12 +169,14 @@ pub struct JobConfig {
     /// The time one attempt may take before it is cancelled (e.g. `"10m"`).
     #[serde(default)]
     pub timeout: Option<ConfigDuration>,
-    /// Notifiers told when a run succeeds.
+    /// Notifiers told when a run succeeds; `[defaults] on_success` when not given (`[]`
+    /// for none).
     #[serde(default)]
-    pub on_success: Vec<String>,
-    /// Notifiers told when a run fails after its last attempt.
+    pub on_success: Option<Vec<String>>,
+    /// Notifiers told when a run fails after its last attempt; `[defaults] on_failure`
+    /// when not given.
     #[serde(default)]
-    pub on_failure: Vec<String>,
+    pub on_failure: Option<Vec<String>>,
     /// What happens when the job fires while its previous run is still going: `"skip"`
     /// (the default: the firing is skipped and logged) or `"allow"` (runs overlap).
     #[serde(default)]

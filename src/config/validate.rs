@@ -47,6 +47,12 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
         );
     }
 
+    for (key, list) in [
+        ("on_success", &config.defaults.on_success),
+        ("on_failure", &config.defaults.on_failure),
+    ] {
+        check_notifiers(config, &root.key("defaults").key(key), list, &mut problems);
+    }
     for (name, notifier) in &config.notifiers {
         let at = root.key("notifiers").key(name);
         if let Err(msg) = check_name(name) {
@@ -105,23 +111,27 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
             ("on_success", &job.on_success),
             ("on_failure", &job.on_failure),
         ] {
-            for (i, name) in list.iter().enumerate() {
-                if !config.notifiers.contains_key(name) {
-                    let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
-                    let known = if known.is_empty() {
-                        "none is defined; add a [notifiers.NAME] table".to_owned()
-                    } else {
-                        format!("defined: {}", known.join(", "))
-                    };
-                    problems.add(
-                        at.key(key).index(i),
-                        format!("no notifier named {name:?} ({known})"),
-                    );
-                }
+            if let Some(list) = list {
+                check_notifiers(config, &at.key(key), list, &mut problems);
             }
         }
     }
     problems
+}
+
+/// Checks that every name in `list` (at `at`) is a defined notifier.
+fn check_notifiers(config: &Config, at: &KeyPath, list: &[String], problems: &mut Problems) {
+    for (i, name) in list.iter().enumerate() {
+        if !config.notifiers.contains_key(name) {
+            let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
+            let known = if known.is_empty() {
+                "none is defined; add a [notifiers.NAME] table".to_owned()
+            } else {
+                format!("defined: {}", known.join(", "))
+            };
+            problems.add(at.index(i), format!("no notifier named {name:?} ({known})"));
+        }
+    }
 }
 
 /// Names of jobs and notifiers appear in paths, logs and URLs: keep them plain.

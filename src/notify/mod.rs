@@ -1,27 +1,39 @@
 //! Success and failure handlers ("notifiers"): who hears how a run ended.
 //!
 //! A [`Notifier`] is told about a finished run once, with its [`RunReport`]. Handlers never
-//! change a run's outcome: [`crate::runner::ActivityRunner`] bounds each call with a
-//! timeout and logs a handler's failure. The log handler is always called; named
-//! notifiers from `[notifiers.NAME]` are called when a job lists them in `on_success` or
-//! `on_failure`.
+//! change a run's outcome or hold it up: once the run is recorded,
+//! [`crate::runner::ActivityRunner`] hands the report to [`Notifications`], which calls
+//! each handler in the background, bounds every try with a timeout, retries transient
+//! failures with backoff, and logs (and keeps in the state store) how it went. The log
+//! handler is always called; named notifiers from `[notifiers.NAME]` are called when a job
+//! (or `[defaults]`) lists them in `on_success` or `on_failure`.
 //!
-//! Kinds: `log`, one file each.
+//! Kinds: `log`, `email`, `webhook`, one file each; [`message`] holds what they say.
 
+mod email;
 mod log;
+pub mod message;
+mod webhook;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable as _};
+use tokio_util::task::TaskTracker;
 
+pub use email::{EmailConfig, EmailSecurity};
 pub use log::{LogConfig, LogNotifier};
+pub use webhook::{WebhookConfig, WebhookFormat};
 
 use crate::config::{KeyPath, Problems};
-use crate::error::DeliveryError;
+use crate::error::{DeliveryError, ErrorKind, display_chain};
 use crate::job::BuildEnv;
 use crate::kinds::kinds;
 use crate::runner::RunReport;
+use crate::state::{Ledger, NotificationRecord};
 
 /// A handler told how a run ended.
 #[async_trait]
@@ -29,7 +41,18 @@ pub trait Notifier: fmt::Debug + Send + Sync {
     /// The notifier's name, for logs.
     fn name(&self) -> &str;
 
-    /// Tells of `report`'s run. An error is logged; it never fails the run.
+    /// How many tries a notification gets in all when they fail for a reason that may pass
+    /// (1: no retries).
+    fn attempts(&self) -> u32 {
+        1
+    }
+
+    /// The longest one try may take (its own time limits should end it sooner).
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    /// Tells of `report`'s run, one try. An error is logged; it never fails the run.
     async fn notify(&self, report: &RunReport) -> Result<(), DeliveryError>;
 }
 
@@ -47,5 +70,149 @@ kinds! {
     pub enum NotifierConfig: NotifierSettings {
         /// `type = "log"`: a line in ferry's log.
         "log" => Log(LogConfig),
+        /// `type = "email"`: a mail over SMTP.
+        "email" => Email(Box<EmailConfig>),
+        /// `type = "webhook"`: an HTTP request.
+        "webhook" => Webhook(Box<WebhookConfig>),
+    }
+}
+
+/// Large settings structs are boxed in the kinds enum; they are still settings.
+impl<T: NotifierSettings + ?Sized> NotifierSettings for Box<T> {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) {
+        (**self).validate(at, problems);
+    }
+
+    fn build(&self, name: &str, env: &BuildEnv) -> Result<Arc<dyn Notifier>, DeliveryError> {
+        (**self).build(name, env)
+    }
+}
+
+/// The first wait before a notification is tried again; it doubles up to [`MAX_DELAY`].
+const FIRST_DELAY: Duration = Duration::from_secs(1);
+const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// Notifications on their way: handler calls running in the background, so that a slow or
+/// unreachable mail server never holds up a delivery.
+#[derive(Debug, Clone, Default)]
+pub struct Notifications {
+    tracker: TaskTracker,
+}
+
+impl Notifications {
+    /// Tells each of `handlers` about `report`'s run, in the background. With a ledger, the
+    /// outcome of each is kept in the state store.
+    pub fn send(
+        &self,
+        handlers: &[Arc<dyn Notifier>],
+        report: &Arc<RunReport>,
+        ledger: Option<&Ledger>,
+    ) {
+        for handler in handlers {
+            let handler = Arc::clone(handler);
+            let report = Arc::clone(report);
+            let ledger = ledger.cloned();
+            let call = async move {
+                let outcome = deliver(handler.as_ref(), &report).await;
+                if let Some(ledger) = ledger {
+                    let record = NotificationRecord {
+                        run_id: &report.run_id,
+                        notifier: handler.name(),
+                        sent: outcome.result.is_ok(),
+                        attempts: outcome.attempts,
+                        error: outcome.result.as_ref().err().map(String::as_str),
+                    };
+                    if let Err(err) = ledger.store.record_notification(&record).await {
+                        tracing::warn!(error = %err, "Cannot record a notification in the state store.");
+                    }
+                }
+            };
+            self.tracker.spawn(tracing::Instrument::instrument(
+                call,
+                tracing::Span::current(),
+            ));
+        }
+    }
+
+    /// Waits until every notification sent so far is done, for at most `limit`. Whether
+    /// they all finished.
+    pub async fn settle(&self, limit: Duration) -> bool {
+        self.tracker.close();
+        let done = tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_ok();
+        self.tracker.reopen();
+        done
+    }
+
+    /// How many notifications are still on their way.
+    pub fn pending(&self) -> usize {
+        self.tracker.len()
+    }
+}
+
+/// How one notification went.
+#[derive(Debug)]
+pub struct Delivered {
+    /// Tries made.
+    pub attempts: u32,
+    /// Sent, or the last try's error chain on one line.
+    pub result: Result<(), String>,
+}
+
+/// Tells `handler` about `report`, with its retries and time limits; logs the outcome.
+pub async fn deliver(handler: &dyn Notifier, report: &RunReport) -> Delivered {
+    let made = AtomicU32::new(0);
+    let limit = handler.timeout();
+    let once = || async {
+        made.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(limit, handler.notify(report)).await {
+            Ok(result) => result,
+            Err(_) => Err(DeliveryError::new(
+                ErrorKind::Timeout,
+                format!("no answer within {}", humantime::format_duration(limit)),
+            )),
+        }
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(FIRST_DELAY)
+        .with_max_delay(MAX_DELAY)
+        .with_max_times(usize::try_from(handler.attempts().saturating_sub(1)).unwrap_or(0))
+        .with_jitter();
+    let result = once
+        .retry(backoff)
+        .when(|err: &DeliveryError| err.kind().is_transient_by_default())
+        .notify(|err: &DeliveryError, wait: Duration| {
+            tracing::warn!(
+                notifier = handler.name(),
+                error = %display_chain(&err.chain()),
+                retry_in = %humantime::format_duration(Duration::from_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))),
+                "Notification failed; retrying."
+            );
+        })
+        .await;
+    let attempts = made.load(Ordering::Relaxed);
+    match result {
+        Ok(()) => {
+            tracing::info!(notifier = handler.name(), attempts, "Notification sent.");
+            Delivered {
+                attempts,
+                result: Ok(()),
+            }
+        }
+        Err(err) => {
+            let text = display_chain(&err.chain());
+            tracing::warn!(
+                notifier = handler.name(),
+                attempts,
+                kind = %err.kind(),
+                error = %text,
+                "Notification failed; the run's outcome stands."
+            );
+            Delivered {
+                attempts,
+                result: Err(text),
+            }
+        }
     }
 }

@@ -20,7 +20,7 @@ pub use policy::{RetryConfig, RetryPolicy};
 use crate::RunContext;
 use crate::activity::{Activity, Progress};
 use crate::error::{DeliveryError, ErrorKind, display_chain};
-use crate::notify::{LogNotifier, Notifier};
+use crate::notify::{LogNotifier, Notifications, Notifier};
 use crate::state::{Ledger, Outcome, RunState};
 use crate::writer::Delivery;
 
@@ -228,15 +228,13 @@ impl RunReport {
     }
 }
 
-/// How long a handler may take before it is abandoned (and logged).
-const HANDLER_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// Runs an activity and tells the success or the failure handlers, once, afterwards.
 #[derive(Debug, Clone)]
 pub struct ActivityRunner<A> {
     activity: RetryingActivity<A>,
     on_success: Vec<Arc<dyn Notifier>>,
     on_failure: Vec<Arc<dyn Notifier>>,
+    notifications: Notifications,
 }
 
 impl<A: Activity> ActivityRunner<A> {
@@ -246,6 +244,7 @@ impl<A: Activity> ActivityRunner<A> {
             activity,
             on_success: Vec::new(),
             on_failure: Vec::new(),
+            notifications: Notifications::default(),
         }
     }
 
@@ -266,7 +265,19 @@ impl<A: Activity> ActivityRunner<A> {
         &self.activity
     }
 
-    /// Runs `ctx`'s run to its end, tells the handlers, and returns the report.
+    /// Sends this runner's notifications through `notifications` (shared with other jobs).
+    pub fn with_notifications(mut self, notifications: Notifications) -> Self {
+        self.notifications = notifications;
+        self
+    }
+
+    /// The notifications this runner sent that may still be on their way.
+    pub fn notifications(&self) -> &Notifications {
+        &self.notifications
+    }
+
+    /// Runs `ctx`'s run to its end, records it, and returns the report; the handlers are
+    /// told in the background (see [`ActivityRunner::notifications`]), the log at once.
     pub async fn run(&self, ctx: RunContext) -> RunReport {
         let span = tracing::info_span!(
             "run",
@@ -323,12 +334,14 @@ impl<A: Activity> ActivityRunner<A> {
                 RunStatus::Succeeded => &self.on_success,
                 RunStatus::Failed => &self.on_failure,
             };
-            let log: Arc<dyn Notifier> = Arc::new(LogNotifier::default());
-            let calls = std::iter::once(&log)
-                .chain(handlers)
-                .map(|handler| call_handler(handler.as_ref(), &report));
-            futures::future::join_all(calls).await;
-            report
+            // The log line is written at once; nothing else may hold up the run's end.
+            if let Err(err) = LogNotifier::default().notify(&report).await {
+                tracing::warn!(error = %display_chain(&err.chain()), "Cannot log the run.");
+            }
+            let shared = Arc::new(report);
+            self.notifications
+                .send(handlers, &shared, ctx.ledger.as_ref());
+            Arc::unwrap_or_clone(shared)
         }
         .instrument(span)
         .await
@@ -375,21 +388,5 @@ async fn record(ledger: &Ledger, report: &RunReport) {
     };
     if let Err(err) = ledger.store.finish(&report.run_id, &outcome).await {
         tracing::error!(error = %err, "Cannot record the run's outcome in the state store.");
-    }
-}
-
-async fn call_handler(handler: &dyn Notifier, report: &RunReport) {
-    match tokio::time::timeout(HANDLER_TIMEOUT, handler.notify(report)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::warn!(
-            notifier = handler.name(),
-            error = %display_chain(&err.chain()),
-            "Notifier failed."
-        ),
-        Err(_) => tracing::warn!(
-            notifier = handler.name(),
-            timeout = %humantime::format_duration(HANDLER_TIMEOUT),
-            "Notifier timed out."
-        ),
     }
 }

@@ -150,6 +150,34 @@ impl<'a> Outcome<'a> {
     }
 }
 
+/// How a notification about a run went, as [`Store::record_notification`] keeps it.
+#[derive(Debug, Clone)]
+pub struct NotificationRecord<'a> {
+    /// The run.
+    pub run_id: &'a str,
+    /// The notifier's name.
+    pub notifier: &'a str,
+    /// Whether it was sent.
+    pub sent: bool,
+    /// Tries made.
+    pub attempts: u32,
+    /// The last try's error chain, when it was not sent.
+    pub error: Option<&'a str>,
+}
+
+/// A notification's outcome, read back from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationOutcome {
+    /// The notifier's name.
+    pub notifier: String,
+    /// Whether it was sent.
+    pub sent: bool,
+    /// Tries made.
+    pub attempts: u32,
+    /// The last try's error chain, when it was not sent.
+    pub error: Option<String>,
+}
+
 /// A writer's saved progress in a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
@@ -186,10 +214,7 @@ impl Ledger {
 
 /// This process as an owner of runs: host name and process id.
 pub fn owner_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
-    format!("{host}/{}", std::process::id())
+    format!("{}/{}", crate::host_name(), std::process::id())
 }
 
 /// The state store.
@@ -208,10 +233,11 @@ pub enum Backend {
     Postgres,
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "runs, checkpoints, cursors",
-    "CREATE TABLE ferry_runs (
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "runs, checkpoints, cursors",
+        "CREATE TABLE ferry_runs (
         job TEXT NOT NULL,
         slot BIGINT NOT NULL,
         slot_local TEXT NOT NULL,
@@ -243,7 +269,21 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
         value TEXT NOT NULL,
         updated_at BIGINT NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        "notifications",
+        "CREATE TABLE ferry_notifications (
+            run_id TEXT NOT NULL,
+            notifier TEXT NOT NULL,
+            sent BIGINT NOT NULL,
+            attempts BIGINT NOT NULL,
+            error TEXT,
+            at BIGINT NOT NULL,
+            PRIMARY KEY (run_id, notifier)
+        );",
+    ),
+];
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(
@@ -558,6 +598,53 @@ impl Store {
             document: serde_json::from_str(&document).unwrap_or(serde_json::Value::Null),
             bytes_done: u64::try_from(row.try_get::<i64, _>("bytes_done")?).unwrap_or_default(),
         }))
+    }
+
+    /// Keeps how a notification about a run went (replacing an earlier record of it).
+    pub async fn record_notification(
+        &self,
+        record: &NotificationRecord<'_>,
+    ) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO ferry_notifications (run_id, notifier, sent, attempts, error, at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (run_id, notifier) DO UPDATE SET sent = excluded.sent,
+               attempts = excluded.attempts, error = excluded.error, at = excluded.at",
+        )
+        .bind(record.run_id)
+        .bind(record.notifier)
+        .bind(i64::from(record.sent))
+        .bind(i64::from(record.attempts))
+        .bind(record.error)
+        .bind(millis(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How the notifications about run `run_id` went, by notifier name.
+    pub async fn notifications(
+        &self,
+        run_id: &str,
+    ) -> Result<Vec<NotificationOutcome>, StateError> {
+        let rows = sqlx::query(
+            "SELECT notifier, sent, attempts, error FROM ferry_notifications
+             WHERE run_id = $1 ORDER BY notifier",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NotificationOutcome {
+                    notifier: row.try_get("notifier")?,
+                    sent: row.try_get::<i64, _>("sent")? != 0,
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StateError::from)
     }
 
     /// Job `job`'s saved position.

@@ -2,7 +2,7 @@
 //! backend, and a password check.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +11,10 @@ use ferry::runner::{RunReport, RunStatus};
 use ferry::state::Ledger;
 use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, Principal};
 
-use crate::support::{Workspace, files_under, random_file, sha256_file};
+use crate::support::{Tls, Workspace, files_under, random_file, self_signed, sha256_file};
 
-const USER: &str = "ferry";
-const PASSWORD: &str = "ftp-test-password";
+pub(crate) const USER: &str = "ferry";
+pub(crate) const PASSWORD: &str = "ftp-test-password";
 
 /// Accepts one user with one password.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ impl Authenticator for OneUser {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -48,19 +48,13 @@ fn free_port() -> u16 {
 
 /// An FTP server on 127.0.0.1 serving a directory, on its own runtime so that stopping it
 /// cuts every connection at once, as a crash or a network failure would.
-struct FtpServer {
+pub(crate) struct FtpServer {
     runtime: Option<tokio::runtime::Runtime>,
-}
-
-/// The server's certificate and key files, for explicit TLS (required on both channels).
-struct Tls {
-    cert: PathBuf,
-    key: PathBuf,
 }
 
 impl FtpServer {
     /// Serves `root` on `port`; waits until it accepts connections.
-    async fn start(root: &Path, port: u16, tls: Option<&Tls>) -> FtpServer {
+    pub(crate) async fn start(root: &Path, port: u16, tls: Option<&Tls>) -> FtpServer {
         let root = root.to_path_buf();
         let passive = free_port();
         let mut builder = libunftp::ServerBuilder::with_authenticator(
@@ -100,7 +94,7 @@ impl FtpServer {
     }
 
     /// Stops the server, cutting its connections mid-transfer.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -249,20 +243,6 @@ async fn the_server_down_is_a_network_failure() {
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(report.error.expect("failure").kind, ErrorKind::Network);
     assert_eq!(report.attempts, 3, "connection failures are retried");
-}
-
-/// A self-signed certificate for 127.0.0.1 and localhost, written to `dir`.
-fn self_signed(dir: &Path) -> Tls {
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .expect("certificate");
-    let tls = Tls {
-        cert: dir.join("server.pem"),
-        key: dir.join("server.key"),
-    };
-    std::fs::write(&tls.cert, generated.cert.pem()).expect("write certificate");
-    std::fs::write(&tls.key, generated.signing_key.serialize_pem()).expect("write key");
-    tls
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod daemon;
 mod fanout;
 mod ftp;
 mod local_writer;
+mod notify;
 mod process;
 mod resume;
 mod retry;

@@ -258,6 +258,7 @@ async fn success_handlers_are_called_once_after_retries() {
     let activity = Arc::new(Scripted::new(&[ErrorKind::Server, ErrorKind::Server]));
     let (runner, ok, failed) = runner(activity, 5);
     let report = runner.run(ctx()).await;
+    assert!(runner.notifications().settle(Duration::from_secs(60)).await);
     assert_eq!(report.status, RunStatus::Succeeded);
     assert_eq!(report.attempts, 3);
     assert_eq!(ok.count(), 1, "success handler once, not once per attempt");
@@ -273,6 +274,7 @@ async fn failure_handlers_are_called_once_after_the_last_attempt() {
     let activity = Arc::new(Scripted::new(&[ErrorKind::Server; 5]));
     let (runner, ok, failed) = runner(activity, 3);
     let report = runner.run(ctx()).await;
+    assert!(runner.notifications().settle(Duration::from_secs(60)).await);
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(ok.count(), 0);
     assert_eq!(
@@ -318,5 +320,13 @@ async fn broken_handlers_never_change_the_outcome() {
         .on_success(ok.clone());
     let report = runner.run(ctx()).await;
     assert_eq!(report.status, RunStatus::Succeeded);
+    // The hanging handler is cut off by its time limit; the others were told.
+    assert!(
+        runner
+            .notifications()
+            .settle(Duration::from_secs(3600))
+            .await,
+        "a hanging handler is given up on"
+    );
     assert_eq!(ok.count(), 1);
 }

@@ -171,3 +171,23 @@ pub fn random_file(path: &Path, len: usize) {
     data.truncate(len);
     std::fs::write(path, data).expect("write input");
 }
+
+/// A certificate and its key in PEM files, for a TLS server in a test.
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written to `dir`.
+pub fn self_signed(dir: &Path) -> Tls {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("certificate");
+    let tls = Tls {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&tls.cert, generated.cert.pem()).expect("write certificate");
+    std::fs::write(&tls.key, generated.signing_key.serialize_pem()).expect("write key");
+    tls
+}

@@ -1,0 +1,346 @@
+//! `type = "email"`: a mail over SMTP, from templates over the run's facts.
+//!
+//! Built on lettre. Its own timeout covers connecting only (lettre#1027: a STARTTLS
+//! exchange can hang), so every send is also bounded by the notifier's timeout. Replies 4xx
+//! and broken connections are transient; 5xx replies are permanent, 530/534/535 (refused
+//! credentials) an authentication failure.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lettre::message::{Mailbox, MultiPart, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
+use serde::Deserialize;
+
+use super::message::{DEFAULT_BODY, DEFAULT_SUBJECT, Escape, Facts, MessageTemplate};
+use super::{Notifier, NotifierSettings};
+use crate::config::{ConfigDuration, KeyPath, Problems, SecretRef};
+use crate::error::{DeliveryError, ErrorKind};
+use crate::job::BuildEnv;
+use crate::runner::RunReport;
+
+/// Settings of an `email` notifier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The SMTP server.
+    pub host: String,
+    /// Its port: 587 for `starttls`, 465 for `tls`, 25 for `none` by default.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `"starttls"` (the default), `"tls"` (implicit TLS, "SMTPS") or `"none"`.
+    #[serde(default)]
+    pub security: EmailSecurity,
+    /// The user to log in as; no login without one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password (prefer the `_env`/`_file` forms).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// The file holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The sender, e.g. `"ferry <ferry@example.com>"`.
+    pub from: String,
+    /// Recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// Copy recipients.
+    #[serde(default)]
+    pub cc: Vec<String>,
+    /// Blind copy recipients.
+    #[serde(default)]
+    pub bcc: Vec<String>,
+    /// The subject, a template (a sensible one by default).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The plain-text body, a template (a sensible one by default).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// An HTML body, a template, sent beside the plain one (none by default).
+    #[serde(default)]
+    pub html: Option<String>,
+    /// A PEM file of certificates to trust besides the usual roots (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate the server shows. Only for testing.
+    #[serde(default)]
+    pub accept_invalid_certs: bool,
+    /// How long one try may take, from connecting to the server's last reply (`"30s"`).
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+    /// Tries in all when sending fails for a reason that may pass (3 by default).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+/// `security`: how the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailSecurity {
+    /// Plain connection upgraded with STARTTLS; refused if the server does not offer it.
+    #[default]
+    Starttls,
+    /// TLS from the first byte.
+    Tls,
+    /// No encryption (a relay on localhost).
+    None,
+}
+
+impl EmailConfig {
+    fn password(&self, at: &KeyPath, problems: &mut Problems) -> Option<SecretRef> {
+        SecretRef::pick(
+            "password",
+            self.password.as_ref(),
+            self.password_env.as_ref(),
+            self.password_file.as_ref(),
+            at,
+            problems,
+        )
+    }
+
+    fn templates(&self) -> [(&'static str, Option<&String>, Escape); 3] {
+        [
+            ("subject", self.subject.as_ref(), Escape::Text),
+            ("body", self.body.as_ref(), Escape::Text),
+            ("html", self.html.as_ref(), Escape::Html),
+        ]
+    }
+}
+
+impl NotifierSettings for EmailConfig {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) {
+        if self.host.is_empty() || self.host.contains(['/', ' ', ':']) {
+            problems.add(at.key("host"), "must be a host name or address");
+        }
+        if self.port == Some(0) {
+            problems.add(at.key("port"), "must be a port number");
+        }
+        if let Err(err) = self.from.parse::<Mailbox>() {
+            problems.add(at.key("from"), format!("not an address: {err}"));
+        }
+        if self.to.is_empty() && self.cc.is_empty() && self.bcc.is_empty() {
+            problems.add(
+                at.key("to"),
+                "no recipients: give at least one address in `to`, `cc` or `bcc`",
+            );
+        }
+        for (key, list) in [("to", &self.to), ("cc", &self.cc), ("bcc", &self.bcc)] {
+            for (index, address) in list.iter().enumerate() {
+                if let Err(err) = address.parse::<Mailbox>() {
+                    problems.add(at.key(key).index(index), format!("not an address: {err}"));
+                }
+            }
+        }
+        let password = self.password(at, problems);
+        if password.is_some() && self.username.is_none() {
+            problems.add(at.key("username"), "a password is given but no username");
+        }
+        if self.username.is_some() && self.security == EmailSecurity::None {
+            problems.add(
+                at.key("security"),
+                "\"none\" would send the password unencrypted; use \"starttls\" or \"tls\"",
+            );
+        }
+        if self.security == EmailSecurity::None
+            && (self.ca_file.is_some() || self.accept_invalid_certs)
+        {
+            problems.add(
+                at.key("security"),
+                "`ca_file` and `accept_invalid_certs` need \"starttls\" or \"tls\"",
+            );
+        }
+        for (key, source, escape) in self.templates() {
+            if let Some(source) = source
+                && let Err(err) = MessageTemplate::parse(source, escape)
+            {
+                problems.add(at.key(key), format!("template: {err}"));
+            }
+        }
+        if self.timeout.is_some_and(|t| t.get().is_zero()) {
+            problems.add(at.key("timeout"), "must be longer than zero");
+        }
+        if self.attempts == 0 {
+            problems.add(at.key("attempts"), "must be at least 1");
+        }
+    }
+
+    fn build(&self, name: &str, env: &BuildEnv) -> Result<Arc<dyn Notifier>, DeliveryError> {
+        let config = |message: String| DeliveryError::new(ErrorKind::Config, message);
+        let mut problems = Problems::default();
+        let password = match self.password(&KeyPath::root(), &mut problems) {
+            Some(secret) => Some(secret.resolve(&env.base_dir)?),
+            None => None,
+        };
+        let timeout = self
+            .timeout
+            .map_or(Duration::from_secs(30), ConfigDuration::get);
+        let port = self.port.unwrap_or(match self.security {
+            EmailSecurity::Starttls => 587,
+            EmailSecurity::Tls => 465,
+            EmailSecurity::None => 25,
+        });
+        let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&self.host)
+            .port(port)
+            .timeout(Some(timeout));
+        if self.security != EmailSecurity::None {
+            let mut tls = TlsParameters::builder(self.host.clone())
+                .dangerous_accept_invalid_certs(self.accept_invalid_certs);
+            if let Some(file) = &self.ca_file {
+                let file = env.base_dir.join(file);
+                let pem = std::fs::read(&file)
+                    .map_err(|err| config(format!("ca_file {}: {err}", file.display())))?;
+                let cert = Certificate::from_pem(&pem)
+                    .map_err(|err| config(format!("ca_file {}: {err}", file.display())))?;
+                tls = tls.add_root_certificate(cert);
+            }
+            let tls = tls
+                .build_rustls()
+                .map_err(|err| config(format!("TLS settings: {err}")))?;
+            transport = transport.tls(match self.security {
+                EmailSecurity::Tls => Tls::Wrapper(tls),
+                _ => Tls::Required(tls),
+            });
+        }
+        if let Some(user) = &self.username {
+            let password = password.as_ref().map_or("", |p| p.expose()).to_owned();
+            transport = transport.credentials(Credentials::new(user.clone(), password));
+        }
+        let template = |source: Option<&String>, default: &str, escape| {
+            MessageTemplate::parse(source.map_or(default, String::as_str), escape)
+                .map_err(|err| config(format!("notifier {name}: template: {err}")))
+        };
+        let mailbox = |address: &String| {
+            address
+                .parse::<Mailbox>()
+                .map_err(|err| config(err.to_string()))
+        };
+        Ok(Arc::new(EmailNotifier {
+            name: name.to_owned(),
+            server: format!("{}:{port}", self.host),
+            transport: transport.build(),
+            from: mailbox(&self.from)?,
+            to: self.to.iter().map(mailbox).collect::<Result<_, _>>()?,
+            cc: self.cc.iter().map(mailbox).collect::<Result<_, _>>()?,
+            bcc: self.bcc.iter().map(mailbox).collect::<Result<_, _>>()?,
+            subject: template(self.subject.as_ref(), DEFAULT_SUBJECT, Escape::Text)?,
+            body: template(self.body.as_ref(), DEFAULT_BODY, Escape::Text)?,
+            html: match &self.html {
+                Some(source) => Some(template(Some(source), "", Escape::Html)?),
+                None => None,
+            },
+            timeout,
+            attempts: self.attempts.max(1),
+        }))
+    }
+}
+
+/// Mails each run's outcome.
+#[derive(Clone)]
+pub struct EmailNotifier {
+    name: String,
+    server: String,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+    cc: Vec<Mailbox>,
+    bcc: Vec<Mailbox>,
+    subject: MessageTemplate,
+    body: MessageTemplate,
+    html: Option<MessageTemplate>,
+    timeout: Duration,
+    attempts: u32,
+}
+
+impl std::fmt::Debug for EmailNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The transport holds the credentials: leave it out.
+        f.debug_struct("EmailNotifier")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmailNotifier {
+    fn message(&self, facts: &Facts) -> Result<Message, DeliveryError> {
+        // A subject is one line, whatever the template made of it.
+        let subject = self
+            .subject
+            .render(facts)?
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let body = self.body.render(facts)?;
+        let mut builder = Message::builder().from(self.from.clone()).subject(subject);
+        for to in &self.to {
+            builder = builder.to(to.clone());
+        }
+        for cc in &self.cc {
+            builder = builder.cc(cc.clone());
+        }
+        for bcc in &self.bcc {
+            builder = builder.bcc(bcc.clone());
+        }
+        let built = match &self.html {
+            Some(html) => {
+                builder.multipart(MultiPart::alternative_plain_html(body, html.render(facts)?))
+            }
+            None => builder.header(ContentType::TEXT_PLAIN).body(body),
+        };
+        built.map_err(|err| {
+            DeliveryError::new(ErrorKind::Config, format!("cannot build the mail: {err}"))
+        })
+    }
+}
+
+/// A failed send, classified by the server's reply.
+fn smtp_error(server: &str, err: lettre::transport::smtp::Error) -> DeliveryError {
+    let code = err.status().map(|code| code.to_string());
+    let kind = match code.as_deref() {
+        Some("530" | "534" | "535") => ErrorKind::Auth,
+        _ if err.is_permanent() => ErrorKind::Rejected,
+        _ if err.is_timeout() => ErrorKind::Timeout,
+        _ => ErrorKind::Network,
+    };
+    // lettre's messages carry the server's replies, never the credentials.
+    DeliveryError::new(kind, format!("send mail via {server}")).with_source(err)
+}
+
+#[async_trait]
+impl Notifier for EmailNotifier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    fn timeout(&self) -> Duration {
+        // One try: connecting, TLS, login and the mail itself, each bounded by lettre's
+        // timeout only when it reads; this bounds the whole.
+        self.timeout
+    }
+
+    async fn notify(&self, report: &RunReport) -> Result<(), DeliveryError> {
+        let message = self.message(&Facts::of(report))?;
+        self.transport
+            .send(message)
+            .await
+            .map(drop)
+            .map_err(|err| smtp_error(&self.server, err))
+    }
+}

@@ -1,0 +1,364 @@
+//! `type = "webhook"`: an HTTP request telling of each run.
+//!
+//! Three formats: `json` (the run's facts as a JSON object, or a JSON template), `chat`
+//! (`{"text": "…"}`, which Slack, Mattermost, Rocket.Chat and Google Chat accept) and
+//! `text` (a plain-text body, for ntfy and the like). The URL may hold a token (chat
+//! webhooks do), so it comes from the environment or a file if wanted and is never shown:
+//! logs and errors name the host only.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use super::message::{DEFAULT_BODY, DEFAULT_CHAT, Escape, Facts, MessageTemplate};
+use super::{Notifier, NotifierSettings};
+use crate::config::{ConfigDuration, KeyPath, Problems, Secret, SecretRef};
+use crate::error::{DeliveryError, ErrorKind};
+use crate::job::BuildEnv;
+use crate::runner::RunReport;
+
+/// Settings of a `webhook` notifier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The URL to call (prefer the `_env`/`_file` forms when it holds a token).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The environment variable holding the URL.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The file holding the URL.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// `"POST"` (the default), `"PUT"` or `"PATCH"`.
+    #[serde(default)]
+    pub method: WebhookMethod,
+    /// Extra headers: a value, or `{ env = "VAR" }` / `{ file = "path" }` for a secret one,
+    /// with an optional `prefix` (`"Bearer "`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderSetting>,
+    /// `"json"` (the default), `"chat"` or `"text"`.
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// The body, a template. For `json`, values come out as JSON (`{{ job }}` gives
+    /// `"nightly"`) and the result must be JSON; for `chat` and `text`, it is the message.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// How long one try may take (`"10s"` by default).
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+    /// Tries in all when the call fails for a reason that may pass (3 by default).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+/// `method`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WebhookMethod {
+    /// POST.
+    #[default]
+    Post,
+    /// PUT.
+    Put,
+    /// PATCH.
+    Patch,
+}
+
+/// `format`: what the body is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// A JSON object: the run's facts, or the `body` template's output.
+    #[default]
+    Json,
+    /// `{"text": "<message>"}`, which chat services accept.
+    Chat,
+    /// A plain-text body.
+    Text,
+}
+
+/// A header's value: written out, or a secret from the environment or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderSetting {
+    /// The value itself.
+    Plain(String),
+    /// A secret value.
+    Secret {
+        /// The environment variable holding it.
+        #[serde(default)]
+        env: Option<String>,
+        /// The file holding it.
+        #[serde(default)]
+        file: Option<PathBuf>,
+        /// Text put before the secret, e.g. `"Bearer "`.
+        #[serde(default)]
+        prefix: Option<String>,
+    },
+}
+
+impl WebhookConfig {
+    fn url(&self, at: &KeyPath, problems: &mut Problems) -> Option<SecretRef> {
+        SecretRef::pick(
+            "url",
+            self.url.as_ref(),
+            self.url_env.as_ref(),
+            self.url_file.as_ref(),
+            at,
+            problems,
+        )
+    }
+
+    fn escape(&self) -> Escape {
+        match self.format {
+            WebhookFormat::Json => Escape::Json,
+            WebhookFormat::Chat | WebhookFormat::Text => Escape::Text,
+        }
+    }
+}
+
+impl NotifierSettings for WebhookConfig {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) {
+        match self.url(at, problems) {
+            None if self.url.is_none() && self.url_env.is_none() && self.url_file.is_none() => {
+                problems.add(
+                    at.key("url"),
+                    "missing: give `url`, `url_env` or `url_file`",
+                );
+            }
+            Some(SecretRef::Inline(url)) => {
+                if let Err(err) = check_url(&url) {
+                    problems.add(at.key("url"), err);
+                }
+            }
+            _ => {}
+        }
+        for (name, setting) in &self.headers {
+            let at = at.key("headers").key(name);
+            if HeaderName::try_from(name.as_str()).is_err() {
+                problems.add(at.clone(), "not a valid header name");
+            }
+            match setting {
+                HeaderSetting::Plain(value) => {
+                    if HeaderValue::try_from(value.as_str()).is_err() {
+                        problems.add(at, "not a valid header value");
+                    }
+                }
+                HeaderSetting::Secret { env, file, .. } => {
+                    if env.is_some() == file.is_some() {
+                        problems.add(at, "give exactly one of `env` and `file`");
+                    }
+                }
+            }
+        }
+        if let Some(body) = &self.body
+            && let Err(err) = MessageTemplate::parse(body, self.escape())
+        {
+            problems.add(at.key("body"), format!("template: {err}"));
+        }
+        if self.timeout.is_some_and(|t| t.get().is_zero()) {
+            problems.add(at.key("timeout"), "must be longer than zero");
+        }
+        if self.attempts == 0 {
+            problems.add(at.key("attempts"), "must be at least 1");
+        }
+    }
+
+    fn build(&self, name: &str, env: &BuildEnv) -> Result<Arc<dyn Notifier>, DeliveryError> {
+        let config = |message: String| DeliveryError::new(ErrorKind::Config, message);
+        let mut problems = Problems::default();
+        let url = self
+            .url(&KeyPath::root(), &mut problems)
+            .ok_or_else(|| config(format!("notifier {name}: no url")))?
+            .resolve(&env.base_dir)?;
+        let host =
+            check_url(url.expose()).map_err(|err| config(format!("notifier {name}: url {err}")))?;
+        let mut headers = HeaderMap::new();
+        for (key, setting) in &self.headers {
+            let value = match setting {
+                HeaderSetting::Plain(value) => value.clone(),
+                HeaderSetting::Secret {
+                    env: var,
+                    file,
+                    prefix,
+                } => {
+                    let secret = match (var, file) {
+                        (Some(var), _) => SecretRef::Env(var.clone()),
+                        (None, Some(file)) => SecretRef::File(file.clone()),
+                        (None, None) => {
+                            return Err(config(format!(
+                                "notifier {name}: header {key} has no value"
+                            )));
+                        }
+                    };
+                    let secret = secret.resolve(&env.base_dir)?;
+                    format!("{}{}", prefix.as_deref().unwrap_or(""), secret.expose())
+                }
+            };
+            let key = HeaderName::try_from(key.as_str())
+                .map_err(|_| config(format!("notifier {name}: bad header name {key}")))?;
+            let mut value = HeaderValue::try_from(value)
+                .map_err(|_| config(format!("notifier {name}: bad value for header {key}")))?;
+            value.set_sensitive(matches!(setting, HeaderSetting::Secret { .. }));
+            headers.insert(key, value);
+        }
+        let body = match (&self.body, self.format) {
+            (Some(source), _) => Some(source.as_str()),
+            (None, WebhookFormat::Json) => None,
+            (None, WebhookFormat::Chat) => Some(DEFAULT_CHAT),
+            (None, WebhookFormat::Text) => Some(DEFAULT_BODY),
+        };
+        let body = body
+            .map(|source| MessageTemplate::parse(source, self.escape()))
+            .transpose()
+            .map_err(|err| config(format!("notifier {name}: template: {err}")))?;
+        Ok(Arc::new(WebhookNotifier {
+            name: name.to_owned(),
+            http: env.http.clone(),
+            url,
+            host,
+            method: match self.method {
+                WebhookMethod::Post => reqwest::Method::POST,
+                WebhookMethod::Put => reqwest::Method::PUT,
+                WebhookMethod::Patch => reqwest::Method::PATCH,
+            },
+            headers,
+            format: self.format,
+            body,
+            timeout: self
+                .timeout
+                .map_or(Duration::from_secs(10), ConfigDuration::get),
+            attempts: self.attempts.max(1),
+        }))
+    }
+}
+
+/// Checks that `url` is an http(s) URL; returns its host (what logs may show).
+fn check_url(url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|err| format!("is not a URL: {err}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("must be an http:// or https:// URL".to_owned());
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    Ok(match parsed.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
+/// Calls a URL for each run's outcome.
+#[derive(Debug, Clone)]
+pub struct WebhookNotifier {
+    name: String,
+    http: reqwest::Client,
+    url: Secret,
+    host: String,
+    method: reqwest::Method,
+    headers: HeaderMap,
+    format: WebhookFormat,
+    body: Option<MessageTemplate>,
+    timeout: Duration,
+    attempts: u32,
+}
+
+impl WebhookNotifier {
+    /// The body and its content type.
+    fn body(&self, facts: &Facts) -> Result<(String, &'static str), DeliveryError> {
+        let json = "application/json";
+        match (self.format, &self.body) {
+            (WebhookFormat::Json, None) => serde_json::to_string(facts)
+                .map(|body| (body, json))
+                .map_err(|err| DeliveryError::new(ErrorKind::Config, err.to_string())),
+            (WebhookFormat::Json, Some(template)) => {
+                let body = template.render(facts)?;
+                serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|err| {
+                    DeliveryError::new(
+                        ErrorKind::Config,
+                        format!("the body template did not give JSON: {err}"),
+                    )
+                })?;
+                Ok((body, json))
+            }
+            (WebhookFormat::Chat, template) => {
+                let text = match template {
+                    Some(template) => template.render(facts)?,
+                    None => String::new(),
+                };
+                let body = serde_json::json!({ "text": text.trim_end() }).to_string();
+                Ok((body, json))
+            }
+            (WebhookFormat::Text, template) => {
+                let text = match template {
+                    Some(template) => template.render(facts)?,
+                    None => String::new(),
+                };
+                Ok((text, "text/plain; charset=utf-8"))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Notifier for WebhookNotifier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn notify(&self, report: &RunReport) -> Result<(), DeliveryError> {
+        let (body, content_type) = self.body(&Facts::of(report))?;
+        let target = format!("{} {}", self.method, self.host);
+        let response = self
+            .http
+            .request(self.method.clone(), self.url.expose())
+            .headers(self.headers.clone())
+            .header(CONTENT_TYPE, content_type)
+            .timeout(self.timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|err| {
+                // The URL may hold a token: keep it out of the message.
+                let kind = if err.is_timeout() {
+                    ErrorKind::Timeout
+                } else {
+                    ErrorKind::Network
+                };
+                DeliveryError::new(kind, format!("{target}: {}", err.without_url()))
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let kind = match status.as_u16() {
+            401 | 403 => ErrorKind::Auth,
+            408 | 429 => ErrorKind::Throttled,
+            500..=599 => ErrorKind::Server,
+            _ => ErrorKind::Rejected,
+        };
+        // A little of the answer helps tell why; never the whole of it.
+        let text = response.text().await.unwrap_or_default();
+        let text: String = text.chars().take(200).collect();
+        Err(DeliveryError::new(
+            kind,
+            format!("{target} answered {status}: {}", text.trim()),
+        ))
+    }
+}

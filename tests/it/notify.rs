@@ -1,0 +1,673 @@
+//! Notifications against real servers on 127.0.0.1: mailin-embedded for SMTP (STARTTLS
+//! with a generated certificate, PLAIN login), axum for webhooks.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use ferry::runner::{RunReport, RunStatus};
+use ferry::state::{Ledger, NotificationOutcome};
+use mailin_embedded::response::{AUTH_OK, INVALID_CREDENTIALS, OK};
+use mailin_embedded::{AuthMechanism, Handler, Response, Server, SslConfig};
+
+use crate::support::{Tls, Workspace, ferry, self_signed, show};
+
+pub(crate) const SMTP_USER: &str = "ferry-mailer";
+pub(crate) const SMTP_PASSWORD: &str = "smtp-test-password";
+
+/// A mail as the server received it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    /// The raw message: headers and body.
+    pub data: String,
+}
+
+impl Mail {
+    /// The message with quoted-printable soft breaks and escapes undone, for searching.
+    pub(crate) fn text(&self) -> String {
+        let joined = self.data.replace("=\r\n", "").replace("=\n", "");
+        let mut out = String::with_capacity(joined.len());
+        let mut rest = joined.as_str();
+        while let Some(at) = rest.find('=') {
+            out.push_str(&rest[..at]);
+            let code = rest
+                .get(at + 1..at + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match code {
+                Some(byte) if byte.is_ascii() => {
+                    out.push(char::from(byte));
+                    rest = &rest[at + 3..];
+                }
+                _ => {
+                    out.push('=');
+                    rest = &rest[at + 1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// The `Subject:` header.
+    pub(crate) fn subject(&self) -> String {
+        self.data
+            .lines()
+            .find_map(|line| line.strip_prefix("Subject: "))
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// One SMTP session's state; finished mails go to the shared inbox.
+#[derive(Clone)]
+struct Session {
+    inbox: Arc<Mutex<Vec<Mail>>>,
+    login: Option<(String, String)>,
+    current: Mail,
+}
+
+impl Handler for Session {
+    fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
+        self.current = Mail {
+            from: from.to_owned(),
+            to: to.to_vec(),
+            data: String::new(),
+        };
+        OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.current.data.push_str(&String::from_utf8_lossy(buf));
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> Response {
+        self.inbox
+            .lock()
+            .expect("inbox")
+            .push(std::mem::take(&mut self.current));
+        OK
+    }
+
+    fn auth_plain(&mut self, _authz: &str, user: &str, password: &str) -> Response {
+        match &self.login {
+            Some((u, p)) if u == user && p == password => AUTH_OK,
+            _ => INVALID_CREDENTIALS,
+        }
+    }
+
+    fn helo(&mut self, _ip: IpAddr, _domain: &str) -> Response {
+        OK
+    }
+}
+
+/// An SMTP server on a free port of 127.0.0.1, on its own threads for the rest of the
+/// test process; optionally with STARTTLS and a required PLAIN login.
+pub(crate) struct SmtpServer {
+    pub port: u16,
+    inbox: Arc<Mutex<Vec<Mail>>>,
+}
+
+impl SmtpServer {
+    pub(crate) fn start(tls: Option<&Tls>, login: bool) -> SmtpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind SMTP port");
+        let port = listener.local_addr().expect("address").port();
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let session = Session {
+            inbox: Arc::clone(&inbox),
+            login: login.then(|| (SMTP_USER.to_owned(), SMTP_PASSWORD.to_owned())),
+            current: Mail::default(),
+        };
+        let mut server = Server::new(session);
+        server.with_name("mail.test").with_tcp_listener(listener);
+        if let Some(tls) = tls {
+            server
+                .with_ssl(SslConfig::SelfSigned {
+                    cert_path: tls.cert.display().to_string(),
+                    key_path: tls.key.display().to_string(),
+                })
+                .expect("TLS settings");
+        }
+        if login {
+            server.with_auth(AuthMechanism::Plain);
+        }
+        std::thread::spawn(move || {
+            if let Err(err) = server.serve() {
+                eprintln!("the SMTP server stopped: {err}");
+            }
+        });
+        SmtpServer { port, inbox }
+    }
+
+    /// The mails received so far.
+    pub(crate) fn mails(&self) -> Vec<Mail> {
+        self.inbox.lock().expect("inbox").clone()
+    }
+
+    /// Waits until `count` mails have arrived (failing after `within`); returns them all.
+    pub(crate) async fn wait_for(&self, count: usize, within: Duration) -> Vec<Mail> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mails = self.mails();
+            if mails.len() >= count {
+                return mails;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{count} mails expected within {within:?}, got {mails:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// An `email` notifier table.
+pub(crate) fn email_notifier(name: &str, port: u16, to: &[&str], extra: &str) -> String {
+    let to: Vec<String> = to.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"
+[notifiers.{name}]
+type = "email"
+host = "127.0.0.1"
+port = {port}
+from = "ferry <ferry@example.com>"
+to = [{}]
+{extra}
+"#,
+        to.join(", ")
+    )
+}
+
+/// A job writing `source` to a local file, telling `users` of success, `admin` of failure.
+fn job(source: &str) -> String {
+    format!(
+        r#"
+[[jobs]]
+name = "nightly"
+schedule = "@daily"
+source = {source}
+retry = {{ max_attempts = 3, initial_interval = "50ms" }}
+writers = [{{ type = "local", path = "out/report.csv" }}]
+on_success = ["users"]
+on_failure = ["admin"]
+"#
+    )
+}
+
+const PLAIN: &str = r#"security = "none""#;
+
+/// Users and admin on one plain server (no TLS, no login), and the job.
+fn plain_setup(port: u16, source: &str) -> String {
+    email_notifier(
+        "users",
+        port,
+        &["alice@example.com", "bob@example.com"],
+        PLAIN,
+    ) + &email_notifier("admin", port, &["admin@example.com"], PLAIN)
+        + &job(source)
+}
+
+/// Runs the first job with a ledger and waits for its notifications.
+async fn run_and_settle(ws: &Workspace, text: &str) -> (RunReport, Ledger) {
+    // SAFETY: every test sets the same value.
+    unsafe { std::env::set_var("FERRY_TEST_SMTP_PASSWORD", SMTP_PASSWORD) };
+    let ledger = ws.ledger().await;
+    let config = ws.config(text);
+    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
+    let job = ferry::job::Job::build(&config, &config.jobs[0], &env).expect("job builds");
+    let report = job
+        .run_claimed(&ledger, job.now_slot())
+        .await
+        .expect("store")
+        .expect("claimed");
+    assert!(
+        job.runner
+            .notifications()
+            .settle(Duration::from_secs(60))
+            .await,
+        "notifications finish"
+    );
+    (report, ledger)
+}
+
+async fn notification_outcomes(ledger: &Ledger, report: &RunReport) -> Vec<NotificationOutcome> {
+    ledger
+        .store
+        .notifications(&report.run_id)
+        .await
+        .expect("notifications recorded")
+}
+
+#[tokio::test]
+async fn a_success_mail_reaches_the_users_with_the_link() {
+    let smtp = SmtpServer::start(None, false);
+    let ws = Workspace::new();
+    let text = plain_setup(smtp.port, r#"{ type = "inline", data = "a,b\n1,2\n" }"#);
+    let (report, ledger) = run_and_settle(&ws, &text).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+
+    let mails = smtp.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        mails.len(),
+        1,
+        "only the users hear of a success: {mails:#?}"
+    );
+    let mail = &mails[0];
+    assert_eq!(mail.from, "ferry@example.com");
+    assert_eq!(mail.to, vec!["alice@example.com", "bob@example.com"]);
+    let link = report.deliveries[0]
+        .link
+        .clone()
+        .expect("a local file has a link");
+    assert!(link.starts_with("file://"), "{link}");
+    let text = mail.text();
+    assert!(text.contains(&link), "the link is in the mail:\n{text}");
+    assert!(
+        mail.subject().contains("nightly succeeded"),
+        "{}",
+        mail.subject()
+    );
+    assert!(
+        text.contains("The delivery \"nightly\" succeeded."),
+        "{text}"
+    );
+    assert!(text.contains(&report.deliveries[0].sha256), "{text}");
+    assert_eq!(
+        notification_outcomes(&ledger, &report).await,
+        vec![NotificationOutcome {
+            notifier: "users".into(),
+            sent: true,
+            attempts: 1,
+            error: None,
+        }]
+    );
+}
+
+#[tokio::test]
+async fn a_failure_mail_reaches_the_admin_once_after_the_last_retry() {
+    let smtp = SmtpServer::start(None, false);
+    let ws = Workspace::new();
+    let text = plain_setup(
+        smtp.port,
+        r#"{ type = "command", command = ["sh", "-c", "echo 'export tool crashed' >&2; exit 3"] }"#,
+    );
+    let (report, _ledger) = run_and_settle(&ws, &text).await;
+    assert_eq!(report.status, RunStatus::Failed);
+    assert_eq!(report.attempts, 3, "{report:#?}");
+
+    let mails = smtp.wait_for(1, Duration::from_secs(10)).await;
+    // Give a stray second mail the chance to show up before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mails_after = smtp.mails();
+    assert_eq!(
+        mails_after.len(),
+        1,
+        "one mail for the whole run: {mails_after:#?}"
+    );
+    let mail = &mails[0];
+    assert_eq!(mail.to, vec!["admin@example.com"]);
+    let text = mail.text();
+    assert!(
+        mail.subject().contains("nightly failed: command"),
+        "{}",
+        mail.subject()
+    );
+    assert!(text.contains("The delivery \"nightly\" FAILED."), "{text}");
+    assert!(text.contains("Attempts:   3"), "{text}");
+    assert!(text.contains("Gave up:    all 3 attempts failed"), "{text}");
+    assert!(
+        text.contains("export tool crashed"),
+        "the error is in the mail:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn starttls_with_a_self_signed_certificate_and_a_login() {
+    let ws = Workspace::new();
+    let tls = self_signed(ws.path());
+    let smtp = SmtpServer::start(Some(&tls), true);
+    let secure = format!(
+        "security = \"starttls\"\nca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\npassword_env = \"FERRY_TEST_SMTP_PASSWORD\""
+    );
+    let text = email_notifier("users", smtp.port, &["alice@example.com"], &secure)
+        + &email_notifier("admin", smtp.port, &["admin@example.com"], &secure)
+        + &job(r#"{ type = "inline", data = "x" }"#);
+    let (report, ledger) = run_and_settle(&ws, &text).await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+    let mails = smtp.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(mails[0].to, vec!["alice@example.com"]);
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    assert!(outcomes[0].sent, "{outcomes:?}");
+
+    // Without the CA file the self-signed certificate is refused, and nothing is sent.
+    let untrusted = text
+        .replace("ca_file = \"server.pem\"\n", "")
+        .replace("name = \"nightly\"", "name = \"nightly-untrusted\"");
+    let (report, ledger) = run_and_settle(&ws, &untrusted).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "the delivery stands");
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    assert!(!outcomes[0].sent, "{outcomes:?}");
+    assert!(
+        outcomes[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("certificate"),
+        "{outcomes:?}"
+    );
+    assert_eq!(smtp.mails().len(), 1);
+}
+
+#[tokio::test]
+async fn an_authentication_failure_is_recorded_while_the_delivery_succeeds() {
+    let ws = Workspace::new();
+    let tls = self_signed(ws.path());
+    let smtp = SmtpServer::start(Some(&tls), true);
+    let wrong = format!(
+        "ca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\npassword = \"not-the-password\""
+    );
+    let text = email_notifier("users", smtp.port, &["alice@example.com"], &wrong)
+        + &email_notifier("admin", smtp.port, &["admin@example.com"], &wrong)
+        + &job(r#"{ type = "inline", data = "x" }"#);
+    let (report, ledger) = run_and_settle(&ws, &text).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert!(ws.path().join("out/report.csv").exists());
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    let outcome = &outcomes[0];
+    assert!(!outcome.sent);
+    assert_eq!(outcome.attempts, 1, "refused credentials are not retried");
+    let error = outcome.error.clone().unwrap_or_default();
+    assert!(error.contains("535"), "{error}");
+    assert!(!error.contains("not-the-password"), "{error}");
+    assert!(smtp.mails().is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_mail_server_does_not_hold_up_the_delivery() {
+    // Nothing listens on this port: every try is refused.
+    let port = crate::ftp::free_port();
+    let ws = Workspace::new();
+    let text = plain_setup(port, r#"{ type = "inline", data = "x" }"#);
+    let ledger = ws.ledger().await;
+    let config = ws.config(&text);
+    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
+    let job = ferry::job::Job::build(&config, &config.jobs[0], &env).expect("job builds");
+    let report = job
+        .run_claimed(&ledger, job.now_slot())
+        .await
+        .expect("store")
+        .expect("claimed");
+    // The run is over and recorded while its notification is still being retried.
+    assert_eq!(report.status, RunStatus::Succeeded);
+    assert_eq!(job.runner.notifications().pending(), 1);
+    let recorded = ledger
+        .store
+        .history(Some("nightly"), 1)
+        .await
+        .expect("history");
+    assert_eq!(recorded[0].bytes, Some(1), "{recorded:?}");
+
+    assert!(
+        job.runner
+            .notifications()
+            .settle(Duration::from_secs(30))
+            .await
+    );
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    assert!(!outcomes[0].sent);
+    assert_eq!(outcomes[0].attempts, 3, "a refused connection is retried");
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_is_given_up_on_in_time() {
+    // Accepts connections and says nothing (the STARTTLS hang of lettre#1027 looks alike).
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("address").port();
+    let ws = Workspace::new();
+    let text = email_notifier(
+        "users",
+        port,
+        &["alice@example.com"],
+        "security = \"none\"\ntimeout = \"1s\"\nattempts = 2",
+    ) + &email_notifier("admin", port, &["admin@example.com"], PLAIN)
+        + &job(r#"{ type = "inline", data = "x" }"#);
+    let started = tokio::time::Instant::now();
+    let (report, ledger) = run_and_settle(&ws, &text).await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    assert!(!outcomes[0].sent);
+    assert_eq!(outcomes[0].attempts, 2);
+    // Two tries of at most a second each, a backoff between: well under the 60 s wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
+
+/// What a webhook server received.
+#[derive(Debug, Clone)]
+struct Call {
+    method: Method,
+    headers: HeaderMap,
+    body: String,
+}
+
+type Calls = Arc<Mutex<Vec<Call>>>;
+
+/// A webhook endpoint answering `status` to every call and keeping what it received.
+async fn webhook_server(status: StatusCode) -> (SocketAddr, Calls) {
+    let calls = Calls::default();
+    let router = axum::Router::new()
+        .route(
+            "/hook/{token}",
+            axum::routing::any(
+                |State((calls, status)): State<(Calls, StatusCode)>,
+                 method: Method,
+                 headers: HeaderMap,
+                 body: String| async move {
+                    calls.lock().expect("calls").push(Call {
+                        method,
+                        headers,
+                        body,
+                    });
+                    status
+                },
+            ),
+        )
+        .with_state((Arc::clone(&calls), status));
+    (crate::support::serve(router).await, calls)
+}
+
+fn webhook_job(table: &str) -> String {
+    format!(
+        r#"
+[notifiers.users]
+{table}
+
+[notifiers.admin]
+type = "log"
+
+[[jobs]]
+name = "nightly"
+schedule = "@daily"
+source = {{ type = "inline", data = "a,b\n" }}
+writers = [{{ type = "local", path = "out/report.csv" }}]
+on_success = ["users"]
+on_failure = ["admin"]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_json_webhook_carries_the_run_and_a_secret_header() {
+    let (addr, calls) = webhook_server(StatusCode::OK).await;
+    // SAFETY: every test sets the same value.
+    unsafe { std::env::set_var("FERRY_TEST_HOOK_TOKEN", "hook-secret-token") };
+    let ws = Workspace::new();
+    let text = webhook_job(&format!(
+        r#"type = "webhook"
+url = "http://{addr}/hook/abc"
+headers = {{ "X-Team" = "data", Authorization = {{ env = "FERRY_TEST_HOOK_TOKEN", prefix = "Bearer " }} }}"#
+    ));
+    let (report, _) = run_and_settle(&ws, &text).await;
+    let calls = calls.lock().expect("calls").clone();
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    let call = &calls[0];
+    assert_eq!(call.method, Method::POST);
+    assert_eq!(call.headers["content-type"], "application/json");
+    assert_eq!(call.headers["authorization"], "Bearer hook-secret-token");
+    assert_eq!(call.headers["x-team"], "data");
+    let body: serde_json::Value = serde_json::from_str(&call.body).expect("JSON body");
+    assert_eq!(body["job"], "nightly");
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["bytes"], 4);
+    assert_eq!(body["run_id"], report.run_id.as_str());
+    assert_eq!(
+        body["link"],
+        report.deliveries[0].link.clone().expect("link").as_str()
+    );
+    assert_eq!(
+        body["deliveries"][0]["sha256"],
+        report.deliveries[0].sha256.as_str()
+    );
+}
+
+#[tokio::test]
+async fn chat_text_and_templated_webhooks() {
+    let (addr, calls) = webhook_server(StatusCode::NO_CONTENT).await;
+    let ws = Workspace::new();
+    let chat = webhook_job(&format!(
+        r#"type = "webhook"
+url = "http://{addr}/hook/chat"
+format = "chat""#
+    ));
+    run_and_settle(&ws, &chat).await;
+    let ws = Workspace::new();
+    let text = webhook_job(&format!(
+        r#"type = "webhook"
+url = "http://{addr}/hook/text"
+method = "PUT"
+format = "text"
+body = "{{{{ job }}}} is {{{{ status }}}} ({{{{ size }}}})""#
+    ));
+    run_and_settle(&ws, &text).await;
+    let ws = Workspace::new();
+    let json = webhook_job(&format!(
+        r#"type = "webhook"
+url = "http://{addr}/hook/json"
+body = '{{"event": "delivery", "name": {{{{ job }}}}, "ok": {{{{ succeeded }}}}, "where": {{{{ link }}}}}}'"#
+    ));
+    run_and_settle(&ws, &json).await;
+
+    let calls = calls.lock().expect("calls").clone();
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    let chat: serde_json::Value = serde_json::from_str(&calls[0].body).expect("JSON");
+    let line = chat["text"].as_str().expect("a text field");
+    assert!(
+        line.starts_with("ferry: nightly delivered 4 bytes to file://"),
+        "{line}"
+    );
+    assert_eq!(calls[1].method, Method::PUT);
+    assert_eq!(
+        calls[1].headers["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(calls[1].body, "nightly is succeeded (4 bytes)");
+    let json: serde_json::Value = serde_json::from_str(&calls[2].body).expect("JSON");
+    assert_eq!(json["event"], "delivery");
+    assert_eq!(json["name"], "nightly");
+    assert_eq!(json["ok"], true);
+    assert!(
+        json["where"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("file://")
+    );
+}
+
+#[tokio::test]
+async fn webhook_failures_retry_only_what_may_pass_and_never_show_the_url() {
+    let (addr, calls) = webhook_server(StatusCode::SERVICE_UNAVAILABLE).await;
+    let ws = Workspace::new();
+    // SAFETY: every test sets the same value.
+    unsafe {
+        std::env::set_var(
+            "FERRY_TEST_HOOK_URL",
+            format!("http://{addr}/hook/secret-url-token"),
+        );
+    };
+    let text = webhook_job(
+        r#"type = "webhook"
+url_env = "FERRY_TEST_HOOK_URL"
+attempts = 2"#,
+    );
+    let (report, ledger) = run_and_settle(&ws, &text).await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+    assert_eq!(calls.lock().expect("calls").len(), 2, "a 503 is retried");
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    let error = outcomes[0].error.clone().unwrap_or_default();
+    assert!(error.contains("503"), "{error}");
+    assert!(!error.contains("secret-url-token"), "{error}");
+
+    let (addr, calls) = webhook_server(StatusCode::BAD_REQUEST).await;
+    let ws = Workspace::new();
+    let text = webhook_job(&format!(
+        "type = \"webhook\"\nurl = \"http://{addr}/hook/x\"\nattempts = 3"
+    ));
+    let (report, ledger) = run_and_settle(&ws, &text).await;
+    assert_eq!(
+        calls.lock().expect("calls").len(),
+        1,
+        "a 400 is not retried"
+    );
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    assert_eq!(outcomes[0].attempts, 1);
+}
+
+#[tokio::test]
+async fn notify_test_sends_a_sample_and_fails_loudly_without_leaking() {
+    let ws = Workspace::new();
+    let tls = self_signed(ws.path());
+    let smtp = SmtpServer::start(Some(&tls), true);
+    let good = format!(
+        "ca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\npassword = \"{SMTP_PASSWORD}\""
+    );
+    let bad = format!(
+        "ca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\npassword = \"wrong-secret-9\""
+    );
+    let text = email_notifier("users", smtp.port, &["alice@example.com"], &good)
+        + &email_notifier("admin", smtp.port, &["admin@example.com"], &bad)
+        + &job(r#"{ type = "inline", data = "x" }"#);
+    let path = ws.job_file(&text);
+    let config = path.to_str().expect("UTF-8 path");
+
+    let output = ferry(&["notify-test", "users", "--config", config]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("users: test message (succeeded) sent after 1 attempt")
+    );
+    let mails = smtp.wait_for(1, Duration::from_secs(10)).await;
+    assert!(mails[0].text().contains("notify-test"), "{mails:#?}");
+
+    let output = ferry(&["notify-test", "admin", "--failure", "--config", config]);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("admin: not sent after 1 attempt"),
+        "{}",
+        show(&output)
+    );
+    assert!(stderr.contains("535"), "{}", show(&output));
+    assert!(!stderr.contains("wrong-secret-9"), "{}", show(&output));
+
+    let output = ferry(&["notify-test", "nobody", "--config", config]);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+}
