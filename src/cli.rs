@@ -308,18 +308,28 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
+/// The outcome of naming a `what` (job, notifier) the job file does not define.
+fn unknown<'a>(
+    config: &Config,
+    what: &str,
+    name: &str,
+    known: impl Iterator<Item = &'a String>,
+) -> Outcome {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    Outcome::fail(
+        2,
+        format!(
+            "ferry: no {what} named {name:?} in {} ({what}s: {})\n",
+            config.origin,
+            known.join(", ")
+        ),
+    )
+}
+
 /// Sends a test message through notifier `name` of `config`, as `ferry notify-test` does.
 pub async fn notify_test(config: &Config, name: &str, failure: bool) -> Outcome {
     let Some((key, settings)) = config.notifiers.get_key_value(name) else {
-        let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
-        return Outcome::fail(
-            2,
-            format!(
-                "ferry: no notifier named {name:?} in {} (notifiers: {})\n",
-                config.origin,
-                known.join(", ")
-            ),
-        );
+        return unknown(config, "notifier", name, config.notifiers.keys());
     };
     let built =
         BuildEnv::new(config.base_dir.clone()).and_then(|env| settings.settings().build(key, &env));
@@ -359,15 +369,7 @@ const NOTIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
 /// Runs job `name` of `config` now and reports its receipts.
 pub async fn trigger(config: &Config, name: &str, json: bool) -> Outcome {
     let Some(job_config) = config.job(name) else {
-        let known: Vec<&str> = config.jobs.iter().map(|j| j.name.as_str()).collect();
-        return Outcome::fail(
-            2,
-            format!(
-                "ferry: no job named {name:?} in {} (jobs: {})\n",
-                config.origin,
-                known.join(", ")
-            ),
-        );
+        return unknown(config, "job", name, config.jobs.iter().map(|j| &j.name));
     };
     let built =
         BuildEnv::new(config.base_dir.clone()).and_then(|env| Job::build(config, job_config, &env));

@@ -280,3 +280,41 @@ writers = [{ type = "ftp", host = "h", path = "/a", security = "explicit_tls", c
 "#;
     assert_one(text, 5, 123, "cannot be combined with `ca_file`");
 }
+
+#[test]
+fn a_broken_mail_template_is_placed_at_its_key() {
+    let text = r#"[notifiers.users]
+type = "email"
+host = "smtp.example.com"
+from = "ferry@example.com"
+to = ["a@example.com"]
+body = "Line one\n{% if succeeded %}no end"
+"#;
+    assert_one(text, 6, 8, "template line 2");
+}
+
+#[test]
+fn a_bad_recipient_is_placed_at_its_index() {
+    let text = r#"[notifiers.users]
+type = "email"
+host = "smtp.example.com"
+from = "ferry@example.com"
+to = ["a@example.com", "not an address"]
+"#;
+    assert_one(text, 5, 24, "not an address");
+}
+
+#[test]
+fn an_unknown_default_notifier() {
+    let text = format!("[defaults]\non_failure = [\"ops\"]\n{GOOD_JOB}");
+    assert_one(&text, 2, 15, "no notifier named \"ops\"");
+}
+
+#[test]
+fn a_webhook_without_a_url() {
+    let text = r#"[notifiers.chat]
+type = "webhook"
+format = "chat"
+"#;
+    assert_one(text, 1, 1, "give `url`, `url_env` or `url_file`");
+}

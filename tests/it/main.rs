@@ -11,6 +11,7 @@ mod process;
 mod resume;
 mod retry;
 mod s3;
+mod scenario;
 mod schedule;
 mod sources;
 mod store;

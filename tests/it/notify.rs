@@ -325,17 +325,25 @@ async fn a_failure_mail_reaches_the_admin_once_after_the_last_retry() {
     );
 }
 
-#[tokio::test]
-async fn starttls_with_a_self_signed_certificate_and_a_login() {
-    let ws = Workspace::new();
+/// A STARTTLS server with a generated certificate and a required login, and a job file
+/// whose users and admin log in with `password` (a key and its value, e.g.
+/// `password = "…"`).
+fn secure_setup(ws: &Workspace, password: &str) -> (SmtpServer, String) {
     let tls = self_signed(ws.path());
     let smtp = SmtpServer::start(Some(&tls), true);
     let secure = format!(
-        "security = \"starttls\"\nca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\npassword_env = \"FERRY_TEST_SMTP_PASSWORD\""
+        "security = \"starttls\"\nca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\n{password}"
     );
     let text = email_notifier("users", smtp.port, &["alice@example.com"], &secure)
         + &email_notifier("admin", smtp.port, &["admin@example.com"], &secure)
         + &job(r#"{ type = "inline", data = "x" }"#);
+    (smtp, text)
+}
+
+#[tokio::test]
+async fn starttls_with_a_self_signed_certificate_and_a_login() {
+    let ws = Workspace::new();
+    let (smtp, text) = secure_setup(&ws, "password_env = \"FERRY_TEST_SMTP_PASSWORD\"");
     let (report, ledger) = run_and_settle(&ws, &text).await;
     assert_eq!(report.status, RunStatus::Succeeded);
     let mails = smtp.wait_for(1, Duration::from_secs(10)).await;
@@ -365,14 +373,7 @@ async fn starttls_with_a_self_signed_certificate_and_a_login() {
 #[tokio::test]
 async fn an_authentication_failure_is_recorded_while_the_delivery_succeeds() {
     let ws = Workspace::new();
-    let tls = self_signed(ws.path());
-    let smtp = SmtpServer::start(Some(&tls), true);
-    let wrong = format!(
-        "ca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\npassword = \"not-the-password\""
-    );
-    let text = email_notifier("users", smtp.port, &["alice@example.com"], &wrong)
-        + &email_notifier("admin", smtp.port, &["admin@example.com"], &wrong)
-        + &job(r#"{ type = "inline", data = "x" }"#);
+    let (smtp, text) = secure_setup(&ws, "password = \"not-the-password\"");
     let (report, ledger) = run_and_settle(&ws, &text).await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
     assert!(ws.path().join("out/report.csv").exists());

@@ -362,3 +362,47 @@ async fn two_stores_claim_each_slot_exactly_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn notification_outcomes_are_kept_and_replaced() {
+    for (backend, store, _dir) in stores().await {
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        let failed = ferry::state::NotificationRecord {
+            run_id: &run_id,
+            notifier: "admin",
+            sent: false,
+            attempts: 3,
+            error: Some("send mail via smtp:587: connection refused"),
+        };
+        store.record_notification(&failed).await.expect("record");
+        store
+            .record_notification(&ferry::state::NotificationRecord {
+                notifier: "users",
+                sent: true,
+                attempts: 1,
+                error: None,
+                ..failed.clone()
+            })
+            .await
+            .expect("record");
+        let kept = store.notifications(&run_id).await.expect("read");
+        assert_eq!(kept.len(), 2, "{backend}");
+        assert_eq!(kept[0].notifier, "admin", "{backend}");
+        assert!(!kept[0].sent, "{backend}");
+        assert_eq!(kept[0].attempts, 3, "{backend}");
+        assert!(kept[1].sent && kept[1].error.is_none(), "{backend}");
+        // A later outcome for the same notifier replaces the earlier one.
+        store
+            .record_notification(&ferry::state::NotificationRecord {
+                sent: true,
+                attempts: 4,
+                error: None,
+                ..failed
+            })
+            .await
+            .expect("record again");
+        let kept = store.notifications(&run_id).await.expect("read");
+        assert_eq!(kept.len(), 2, "{backend}");
+        assert!(kept[0].sent && kept[0].attempts == 4, "{backend}: {kept:?}");
+    }
+}
