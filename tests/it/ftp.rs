@@ -2,7 +2,7 @@
 //! backend, and a password check.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -383,5 +383,189 @@ async fn a_cut_connection_resumes_where_the_server_left_off() {
     assert_eq!(
         files_under(root.path()),
         vec!["in/resumable.bin".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn overwrite_false_keeps_an_existing_file() {
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(root.path().join("in")).expect("directory");
+    std::fs::write(root.path().join("in/export.csv"), "yesterday\n").expect("existing file");
+    let (port, _server) = serve(root.path()).await;
+    let ws = Workspace::new();
+    let source = r#"{ type = "inline", data = "today\n" }"#;
+    let report = run(
+        &ws,
+        &ftp_job(source, port, "/in/export.csv", ", overwrite = false"),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Failed);
+    assert_eq!(report.error.expect("failure").kind, ErrorKind::Rejected);
+    assert_eq!(report.attempts, 1, "an existing file is not retried");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("in/export.csv")).expect("kept"),
+        "yesterday\n"
+    );
+
+    // By default the new file replaces it.
+    let report = run(&ws, &ftp_job(source, port, "/in/export.csv", "")).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("in/export.csv")).expect("replaced"),
+        "today\n"
+    );
+    assert_eq!(files_under(root.path()), vec!["in/export.csv".to_owned()]);
+}
+
+/// ProFTPD (Debian's `proftpd-core`) with mod_digest: a server that offers HASH and
+/// XSHA256. Chrooted to a temporary directory, so it runs as root only.
+struct ProFtpd {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+/// `ftp-test-password`, MD5-crypted (`openssl passwd -1 -salt ferrysal`).
+const PROFTPD_HASH: &str = "$1$ferrysal$nMOJHy2.dqRywGT6WpfkU0";
+
+impl ProFtpd {
+    async fn start(binary: &std::ffi::OsStr) -> ProFtpd {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::create_dir(dir.path().join("root")).expect("root");
+        let port = free_port();
+        let passive = free_port();
+        let config = format!(
+            r#"ServerName "ferry test"
+ServerType standalone
+Port {port}
+DefaultAddress 127.0.0.1
+SocketBindTight on
+UseIPv6 off
+PidFile {pid}
+ScoreboardFile {scoreboard}
+DelayTable none
+WtmpLog off
+UseReverseDNS off
+User root
+Group root
+RootLogin on
+AuthOrder mod_auth_file.c
+AuthUserFile {passwd}
+AuthGroupFile {group}
+RequireValidShell off
+DefaultRoot ~
+PassivePorts {passive} {passive_end}
+AllowOverwrite on
+AllowStoreRestart on
+SystemLog {system}
+TransferLog none
+LogFormat commands "%m %J"
+ExtendedLog {commands} ALL commands
+ModulePath /usr/lib/proftpd
+LoadModule mod_digest.c
+DigestEngine on
+"#,
+            pid = path("proftpd.pid"),
+            scoreboard = path("proftpd.scoreboard"),
+            passwd = path("passwd"),
+            group = path("group"),
+            passive_end = passive.saturating_add(20),
+            system = path("system.log"),
+            commands = path("commands.log"),
+        );
+        std::fs::write(dir.path().join("proftpd.conf"), config).expect("config");
+        for (name, line) in [
+            (
+                "passwd",
+                format!("{USER}:{PROFTPD_HASH}:0:0::{}:/bin/false\n", path("root")),
+            ),
+            ("group", "root:x:0:\n".to_owned()),
+        ] {
+            let file = dir.path().join(name);
+            std::fs::write(&file, line).expect("auth file");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .expect("private auth file");
+        }
+        let child = std::process::Command::new(binary)
+            .args(["-n", "-c"])
+            .arg(dir.path().join("proftpd.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start proftpd");
+        let server = ProFtpd { child, dir, port };
+        for _ in 0..250 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let log = std::fs::read_to_string(server.dir.path().join("system.log")).unwrap_or_default();
+        panic!("proftpd did not start on port {port}:\n{log}");
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// The commands the server received, one a line.
+    fn commands(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("commands.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ProFtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_offers_hash_confirms_the_sha256() {
+    // Set by `.ci/run`, which installs proftpd-core; chrooting needs root.
+    let Some(binary) = std::env::var_os("FERRY_TEST_PROFTPD") else {
+        eprintln!("ProFTPD test not run: FERRY_TEST_PROFTPD is not set");
+        return;
+    };
+    assert_eq!(
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() },
+        0,
+        "FERRY_TEST_PROFTPD is set: the ProFTPD test runs as root"
+    );
+    let server = ProFtpd::start(&binary).await;
+    let ws = Workspace::new();
+    random_file(&ws.path().join("big.bin"), 5 << 20);
+    let report = run(
+        &ws,
+        &ftp_job(
+            r#"{ type = "file", path = "big.bin" }"#,
+            server.port,
+            "/in/hashed.bin",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let want = sha256_file(&ws.path().join("big.bin"));
+    assert_eq!(sha256_file(&server.root().join("in/hashed.bin")), want);
+    assert_eq!(
+        files_under(&server.root()),
+        vec!["in/hashed.bin".to_owned()]
+    );
+    // ferry asked for SHA-256 (the server's default is SHA-1) and a hash of the upload.
+    let commands = server.commands();
+    assert!(commands.contains("OPTS HASH SHA-256"), "{commands}");
+    assert!(
+        commands
+            .lines()
+            .any(|line| line.starts_with("HASH /in/hashed.bin.partial-")),
+        "{commands}"
     );
 }
