@@ -174,19 +174,35 @@ pub async fn history(config: &Config, job: Option<&str>, limit: u32, json: bool)
         Ok(runs) => runs,
         Err(err) => return Outcome::fail(1, format!("ferry: {err}\n")),
     };
+    // How each run's notifications went (a store that cannot tell leaves them out).
+    let mut notified = Vec::with_capacity(runs.len());
+    for run in &runs {
+        notified.push(store.notifications(&run.run_id).await.unwrap_or_default());
+    }
     if json {
-        return match serde_json::to_string_pretty(&runs) {
+        #[derive(serde::Serialize)]
+        struct Entry<'a> {
+            #[serde(flatten)]
+            run: &'a crate::state::RunRecord,
+            notifications: &'a [crate::state::NotificationOutcome],
+        }
+        let entries: Vec<Entry<'_>> = runs
+            .iter()
+            .zip(&notified)
+            .map(|(run, notifications)| Entry { run, notifications })
+            .collect();
+        return match serde_json::to_string_pretty(&entries) {
             Ok(text) => Outcome::ok(text + "\n"),
             Err(err) => Outcome::fail(1, format!("ferry: cannot render the history: {err}\n")),
         };
     }
     let mut rows = vec![
         [
-            "JOB", "SLOT", "OUTCOME", "ATTEMPTS", "DURATION", "BYTES", "LOCATION",
+            "JOB", "SLOT", "OUTCOME", "ATTEMPTS", "DURATION", "BYTES", "NOTIFIED", "LOCATION",
         ]
         .map(str::to_owned),
     ];
-    for run in &runs {
+    for (run, notifications) in runs.iter().zip(&notified) {
         let duration = run.finished_at.map_or_else(String::new, |end| {
             let ms = (end - run.started_at).num_milliseconds().max(0);
             format!("{:.1}s", ms as f64 / 1000.0)
@@ -198,6 +214,13 @@ pub async fn history(config: &Config, job: Option<&str>, limit: u32, json: bool)
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
         };
+        let notified: Vec<String> = notifications
+            .iter()
+            .map(|n| match n.sent {
+                true => n.notifier.clone(),
+                false => format!("{} (not sent)", n.notifier),
+            })
+            .collect();
         rows.push([
             run.job.clone(),
             run.slot_local.clone(),
@@ -205,6 +228,7 @@ pub async fn history(config: &Config, job: Option<&str>, limit: u32, json: bool)
             run.attempts.to_string(),
             duration,
             run.bytes.map_or_else(String::new, |b| b.to_string()),
+            notified.join(", "),
             run.location.clone().unwrap_or_default(),
         ]);
     }

@@ -166,7 +166,7 @@ pub struct NotificationRecord<'a> {
 }
 
 /// A notification's outcome, read back from the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NotificationOutcome {
     /// The notifier's name.
     pub notifier: String,

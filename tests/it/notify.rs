@@ -672,3 +672,39 @@ async fn notify_test_sends_a_sample_and_fails_loudly_without_leaking() {
     let output = ferry(&["notify-test", "nobody", "--config", config]);
     assert_eq!(output.status.code(), Some(2), "{}", show(&output));
 }
+
+#[tokio::test]
+async fn trigger_waits_for_notifications_and_history_shows_them() {
+    let smtp = SmtpServer::start(None, false);
+    let dead = crate::ftp::free_port();
+    let ws = Workspace::new();
+    let text = email_notifier("users", smtp.port, &["alice@example.com"], PLAIN)
+        + &format!(
+            "\n[notifiers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{dead}/hook\"\nattempts = 1\n"
+        )
+        + &job(r#"{ type = "inline", data = "x" }"#)
+            .replace(
+                "on_success = [\"users\"]",
+                "on_success = [\"users\", \"hook\"]",
+            )
+            .replace("on_failure = [\"admin\"]", "on_failure = []");
+    let path = ws.job_file(&text);
+    let config = path.to_str().expect("UTF-8 path");
+    let output = ferry(&["trigger", "nightly", "--config", config]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    // The mail went out before the command exited.
+    assert_eq!(smtp.mails().len(), 1, "{}", show(&output));
+
+    let output = ferry(&["history", "--config", config]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.lines().next().unwrap_or_default().contains("NOTIFIED"),
+        "{text}"
+    );
+    assert!(text.contains("hook (not sent), users"), "{text}");
+    let output = ferry(&["history", "--json", "--config", config]);
+    let runs: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(runs[0]["notifications"][1]["notifier"], "users");
+    assert_eq!(runs[0]["notifications"][1]["sent"], true);
+    assert_eq!(runs[0]["notifications"][0]["sent"], false);
+}
