@@ -423,6 +423,7 @@ struct ProFtpd {
     child: std::process::Child,
     dir: tempfile::TempDir,
     port: u16,
+    binary: std::ffi::OsString,
 }
 
 /// `ftp-test-password`, MD5-crypted (`openssl passwd -1 -salt ferrysal`).
@@ -488,25 +489,58 @@ DigestEngine on
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
                 .expect("private auth file");
         }
-        let child = std::process::Command::new(binary)
+        let child = ProFtpd::spawn(binary, dir.path());
+        let mut server = ProFtpd {
+            child,
+            dir,
+            port,
+            binary: binary.to_owned(),
+        };
+        server.wait_until_up().await;
+        server
+    }
+
+    fn spawn(binary: &std::ffi::OsStr, dir: &Path) -> std::process::Child {
+        use std::os::unix::process::CommandExt as _;
+        std::process::Command::new(binary)
+            // Its own process group: killing it kills the session processes it forks.
+            .process_group(0)
             .args(["-n", "-c"])
-            .arg(dir.path().join("proftpd.conf"))
+            .arg(dir.join("proftpd.conf"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("start proftpd");
-        let server = ProFtpd { child, dir, port };
+            .expect("start proftpd")
+    }
+
+    async fn wait_until_up(&mut self) {
         for _ in 0..250 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
                 .is_ok()
             {
-                return server;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let log = std::fs::read_to_string(server.dir.path().join("system.log")).unwrap_or_default();
-        panic!("proftpd did not start on port {port}:\n{log}");
+        let log = std::fs::read_to_string(self.dir.path().join("system.log")).unwrap_or_default();
+        panic!("proftpd did not start on port {}:\n{log}", self.port);
+    }
+
+    /// Kills the server and its sessions (every connection dies mid-transfer).
+    fn kill(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: killpg has no memory-safety preconditions; the group is the server's.
+            unsafe { libc::killpg(pid, libc::SIGKILL) };
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the same files.
+    async fn restart(&mut self) {
+        self.kill();
+        self.child = ProFtpd::spawn(&self.binary, self.dir.path());
+        self.wait_until_up().await;
     }
 
     fn root(&self) -> PathBuf {
@@ -521,24 +555,31 @@ DigestEngine on
 
 impl Drop for ProFtpd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
-#[tokio::test]
-async fn a_server_that_offers_hash_confirms_the_sha256() {
-    // Set by `.ci/run`, which installs proftpd-core; chrooting needs root.
+/// The ProFTPD binary to test against, from `FERRY_TEST_PROFTPD` (set by `.ci/run`, which
+/// installs proftpd-core); `None` (the test is not run, and says so) when unset.
+fn proftpd() -> Option<std::ffi::OsString> {
     let Some(binary) = std::env::var_os("FERRY_TEST_PROFTPD") else {
         eprintln!("ProFTPD test not run: FERRY_TEST_PROFTPD is not set");
-        return;
+        return None;
     };
     assert_eq!(
         // SAFETY: geteuid has no preconditions and cannot fail.
         unsafe { libc::geteuid() },
         0,
-        "FERRY_TEST_PROFTPD is set: the ProFTPD test runs as root"
+        "FERRY_TEST_PROFTPD is set: the ProFTPD tests chroot, so they run as root"
     );
+    Some(binary)
+}
+
+#[tokio::test]
+async fn a_server_that_offers_hash_confirms_the_sha256() {
+    let Some(binary) = proftpd() else {
+        return;
+    };
     let server = ProFtpd::start(&binary).await;
     let ws = Workspace::new();
     random_file(&ws.path().join("big.bin"), 5 << 20);
@@ -566,6 +607,81 @@ async fn a_server_that_offers_hash_confirms_the_sha256() {
         commands
             .lines()
             .any(|line| line.starts_with("HASH /in/hashed.bin.partial-")),
+        "{commands}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_proftpd_is_resumed_with_rest() {
+    let Some(binary) = proftpd() else {
+        return;
+    };
+    let mut server = ProFtpd::start(&binary).await;
+    let ws = Workspace::new();
+    let input = ws.path().join("input.bin");
+    random_file(&input, 48 << 20);
+    let text = ftp_job(
+        r#"{ type = "file", path = "input.bin" }"#,
+        server.port,
+        "/in/resumable.bin",
+        "",
+    )
+    .replace(
+        "schedule = \"0 0 0 * * Mon-Fri\"",
+        "schedule = \"0 0 0 * * Mon-Fri\"\nrate_limit = \"12MiB\"",
+    )
+    .replace(
+        "retry = { max_attempts = 3, initial_interval = \"100ms\" }",
+        "retry = { max_attempts = 12, initial_interval = \"500ms\", max_interval = \"1s\" }",
+    );
+    assert!(text.contains("rate_limit") && text.contains("max_attempts = 12"));
+    let ledger = ws.ledger().await;
+    let watched = server.root().join("in");
+    let killer = tokio::spawn(async move {
+        loop {
+            let held: u64 = std::fs::read_dir(&watched)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|entry| entry.metadata().ok())
+                .map(|meta| meta.len())
+                .sum();
+            if held >= 36 << 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.kill();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        server.restart().await;
+        server
+    });
+    let report = run_with(&ws, &text, Some(&ledger)).await;
+    let server = killer.await.expect("restarted");
+    eprintln!(
+        "ProFTPD: resumed from byte {} of {}; attempts {}",
+        report.resumed_from,
+        48u64 << 20,
+        report.attempts
+    );
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert!(report.attempts >= 2, "{report:#?}");
+    assert!(
+        report.resumed_from >= 8 << 20 && report.resumed_from < 48 << 20,
+        "resumed part-way: {}",
+        report.resumed_from
+    );
+    assert_eq!(
+        sha256_file(&server.root().join("in/resumable.bin")),
+        sha256_file(&input)
+    );
+    assert_eq!(
+        files_under(&server.root()),
+        vec!["in/resumable.bin".to_owned()]
+    );
+    let commands = server.commands();
+    assert!(
+        commands.lines().any(|line| line.starts_with("REST ")),
         "{commands}"
     );
 }
