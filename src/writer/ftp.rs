@@ -643,6 +643,9 @@ impl Writer for FtpWriter {
                 .and_then(|checkpoint| UploadCheckpoint::of(checkpoint, &temp))
                 .unwrap_or_default();
             let Some(at) = saved.states.iter().position(|state| state.bytes == offset) else {
+                // Without the hash at that point the file cannot be continued: the next
+                // attempt starts over.
+                payload.save_checkpoint(serde_json::Value::Null, 0).await;
                 return Err(DeliveryError::new(
                     ErrorKind::Integrity,
                     format!("no hash state recorded at byte {offset} of {temp}"),
