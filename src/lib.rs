@@ -94,11 +94,24 @@ impl RunContext {
 /// that a few chunks in flight per writer keep memory flat.
 pub const CHUNK_SIZE: usize = 256 * 1024;
 
-/// This machine's host name, as the kernel tells it (`localhost` if it cannot be read).
+/// This machine's host name, as the kernel tells it (`localhost` if it cannot be told).
+/// Asked with gethostname(2): under systemd's `ProcSubset=pid` /proc/sys is hidden.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    let done = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if done == 0 && !name.is_empty() => name.to_owned(),
+        _ => "localhost".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_host_name_is_the_kernels() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        assert_eq!(super::host_name(), kernel.trim());
+    }
 }
