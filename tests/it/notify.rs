@@ -708,3 +708,76 @@ async fn trigger_waits_for_notifications_and_history_shows_them() {
     assert_eq!(runs[0]["notifications"][1]["sent"], true);
     assert_eq!(runs[0]["notifications"][0]["sent"], false);
 }
+
+/// Terminates TLS on a free port and passes the plain bytes on to `backend`, as stunnel
+/// would: the SMTP server above (which speaks STARTTLS only) reached over implicit TLS.
+async fn tls_front(tls: &Tls, backend: u16) -> u16 {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .expect("certificate file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(&tls.key).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut secured) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut secured, &mut plain).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn implicit_tls_smtps() {
+    let ws = Workspace::new();
+    let tls = self_signed(ws.path());
+    let smtp = SmtpServer::start(None, false);
+    let port = tls_front(&tls, smtp.port).await;
+    let smtps = "security = \"tls\"\nca_file = \"server.pem\"";
+    let text = email_notifier("users", port, &["alice@example.com"], smtps)
+        + &email_notifier("admin", port, &["admin@example.com"], smtps)
+        + &job(r#"{ type = "inline", data = "x" }"#);
+    let (report, ledger) = run_and_settle(&ws, &text).await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    assert!(outcomes[0].sent, "{outcomes:?}");
+    assert_eq!(smtp.mails().len(), 1);
+    assert_eq!(smtp.mails()[0].to, vec!["alice@example.com"]);
+
+    // Speaking plain SMTP to the TLS port gets nowhere, and says so.
+    let plain = text
+        .replace("security = \"tls\"\nca_file = \"server.pem\"", PLAIN)
+        .replace("name = \"nightly\"", "name = \"nightly-plain\"");
+    let plain = plain.replace(
+        "[notifiers.users]",
+        "[notifiers.users]\ntimeout = \"2s\"\nattempts = 1",
+    );
+    let (report, ledger) = run_and_settle(&ws, &plain).await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    assert!(!outcomes[0].sent, "{outcomes:?}");
+    assert_eq!(smtp.mails().len(), 1);
+}
