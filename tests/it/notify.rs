@@ -94,6 +94,10 @@ impl Handler for Session {
     }
 
     fn auth_plain(&mut self, _authz: &str, user: &str, password: &str) -> Response {
+        self.auth_login(user, password)
+    }
+
+    fn auth_login(&mut self, user: &str, password: &str) -> Response {
         match &self.login {
             Some((u, p)) if u == user && p == password => AUTH_OK,
             _ => INVALID_CREDENTIALS,
@@ -114,6 +118,17 @@ pub(crate) struct SmtpServer {
 
 impl SmtpServer {
     pub(crate) fn start(tls: Option<&Tls>, login: bool) -> SmtpServer {
+        let mechanisms = if login {
+            vec![AuthMechanism::Plain]
+        } else {
+            Vec::new()
+        };
+        SmtpServer::start_with(tls, mechanisms)
+    }
+
+    /// A server requiring a login with one of `mechanisms` (none: no login).
+    pub(crate) fn start_with(tls: Option<&Tls>, mechanisms: Vec<AuthMechanism>) -> SmtpServer {
+        let login = !mechanisms.is_empty();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind SMTP port");
         let port = listener.local_addr().expect("address").port();
         let inbox = Arc::new(Mutex::new(Vec::new()));
@@ -132,8 +147,8 @@ impl SmtpServer {
                 })
                 .expect("TLS settings");
         }
-        if login {
-            server.with_auth(AuthMechanism::Plain);
+        for mechanism in mechanisms {
+            server.with_auth(mechanism);
         }
         std::thread::spawn(move || {
             if let Err(err) = server.serve() {
@@ -779,5 +794,23 @@ async fn implicit_tls_smtps() {
     assert_eq!(report.status, RunStatus::Succeeded);
     let outcomes = notification_outcomes(&ledger, &report).await;
     assert!(!outcomes[0].sent, "{outcomes:?}");
+    assert_eq!(smtp.mails().len(), 1);
+}
+
+#[tokio::test]
+async fn a_server_offering_only_login_gets_login() {
+    let ws = Workspace::new();
+    let tls = self_signed(ws.path());
+    let smtp = SmtpServer::start_with(Some(&tls), vec![AuthMechanism::Login]);
+    let secure = format!(
+        "ca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\npassword = \"{SMTP_PASSWORD}\""
+    );
+    let text = email_notifier("users", smtp.port, &["alice@example.com"], &secure)
+        + &email_notifier("admin", smtp.port, &["admin@example.com"], &secure)
+        + &job(r#"{ type = "inline", data = "x" }"#);
+    let (report, ledger) = run_and_settle(&ws, &text).await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    assert!(outcomes[0].sent, "{outcomes:?}");
     assert_eq!(smtp.mails().len(), 1);
 }
