@@ -308,14 +308,9 @@ async fn explicit_tls_trusts_the_ca_file_and_nothing_else() {
     );
 }
 
-#[tokio::test]
-async fn a_cut_connection_resumes_where_the_server_left_off() {
-    let root = tempfile::tempdir().expect("temp dir");
-    let ws = Workspace::new();
-    let input = ws.path().join("input.bin");
-    random_file(&input, 64 << 20);
-    let port = free_port();
-    let mut server = FtpServer::start(root.path(), port, None).await;
+/// A job uploading `input.bin` to `/in/resumable.bin` slowly (12 MiB/s), retrying for as
+/// long as a server may stay away.
+fn resumable_job(port: u16) -> String {
     let text = ftp_job(
         r#"{ type = "file", path = "input.bin" }"#,
         port,
@@ -326,7 +321,6 @@ async fn a_cut_connection_resumes_where_the_server_left_off() {
         "schedule = \"0 0 0 * * Mon-Fri\"",
         "schedule = \"0 0 0 * * Mon-Fri\"\nrate_limit = \"12MiB\"",
     )
-    // However long the server stays away, attempts keep coming until it is back.
     .replace(
         "retry = { max_attempts = 3, initial_interval = \"100ms\" }",
         "retry = { max_attempts = 12, initial_interval = \"500ms\", max_interval = \"1s\" }",
@@ -335,6 +329,35 @@ async fn a_cut_connection_resumes_where_the_server_left_off() {
         text.contains("max_attempts = 12") && text.contains("rate_limit"),
         "{text}"
     );
+    text
+}
+
+/// Waits until the files in `dir` hold `bytes` in all.
+async fn wait_until_held(dir: &Path, bytes: u64) {
+    loop {
+        let held: u64 = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.metadata().ok())
+            .map(|meta| meta.len())
+            .sum();
+        if held >= bytes {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cut_connection_resumes_where_the_server_left_off() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let ws = Workspace::new();
+    let input = ws.path().join("input.bin");
+    random_file(&input, 64 << 20);
+    let port = free_port();
+    let mut server = FtpServer::start(root.path(), port, None).await;
+    let text = resumable_job(port);
     let ledger = ws.ledger().await;
 
     // Cut every connection once the server holds 40 MiB of the temporary file (after the
@@ -343,19 +366,7 @@ async fn a_cut_connection_resumes_where_the_server_left_off() {
     let watched = root.path().join("in");
     let root_path = root.path().to_path_buf();
     let restarter = tokio::spawn(async move {
-        loop {
-            let held: u64 = std::fs::read_dir(&watched)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|entry| entry.metadata().ok())
-                .map(|meta| meta.len())
-                .sum();
-            if held >= 40 << 20 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until_held(&watched, 40 << 20).await;
         server.stop();
         tokio::time::sleep(Duration::from_secs(2)).await;
         FtpServer::start(&root_path, port, None).await
@@ -620,37 +631,11 @@ async fn a_killed_proftpd_is_resumed_with_rest() {
     let ws = Workspace::new();
     let input = ws.path().join("input.bin");
     random_file(&input, 48 << 20);
-    let text = ftp_job(
-        r#"{ type = "file", path = "input.bin" }"#,
-        server.port,
-        "/in/resumable.bin",
-        "",
-    )
-    .replace(
-        "schedule = \"0 0 0 * * Mon-Fri\"",
-        "schedule = \"0 0 0 * * Mon-Fri\"\nrate_limit = \"12MiB\"",
-    )
-    .replace(
-        "retry = { max_attempts = 3, initial_interval = \"100ms\" }",
-        "retry = { max_attempts = 12, initial_interval = \"500ms\", max_interval = \"1s\" }",
-    );
-    assert!(text.contains("rate_limit") && text.contains("max_attempts = 12"));
+    let text = resumable_job(server.port);
     let ledger = ws.ledger().await;
     let watched = server.root().join("in");
     let killer = tokio::spawn(async move {
-        loop {
-            let held: u64 = std::fs::read_dir(&watched)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|entry| entry.metadata().ok())
-                .map(|meta| meta.len())
-                .sum();
-            if held >= 36 << 20 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until_held(&watched, 36 << 20).await;
         server.kill();
         tokio::time::sleep(Duration::from_secs(1)).await;
         server.restart().await;

@@ -340,6 +340,14 @@ async fn a_failure_mail_reaches_the_admin_once_after_the_last_retry() {
     );
 }
 
+/// Users (alice) and admin on the server at `port`, both with `extra` settings, and the job
+/// delivering one byte.
+fn alice_and_admin(port: u16, extra: &str) -> String {
+    email_notifier("users", port, &["alice@example.com"], extra)
+        + &email_notifier("admin", port, &["admin@example.com"], extra)
+        + &job(r#"{ type = "inline", data = "x" }"#)
+}
+
 /// A STARTTLS server with a generated certificate and a required login, and a job file
 /// whose users and admin log in with `password` (a key and its value, e.g.
 /// `password = "…"`).
@@ -349,9 +357,7 @@ fn secure_setup(ws: &Workspace, password: &str) -> (SmtpServer, String) {
     let secure = format!(
         "security = \"starttls\"\nca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\n{password}"
     );
-    let text = email_notifier("users", smtp.port, &["alice@example.com"], &secure)
-        + &email_notifier("admin", smtp.port, &["admin@example.com"], &secure)
-        + &job(r#"{ type = "inline", data = "x" }"#);
+    let text = alice_and_admin(smtp.port, &secure);
     (smtp, text)
 }
 
@@ -772,9 +778,7 @@ async fn implicit_tls_smtps() {
     let smtp = SmtpServer::start(None, false);
     let port = tls_front(&tls, smtp.port).await;
     let smtps = "security = \"tls\"\nca_file = \"server.pem\"";
-    let text = email_notifier("users", port, &["alice@example.com"], smtps)
-        + &email_notifier("admin", port, &["admin@example.com"], smtps)
-        + &job(r#"{ type = "inline", data = "x" }"#);
+    let text = alice_and_admin(port, smtps);
     let (report, ledger) = run_and_settle(&ws, &text).await;
     assert_eq!(report.status, RunStatus::Succeeded);
     let outcomes = notification_outcomes(&ledger, &report).await;
@@ -805,9 +809,7 @@ async fn a_server_offering_only_login_gets_login() {
     let secure = format!(
         "ca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\npassword = \"{SMTP_PASSWORD}\""
     );
-    let text = email_notifier("users", smtp.port, &["alice@example.com"], &secure)
-        + &email_notifier("admin", smtp.port, &["admin@example.com"], &secure)
-        + &job(r#"{ type = "inline", data = "x" }"#);
+    let text = alice_and_admin(smtp.port, &secure);
     let (report, ledger) = run_and_settle(&ws, &text).await;
     assert_eq!(report.status, RunStatus::Succeeded);
     let outcomes = notification_outcomes(&ledger, &report).await;
