@@ -716,10 +716,10 @@ impl Daemon {
             self.tracker.wait().await;
         }
         // Notifications of finished runs get what is left of the deadline.
-        let pending = self.notifications.pending();
-        if pending > 0 {
+        if self.notifications.pending() > 0 {
             let left = self.shutdown_timeout.saturating_sub(began.elapsed());
-            if !now && !self.notifications.settle(left).await {
+            let settled = !now && self.notifications.settle(left).await;
+            if !settled {
                 tracing::warn!(
                     pending = self.notifications.pending(),
                     "Notifications still unsent at the shutdown deadline are dropped."
