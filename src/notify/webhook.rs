@@ -275,12 +275,13 @@ impl WebhookNotifier {
     /// The body and its content type.
     fn body(&self, facts: &Facts) -> Result<(String, &'static str), DeliveryError> {
         let json = "application/json";
-        match (self.format, &self.body) {
+        // `build` gives chat and text a template always (a default if none was written).
+        let rendered = self.body.as_ref().map(|t| t.render(facts)).transpose()?;
+        match (self.format, rendered) {
             (WebhookFormat::Json, None) => serde_json::to_string(facts)
                 .map(|body| (body, json))
                 .map_err(|err| DeliveryError::new(ErrorKind::Config, err.to_string())),
-            (WebhookFormat::Json, Some(template)) => {
-                let body = template.render(facts)?;
+            (WebhookFormat::Json, Some(body)) => {
                 serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|err| {
                     DeliveryError::new(
                         ErrorKind::Config,
@@ -289,20 +290,15 @@ impl WebhookNotifier {
                 })?;
                 Ok((body, json))
             }
-            (WebhookFormat::Chat, template) => {
-                let text = match template {
-                    Some(template) => template.render(facts)?,
-                    None => String::new(),
-                };
-                let body = serde_json::json!({ "text": text.trim_end() }).to_string();
-                Ok((body, json))
+            (WebhookFormat::Chat, text) => {
+                let text = text.unwrap_or_default();
+                Ok((
+                    serde_json::json!({ "text": text.trim_end() }).to_string(),
+                    json,
+                ))
             }
-            (WebhookFormat::Text, template) => {
-                let text = match template {
-                    Some(template) => template.render(facts)?,
-                    None => String::new(),
-                };
-                Ok((text, "text/plain; charset=utf-8"))
+            (WebhookFormat::Text, text) => {
+                Ok((text.unwrap_or_default(), "text/plain; charset=utf-8"))
             }
         }
     }
