@@ -26,6 +26,10 @@ struct LineCounter;
 
 #[async_trait]
 impl Writer for LineCounter {
+    fn kind(&self) -> &'static str {
+        "line-counter"
+    }
+
     fn describe(&self) -> String {
         "line counter".into()
     }
@@ -43,13 +47,7 @@ impl Writer for LineCounter {
         }
         // `finish` refuses a payload that was not read to its clean end.
         let digest = payload.finish()?;
-        Ok(Delivery {
-            writer: "line-counter".into(),
-            location: format!("{} lines for run {}", lines, ctx.run_id),
-            link: None,
-            bytes: digest.bytes,
-            sha256: digest.sha256,
-        })
+        Ok(digest.receipt(format!("{} lines for run {}", lines, ctx.run_id), None))
     }
 }
 

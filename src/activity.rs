@@ -16,7 +16,7 @@ use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::RunContext;
+use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
 use crate::source::{ByteStream, DataSource};
 use crate::state::Checkpoint;
@@ -207,7 +207,10 @@ impl DeliveryActivity {
                     ));
                 }
                 (Ok(delivery), _) => {
-                    progress.delivered.insert(index, delivery);
+                    let writer = self.writers[index].kind().to_owned();
+                    progress
+                        .delivered
+                        .insert(index, Delivery { writer, ..delivery });
                 }
                 (Err(err), _) => failures.push(err.context(format_args!("writer {writer}"))),
             }

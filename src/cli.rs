@@ -12,10 +12,12 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::build_env::BuildEnv;
 use crate::config::{self, Config};
 use crate::daemon::{self, DaemonError};
-use crate::job::{BuildEnv, Job};
-use crate::runner::RunStatus;
+use crate::job::Job;
+use crate::notify::Notifications;
+use crate::report::RunStatus;
 use crate::schedule::{Schedule, parse_timezone};
 use crate::state::{Ledger, Store, owner_id};
 
@@ -395,8 +397,9 @@ pub async fn trigger(config: &Config, name: &str, json: bool) -> Outcome {
     let Some(job_config) = config.job(name) else {
         return unknown(config, "job", name, config.jobs.iter().map(|j| &j.name));
     };
-    let built =
-        BuildEnv::new(config.base_dir.clone()).and_then(|env| Job::build(config, job_config, &env));
+    let notifications = Notifications::default();
+    let built = BuildEnv::new(config.base_dir.clone())
+        .and_then(|env| Job::build(config, job_config, &env, &notifications));
     let job = match built {
         Ok(job) => job,
         Err(err) => {

@@ -42,8 +42,8 @@ use crate::config::{self, Config, ConfigErrors, Overlap};
 use crate::error::{DeliveryError, display_chain};
 use crate::job::Job;
 use crate::notify::Notifications;
-use crate::runner::RunReport;
-use crate::state::{Backend, Ledger, Outcome, StateError, Store, owner_id};
+use crate::report::RunReport;
+use crate::state::{Ledger, Outcome, StateError, Store, owner_id};
 
 /// What the daemon is asked to do from outside (signals, tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,15 +264,10 @@ struct Daemon {
 const LEASE: Duration = Duration::from_secs(60);
 
 impl Daemon {
-    /// Resumes the runs a previous daemon left unfinished, from their checkpoints. With
-    /// SQLite (one daemon) they are this daemon's to take; with PostgreSQL only those whose
-    /// lease expired (their daemon is gone).
+    /// Resumes the runs a previous daemon left unfinished, from their checkpoints, when the
+    /// store lets this daemon take them over ([`Store::take_over`]).
     async fn resume_unfinished(&mut self) -> Result<(), StateError> {
         let store = self.ledger.store.clone();
-        let expired_before = match store.backend() {
-            Backend::Sqlite => Utc::now() + chrono::Duration::days(36_500),
-            Backend::Postgres => Utc::now(),
-        };
         for record in store.unfinished().await? {
             let Some(armed) = self.armed.get(&record.job) else {
                 let error = "the job is no longer in the job file";
@@ -283,7 +278,7 @@ impl Daemon {
                 continue;
             };
             if !store
-                .take_over(&record.run_id, &self.ledger.owner, LEASE, expired_before)
+                .take_over(&record.run_id, &self.ledger.owner, LEASE)
                 .await?
             {
                 continue;

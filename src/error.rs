@@ -189,16 +189,7 @@ impl DeliveryError {
 
     /// The message and every cause, outermost first.
     pub fn chain(&self) -> Vec<String> {
-        let mut out = vec![self.message.clone()];
-        let mut next = std::error::Error::source(self);
-        while let Some(err) = next {
-            let text = err.to_string();
-            if out.last() != Some(&text) {
-                out.push(text);
-            }
-            next = err.source();
-        }
-        out
+        chain_of(self)
     }
 
     /// A copy with the same kind whose message is the whole chain on one line (errors
@@ -212,6 +203,21 @@ impl DeliveryError {
     pub fn into_io(self) -> std::io::Error {
         std::io::Error::other(self)
     }
+}
+
+/// The messages of `err` and of its causes, outermost first (a message that repeats the one
+/// before it is left out).
+pub fn chain_of(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = vec![err.to_string()];
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if out.last() != Some(&text) {
+            out.push(text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// A chain of error messages rendered on one line: `outer: inner: root`.

@@ -5,56 +5,21 @@
 //! [`DeliveryActivity`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
 use chrono_tz::Tz;
 
-use crate::RunContext;
 use crate::activity::DeliveryActivity;
+pub use crate::build_env::BuildEnv;
 use crate::config::{Config, ConfigDuration, JobConfig, Overlap};
+use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
 use crate::notify::{Notifications, Notifier};
 use crate::runner::{ActivityRunner, RetryPolicy, RetryingActivity, RunReport};
 use crate::schedule::{Schedule, parse_timezone};
 use crate::state::{Claim, Ledger, Outcome, RunRecord, StateError};
-
-/// What building a source, writer or notifier may use.
-#[derive(Debug, Clone)]
-pub struct BuildEnv {
-    /// The directory relative paths are taken from (the job file's).
-    pub base_dir: PathBuf,
-    /// The HTTP client shared by every HTTP-speaking part.
-    pub http: reqwest::Client,
-    /// Where the built jobs' notifications run (shared, so a daemon can wait for them all).
-    pub notifications: Notifications,
-}
-
-impl BuildEnv {
-    /// An environment for a job file in `base_dir`.
-    pub fn new(base_dir: PathBuf) -> Result<BuildEnv, DeliveryError> {
-        // Every TLS client here uses aws-lc-rs; making it the process default keeps a
-        // library that asks for "the default" from failing when another crate's features
-        // also compile in ring. (An error means one is installed already.)
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|err| {
-                DeliveryError::new(ErrorKind::Config, "cannot set up the HTTP client")
-                    .with_source(err)
-            })?;
-        Ok(BuildEnv {
-            base_dir,
-            http,
-            notifications: Notifications::default(),
-        })
-    }
-}
 
 /// A runnable job.
 #[derive(Debug, Clone)]
@@ -76,8 +41,14 @@ pub struct Job {
 }
 
 impl Job {
-    /// Builds `job` of `config`: its source, writers, retry policy and handlers.
-    pub fn build(config: &Config, job: &JobConfig, env: &BuildEnv) -> Result<Job, DeliveryError> {
+    /// Builds `job` of `config`: its source, writers, retry policy and handlers, whose
+    /// notifications go out through `notifications`.
+    pub fn build(
+        config: &Config,
+        job: &JobConfig,
+        env: &BuildEnv,
+        notifications: &Notifications,
+    ) -> Result<Job, DeliveryError> {
         let in_job = |err: DeliveryError| err.context(format_args!("job {:?}", job.name));
         let timezone_name = job.timezone.as_deref().unwrap_or(&config.daemon.timezone);
         let timezone = parse_timezone(timezone_name)
@@ -120,7 +91,7 @@ impl Job {
             Ok(notifier)
         };
         let mut runner = ActivityRunner::new(RetryingActivity::new(activity, policy))
-            .with_notifications(env.notifications.clone());
+            .with_notifications(notifications.clone());
         for name in config.on_success(job) {
             runner = runner.on_success(notifier(name).map_err(in_job)?);
         }
@@ -151,12 +122,11 @@ impl Job {
         config: &Config,
         notifications: &Notifications,
     ) -> Result<Vec<Job>, DeliveryError> {
-        let mut env = BuildEnv::new(config.base_dir.clone())?;
-        env.notifications = notifications.clone();
+        let env = BuildEnv::new(config.base_dir.clone())?;
         config
             .jobs
             .iter()
-            .map(|job| Job::build(config, job, &env))
+            .map(|job| Job::build(config, job, &env, notifications))
             .collect()
     }
 

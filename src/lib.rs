@@ -29,64 +29,28 @@
 //! sources and writers; see `examples/custom_writer.rs`.
 
 pub mod activity;
+pub mod build_env;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod daemon;
 pub mod error;
+pub mod http;
 pub mod job;
 mod kinds;
 pub mod notify;
+pub mod report;
 pub mod runner;
 pub mod schedule;
+pub mod settings;
 pub mod source;
 pub mod state;
 pub mod template;
+pub mod tls;
 pub mod transform;
 pub mod writer;
 
-use chrono::DateTime;
-use chrono_tz::Tz;
-use uuid::Uuid;
-
-/// The facts of one run that sources, writers, templates and handlers see.
-///
-/// A run is one firing of a job for one slot; it may take several attempts. Everything here
-/// but `attempt` stays the same across attempts, so templates render identically each time.
-#[derive(Debug, Clone)]
-pub struct RunContext {
-    /// The job's name.
-    pub job: String,
-    /// A unique, time-ordered id for this run.
-    pub run_id: String,
-    /// A random uuid for `{uuid}` in templates, fixed for the run.
-    pub uuid: Uuid,
-    /// The scheduled time of the run (its slot) in the job's time zone.
-    pub slot: DateTime<Tz>,
-    /// The attempt in progress, from 1.
-    pub attempt: u32,
-    /// Where the run's attempts, checkpoints and outcome are recorded, when anywhere.
-    pub ledger: Option<state::Ledger>,
-}
-
-impl RunContext {
-    /// A new run of `job` for `slot`, with fresh ids.
-    pub fn new(job: impl Into<String>, slot: DateTime<Tz>) -> RunContext {
-        RunContext {
-            job: job.into(),
-            run_id: Uuid::now_v7().simple().to_string(),
-            uuid: Uuid::new_v4(),
-            slot,
-            attempt: 1,
-            ledger: None,
-        }
-    }
-
-    /// The same run, recorded in `ledger`.
-    pub fn with_ledger(mut self, ledger: state::Ledger) -> RunContext {
-        self.ledger = Some(ledger);
-        self
-    }
-}
+pub use context::RunContext;
 
 /// The size of the chunks data moves in between sources, transforms and writers.
 ///

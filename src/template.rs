@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use chrono::format::{Item, StrftimeItems};
 
-use crate::RunContext;
+use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
 
 /// One piece of a parsed template.

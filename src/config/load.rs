@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::{Config, KeyPath, Segment, validate};
+use super::{Config, validate};
+use crate::settings::{KeyPath, Segment};
 
 /// One problem in a job file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,20 +9,19 @@
 //! Each source, writer and notifier kind keeps its own settings struct in its own file; this
 //! module holds the file's frame: `[daemon]`, `[defaults]`, `[notifiers.NAME]`, `[[jobs]]`.
 
-mod duration;
 mod load;
-mod secret;
 mod validate;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use duration::{ByteRate, ByteSize, ConfigDuration};
 pub use load::{ConfigError, ConfigErrors, load, parse};
-pub use secret::{Secret, SecretRef};
+
+pub use crate::settings::{
+    ByteRate, ByteSize, ConfigDuration, KeyPath, Problems, Secret, SecretRef,
+};
 
 use crate::notify::NotifierConfig;
 use crate::runner::RetryConfig;
@@ -211,73 +210,4 @@ pub enum Overlap {
 
 fn default_enabled() -> bool {
     true
-}
-
-/// Where a setting sits in the job file: `jobs[2].source.path`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyPath(Vec<Segment>);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Key(String),
-    Index(usize),
-}
-
-impl KeyPath {
-    /// The top of the file.
-    pub fn root() -> KeyPath {
-        KeyPath::default()
-    }
-
-    /// This path followed by table key `key`.
-    pub fn key(&self, key: &str) -> KeyPath {
-        let mut next = self.clone();
-        next.0.push(Segment::Key(key.to_owned()));
-        next
-    }
-
-    /// This path followed by array index `index`.
-    pub fn index(&self, index: usize) -> KeyPath {
-        let mut next = self.clone();
-        next.0.push(Segment::Index(index));
-        next
-    }
-}
-
-impl fmt::Display for KeyPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, segment) in self.0.iter().enumerate() {
-            match segment {
-                Segment::Key(key) if i == 0 => write!(f, "{key}")?,
-                Segment::Key(key) => write!(f, ".{key}")?,
-                Segment::Index(index) => write!(f, "[{index}]")?,
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Problems found while checking settings, each at the setting it concerns.
-#[derive(Debug, Default)]
-pub struct Problems(Vec<(KeyPath, String)>);
-
-impl Problems {
-    /// Records a problem with the setting at `at`.
-    pub fn add(&mut self, at: KeyPath, message: impl Into<String>) {
-        self.0.push((at, message.into()));
-    }
-
-    /// How many problems were found.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether none were found.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn into_inner(self) -> Vec<(KeyPath, String)> {
-        self.0
-    }
 }

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use super::{Config, KeyPath, Problems};
+use super::Config;
 use crate::schedule::{Schedule, parse_timezone};
+use crate::settings::{KeyPath, Problems};
 
 /// Every problem in `config`. `job_indexes[i]` is the position in the file's `jobs` array
 /// of `config.jobs[i]` (jobs that could not be read at all are missing from `config`).

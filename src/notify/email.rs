@@ -5,23 +5,23 @@
 //! and broken connections are transient; 5xx replies are permanent, 530/534/535 (refused
 //! credentials) an authentication failure.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lettre::message::{Mailbox, MultiPart, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 use serde::Deserialize;
 
 use super::message::{DEFAULT_BODY, DEFAULT_SUBJECT, Escape, Facts, MessageTemplate};
 use super::{Notifier, NotifierSettings};
-use crate::config::{ConfigDuration, KeyPath, Problems, SecretRef};
+use crate::build_env::BuildEnv;
 use crate::error::{DeliveryError, ErrorKind};
-use crate::job::BuildEnv;
-use crate::runner::RunReport;
+use crate::report::RunReport;
+use crate::settings::{ConfigDuration, KeyPath, Problems, SecretField, keys};
+use crate::tls::{TlsSettings, Trust};
 
 /// Settings of an `email` notifier.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,15 +38,9 @@ pub struct EmailConfig {
     /// The user to log in as; no login without one.
     #[serde(default)]
     pub username: Option<String>,
-    /// The password (prefer the `_env`/`_file` forms).
-    #[serde(default)]
-    pub password: Option<String>,
-    /// The environment variable holding the password.
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// The file holding the password.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
+    /// The password: `password`, `password_env` (a variable) or `password_file`.
+    #[serde(flatten)]
+    pub password: SecretField<keys::Password>,
     /// The sender, e.g. `"ferry <ferry@example.com>"`.
     pub from: String,
     /// Recipients.
@@ -67,12 +61,9 @@ pub struct EmailConfig {
     /// An HTML body, a template, sent beside the plain one (none by default).
     #[serde(default)]
     pub html: Option<String>,
-    /// A PEM file of certificates to trust besides the usual roots (a private CA).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Accept any certificate the server shows. Only for testing.
-    #[serde(default)]
-    pub accept_invalid_certs: bool,
+    /// With TLS: `ca_file` and `accept_invalid_certs` (see [`crate::tls`]).
+    #[serde(flatten)]
+    pub tls: TlsSettings,
     /// How long one try may take, from connecting to the server's last reply (`"30s"`).
     #[serde(default)]
     pub timeout: Option<ConfigDuration>,
@@ -99,17 +90,6 @@ pub enum EmailSecurity {
 }
 
 impl EmailConfig {
-    fn password(&self, at: &KeyPath, problems: &mut Problems) -> Option<SecretRef> {
-        SecretRef::pick(
-            "password",
-            self.password.as_ref(),
-            self.password_env.as_ref(),
-            self.password_file.as_ref(),
-            at,
-            problems,
-        )
-    }
-
     fn templates(&self) -> [(&'static str, Option<&String>, Escape); 3] {
         [
             ("subject", self.subject.as_ref(), Escape::Text),
@@ -143,8 +123,8 @@ impl NotifierSettings for EmailConfig {
                 }
             }
         }
-        let password = self.password(at, problems);
-        if password.is_some() && self.username.is_none() {
+        self.password.validate(at, problems);
+        if self.password.is_given() && self.username.is_none() {
             problems.add(at.key("username"), "a password is given but no username");
         }
         if self.username.is_some() && self.security == EmailSecurity::None {
@@ -153,14 +133,12 @@ impl NotifierSettings for EmailConfig {
                 "\"none\" would send the password unencrypted; use \"starttls\" or \"tls\"",
             );
         }
-        if self.security == EmailSecurity::None
-            && (self.ca_file.is_some() || self.accept_invalid_certs)
-        {
-            problems.add(
-                at.key("security"),
-                "`ca_file` and `accept_invalid_certs` need \"starttls\" or \"tls\"",
-            );
-        }
+        self.tls.validate(
+            self.security != EmailSecurity::None,
+            "security = \"starttls\" or \"tls\"",
+            at,
+            problems,
+        );
         for (key, source, escape) in self.templates() {
             if let Some(source) = source
                 && let Err(err) = MessageTemplate::parse(source, escape)
@@ -178,11 +156,7 @@ impl NotifierSettings for EmailConfig {
 
     fn build(&self, name: &str, env: &BuildEnv) -> Result<Arc<dyn Notifier>, DeliveryError> {
         let config = |message: String| DeliveryError::new(ErrorKind::Config, message);
-        let mut problems = Problems::default();
-        let password = match self.password(&KeyPath::root(), &mut problems) {
-            Some(secret) => Some(secret.resolve(&env.base_dir)?),
-            None => None,
-        };
+        let password = self.password.resolve(&env.base_dir)?;
         let timeout = self
             .timeout
             .map_or(Duration::from_secs(30), ConfigDuration::get);
@@ -195,15 +169,18 @@ impl NotifierSettings for EmailConfig {
             .port(port)
             .timeout(Some(timeout));
         if self.security != EmailSecurity::None {
-            let mut tls = TlsParameters::builder(self.host.clone())
-                .dangerous_accept_invalid_certs(self.accept_invalid_certs);
-            if let Some(file) = &self.ca_file {
-                let file = env.base_dir.join(file);
-                let pem = std::fs::read(&file)
-                    .map_err(|err| config(format!("ca_file {}: {err}", file.display())))?;
-                let cert = Certificate::from_pem(&pem)
-                    .map_err(|err| config(format!("ca_file {}: {err}", file.display())))?;
-                tls = tls.add_root_certificate(cert);
+            let mut tls = TlsParameters::builder(self.host.clone());
+            match self.tls.trust(&env.base_dir)? {
+                Trust::System => {}
+                Trust::Any => tls = tls.dangerous_accept_invalid_certs(true),
+                Trust::Exactly(certs) => {
+                    tls = tls.certificate_store(CertificateStore::None);
+                    for cert in certs {
+                        let cert = Certificate::from_der(cert.to_vec())
+                            .map_err(|err| config(format!("ca_file: {err}")))?;
+                        tls = tls.add_root_certificate(cert);
+                    }
+                }
             }
             let tls = tls
                 .build_rustls()

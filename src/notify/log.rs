@@ -6,10 +6,10 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{Notifier, NotifierSettings};
-use crate::config::{KeyPath, Problems};
+use crate::build_env::BuildEnv;
 use crate::error::{DeliveryError, display_chain};
-use crate::job::BuildEnv;
-use crate::runner::{RunReport, RunStatus};
+use crate::report::{RunReport, RunStatus};
+use crate::settings::{KeyPath, Problems};
 
 /// Settings of a `log` notifier (it has none but its `type`).
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -9,8 +9,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 
 use crate::error::{DeliveryError, ErrorKind};
-use crate::runner::{FailureReport, RunReport, RunStatus};
-use crate::writer::Delivery;
+use crate::report::{Delivery, FailureReport, RunReport, RunStatus};
 
 /// A finished run's facts, as templates see them.
 #[derive(Debug, Clone, Serialize)]

@@ -2,7 +2,7 @@
 //!
 //! A [`Notifier`] is told about a finished run once, with its [`RunReport`]. Handlers never
 //! change a run's outcome or hold it up: once the run is recorded,
-//! [`crate::runner::ActivityRunner`] hands the report to [`Notifications`], which calls
+//! the runner (`ActivityRunner`) hands the report to [`Notifications`], which calls
 //! each handler in the background, bounds every try with a timeout, retries transient
 //! failures with backoff, and logs (and keeps in the state store) how it went. The log
 //! handler is always called; named notifiers from `[notifiers.NAME]` are called when a job
@@ -28,11 +28,11 @@ pub use email::{EmailConfig, EmailSecurity};
 pub use log::{LogConfig, LogNotifier};
 pub use webhook::{WebhookConfig, WebhookFormat};
 
-use crate::config::{KeyPath, Problems};
+use crate::build_env::BuildEnv;
 use crate::error::{DeliveryError, ErrorKind, display_chain};
-use crate::job::BuildEnv;
 use crate::kinds::kinds;
-use crate::runner::RunReport;
+use crate::report::RunReport;
+use crate::settings::{KeyPath, Problems};
 use crate::state::{Ledger, NotificationRecord};
 
 /// A handler told how a run ended.

@@ -17,24 +17,19 @@ use serde::Deserialize;
 
 use super::message::{DEFAULT_BODY, DEFAULT_CHAT, Escape, Facts, MessageTemplate};
 use super::{Notifier, NotifierSettings};
-use crate::config::{ConfigDuration, KeyPath, Problems, Secret, SecretRef};
+use crate::build_env::BuildEnv;
 use crate::error::{DeliveryError, ErrorKind};
-use crate::job::BuildEnv;
-use crate::runner::RunReport;
+use crate::http;
+use crate::report::RunReport;
+use crate::settings::{ConfigDuration, KeyPath, Problems, Secret, SecretField, SecretRef, keys};
 
 /// Settings of a `webhook` notifier.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// The URL to call (prefer the `_env`/`_file` forms when it holds a token).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// The environment variable holding the URL.
-    #[serde(default)]
-    pub url_env: Option<String>,
-    /// The file holding the URL.
-    #[serde(default)]
-    pub url_file: Option<PathBuf>,
+    /// The URL to call: `url`, or `url_env` / `url_file` when it holds a token.
+    #[serde(flatten)]
+    pub url: SecretField<keys::Url>,
     /// `"POST"` (the default), `"PUT"` or `"PATCH"`.
     #[serde(default)]
     pub method: WebhookMethod,
@@ -108,17 +103,6 @@ pub enum HeaderSetting {
 }
 
 impl WebhookConfig {
-    fn url(&self, at: &KeyPath, problems: &mut Problems) -> Option<SecretRef> {
-        SecretRef::pick(
-            "url",
-            self.url.as_ref(),
-            self.url_env.as_ref(),
-            self.url_file.as_ref(),
-            at,
-            problems,
-        )
-    }
-
     fn escape(&self) -> Escape {
         match self.format {
             WebhookFormat::Json => Escape::Json,
@@ -129,19 +113,11 @@ impl WebhookConfig {
 
 impl NotifierSettings for WebhookConfig {
     fn validate(&self, at: &KeyPath, problems: &mut Problems) {
-        match self.url(at, problems) {
-            None if self.url.is_none() && self.url_env.is_none() && self.url_file.is_none() => {
-                problems.add(
-                    at.key("url"),
-                    "missing: give `url`, `url_env` or `url_file`",
-                );
-            }
-            Some(SecretRef::Inline(url)) => {
-                if let Err(err) = check_url(&url) {
-                    problems.add(at.key("url"), err);
-                }
-            }
-            _ => {}
+        self.url.validate_required(at, problems);
+        if let Some(SecretRef::Inline(url)) = self.url.source()
+            && let Err(err) = check_url(&url)
+        {
+            problems.add(at.key("url"), err);
         }
         for (name, setting) in &self.headers {
             let at = at.key("headers").key(name);
@@ -176,11 +152,7 @@ impl NotifierSettings for WebhookConfig {
 
     fn build(&self, name: &str, env: &BuildEnv) -> Result<Arc<dyn Notifier>, DeliveryError> {
         let config = |message: String| DeliveryError::new(ErrorKind::Config, message);
-        let mut problems = Problems::default();
-        let url = self
-            .url(&KeyPath::root(), &mut problems)
-            .ok_or_else(|| config(format!("notifier {name}: no url")))?
-            .resolve(&env.base_dir)?;
+        let url = self.url.resolve_required(&env.base_dir)?;
         let host =
             check_url(url.expose()).map_err(|err| config(format!("notifier {name}: url {err}")))?;
         let mut headers = HeaderMap::new();
@@ -330,31 +302,10 @@ impl Notifier for WebhookNotifier {
             .body(body)
             .send()
             .await
-            .map_err(|err| {
-                // The URL may hold a token: keep it out of the message.
-                let kind = if err.is_timeout() {
-                    ErrorKind::Timeout
-                } else {
-                    ErrorKind::Network
-                };
-                DeliveryError::new(kind, format!("{target}: {}", err.without_url()))
-            })?;
-        let status = response.status();
-        if status.is_success() {
+            .map_err(|err| http::request_error(&target, err))?;
+        if response.status().is_success() {
             return Ok(());
         }
-        let kind = match status.as_u16() {
-            401 | 403 => ErrorKind::Auth,
-            408 | 429 => ErrorKind::Throttled,
-            500..=599 => ErrorKind::Server,
-            _ => ErrorKind::Rejected,
-        };
-        // A little of the answer helps tell why; never the whole of it.
-        let text = response.text().await.unwrap_or_default();
-        let text: String = text.chars().take(200).collect();
-        Err(DeliveryError::new(
-            kind,
-            format!("{target} answered {status}: {}", text.trim()),
-        ))
+        Err(http::status_error(&target, response).await)
     }
 }

@@ -10,19 +10,20 @@ mod policy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::Utc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
 pub use policy::{RetryConfig, RetryPolicy};
 
-use crate::RunContext;
 use crate::activity::{Activity, Progress};
+use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind, display_chain};
 use crate::notify::{LogNotifier, Notifications, Notifier};
 use crate::state::{Ledger, Outcome, RunState};
 use crate::writer::Delivery;
+
+pub use crate::report::{FailureReport, RunReport, RunStatus};
 
 /// The end of a run's attempts.
 #[derive(Debug)]
@@ -158,74 +159,6 @@ impl<A: Activity> RetryingActivity<A> {
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// Every writer delivered.
-    Succeeded,
-    /// The run failed after its last attempt.
-    Failed,
-}
-
-impl RunStatus {
-    /// `succeeded` or `failed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-        }
-    }
-}
-
-/// A run's failure, as handlers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FailureReport {
-    /// The kind of the last error.
-    pub kind: ErrorKind,
-    /// The last error and its causes, outermost first.
-    pub chain: Vec<String>,
-    /// Why no further attempt was made.
-    pub gave_up: String,
-}
-
-/// The facts of a finished run, handed to success and failure handlers.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    /// The job's name.
-    pub job: String,
-    /// The run's id.
-    pub run_id: String,
-    /// The scheduled time the run was for, in the job's time zone (RFC 3339).
-    pub slot: String,
-    /// How it ended.
-    pub status: RunStatus,
-    /// Attempts made.
-    pub attempts: u32,
-    /// When the run began.
-    pub started_at: DateTime<Utc>,
-    /// How long the run took, retries and waits included.
-    #[serde(serialize_with = "serialize_secs")]
-    pub duration: Duration,
-    /// One receipt per writer that delivered.
-    pub deliveries: Vec<Delivery>,
-    /// How far into the payload the run resumed from checkpoints (0: it never resumed).
-    pub resumed_from: u64,
-    /// The failure, when the run failed.
-    pub error: Option<FailureReport>,
-}
-
-fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
-
-impl RunReport {
-    /// Bytes delivered (the largest receipt: every writer gets the same bytes).
-    pub fn bytes(&self) -> u64 {
-        self.deliveries.iter().map(|d| d.bytes).max().unwrap_or(0)
-    }
 }
 
 /// Runs an activity and tells the success or the failure handlers, once, afterwards.

@@ -11,8 +11,8 @@ use backon::{BackoffBuilder as _, ExponentialBuilder};
 use rand::Rng as _;
 use serde::Deserialize;
 
-use crate::config::{ConfigDuration, KeyPath, Problems};
 use crate::error::ErrorKind;
+use crate::settings::{ConfigDuration, KeyPath, Problems};
 
 /// `retry = { … }` in a job, or `[defaults.retry]`: a retry policy. Keys left out come
 /// from `[defaults.retry]`, then from ferry's defaults.

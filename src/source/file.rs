@@ -10,9 +10,9 @@ use tokio::io::AsyncSeekExt as _;
 use tokio_util::io::ReaderStream;
 
 use super::{DataSource, SourceSettings, SourceStream};
-use crate::config::{KeyPath, Problems};
+use crate::build_env::BuildEnv;
 use crate::error::{DeliveryError, ErrorKind};
-use crate::job::BuildEnv;
+use crate::settings::{KeyPath, Problems};
 use crate::template::Template;
 use crate::{CHUNK_SIZE, RunContext};
 

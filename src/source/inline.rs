@@ -7,10 +7,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{DataSource, SourceSettings, SourceStream};
-use crate::RunContext;
-use crate::config::{KeyPath, Problems};
+use crate::build_env::BuildEnv;
+use crate::context::RunContext;
 use crate::error::DeliveryError;
-use crate::job::BuildEnv;
+use crate::settings::{KeyPath, Problems};
 
 /// Settings of an `inline` source.
 #[derive(Debug, Clone, Deserialize)]

@@ -26,11 +26,11 @@ pub use file::{FileConfig, FileSource};
 pub use inline::{InlineConfig, InlineSource};
 pub use url::{UrlConfig, UrlSource};
 
-use crate::RunContext;
-use crate::config::{KeyPath, Problems};
+use crate::build_env::BuildEnv;
+use crate::context::RunContext;
 use crate::error::DeliveryError;
-use crate::job::BuildEnv;
 use crate::kinds::kinds;
+use crate::settings::{KeyPath, Problems};
 
 /// A stream of byte chunks. Errors are `io::Error`s, usually wrapping a [`DeliveryError`].
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;

@@ -4,19 +4,19 @@
 //! permanent. Connection failures and timeouts are transient.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::TryStreamExt as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::{DataSource, SourceSettings, SourceStream};
-use crate::RunContext;
-use crate::config::{KeyPath, Problems, Secret, SecretRef};
+use crate::build_env::BuildEnv;
+use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
-use crate::job::BuildEnv;
+use crate::http;
+use crate::settings::{KeyPath, Problems, Secret, SecretField, keys};
 use crate::template::Template;
 
 /// Settings of a `url` source.
@@ -28,53 +28,15 @@ pub struct UrlConfig {
     /// Extra request headers. Put secrets in `bearer_token_env`/`_file` or `password_env`/`_file`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// A bearer token sent as `Authorization: Bearer …` (prefer the `_env`/`_file` forms).
-    #[serde(default)]
-    pub bearer_token: Option<String>,
-    /// The environment variable holding the bearer token.
-    #[serde(default)]
-    pub bearer_token_env: Option<String>,
-    /// The file holding the bearer token.
-    #[serde(default)]
-    pub bearer_token_file: Option<PathBuf>,
+    /// A bearer token sent as `Authorization: Bearer …`: `bearer_token`, `bearer_token_env` or `bearer_token_file`.
+    #[serde(flatten)]
+    pub bearer_token: SecretField<keys::BearerToken>,
     /// The user name for HTTP basic authentication.
     #[serde(default)]
     pub username: Option<String>,
-    /// The basic-authentication password (prefer the `_env`/`_file` forms).
-    #[serde(default)]
-    pub password: Option<String>,
-    /// The environment variable holding the password.
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// The file holding the password.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-}
-
-impl UrlConfig {
-    fn secrets(
-        &self,
-        at: &KeyPath,
-        problems: &mut Problems,
-    ) -> (Option<SecretRef>, Option<SecretRef>) {
-        let token = SecretRef::pick(
-            "bearer_token",
-            self.bearer_token.as_ref(),
-            self.bearer_token_env.as_ref(),
-            self.bearer_token_file.as_ref(),
-            at,
-            problems,
-        );
-        let password = SecretRef::pick(
-            "password",
-            self.password.as_ref(),
-            self.password_env.as_ref(),
-            self.password_file.as_ref(),
-            at,
-            problems,
-        );
-        (token, password)
-    }
+    /// The basic-authentication password: `password`, `password_env` or `password_file`.
+    #[serde(flatten)]
+    pub password: SecretField<keys::Password>,
 }
 
 impl SourceSettings for UrlConfig {
@@ -99,11 +61,12 @@ impl SourceSettings for UrlConfig {
                 problems.add(at.key("headers").key(name), "invalid header value");
             }
         }
-        let (token, password) = self.secrets(at, problems);
-        if password.is_some() && self.username.is_none() {
+        self.bearer_token.validate(at, problems);
+        self.password.validate(at, problems);
+        if self.password.is_given() && self.username.is_none() {
             problems.add(at.key("password"), "a password needs a `username`");
         }
-        if token.is_some() && self.username.is_some() {
+        if self.bearer_token.is_given() && self.username.is_some() {
             problems.add(
                 at.key("bearer_token"),
                 "give a bearer token or a username, not both",
@@ -122,13 +85,12 @@ impl SourceSettings for UrlConfig {
                 .map_err(|_| config_error(format!("invalid value for header {name}")))?;
             headers.insert(name, value);
         }
-        let mut problems = Problems::default();
-        let (token, password) = self.secrets(&KeyPath::root(), &mut problems);
+        let token = self.bearer_token.resolve(&env.base_dir)?;
         let auth = match (token, &self.username) {
-            (Some(token), _) => Some(Auth::Bearer(token.resolve(&env.base_dir)?)),
+            (Some(token), _) => Some(Auth::Bearer(token)),
             (None, Some(user)) => Some(Auth::Basic {
                 username: user.clone(),
-                password: password.map(|p| p.resolve(&env.base_dir)).transpose()?,
+                password: self.password.resolve(&env.base_dir)?,
             }),
             (None, None) => None,
         };
@@ -185,21 +147,6 @@ impl UrlSource {
     }
 }
 
-/// Classifies a reqwest failure while doing `action`.
-pub(crate) fn http_error(action: &str, err: reqwest::Error) -> DeliveryError {
-    let kind = if err.is_timeout() {
-        ErrorKind::Timeout
-    } else if let Some(status) = err.status() {
-        ErrorKind::of_http_status(status.as_u16())
-    } else if err.is_builder() {
-        ErrorKind::Config
-    } else {
-        ErrorKind::Network
-    };
-    // reqwest's messages include the URL, which may carry a query-string token: strip it.
-    DeliveryError::new(kind, action.to_owned()).with_source(err.without_url())
-}
-
 #[async_trait]
 impl DataSource for UrlSource {
     fn describe(&self) -> String {
@@ -248,14 +195,10 @@ impl UrlSource {
         let response = request
             .send()
             .await
-            .map_err(|err| http_error(&format!("GET {shown}"), err))?;
+            .map_err(|err| http::request_error(&format!("GET {shown}"), err))?;
         let status = response.status();
         if status.is_client_error() || status.is_server_error() {
-            let snippet = body_snippet(response).await;
-            return Err(DeliveryError::new(
-                ErrorKind::of_http_status(status.as_u16()),
-                format!("GET {shown} answered {status}{snippet}"),
-            ));
+            return Err(http::status_error(&format!("GET {shown}"), response).await);
         }
         Ok((response, shown))
     }
@@ -266,31 +209,10 @@ fn body_stream(response: reqwest::Response, shown: &str) -> SourceStream {
     let action = format!("read the body of {shown}");
     let stream = response
         .bytes_stream()
-        .map_err(move |err| http_error(&action, err).into_io());
+        .map_err(move |err| http::request_error(&action, err).into_io());
     SourceStream {
         stream: Box::pin(stream),
         len,
-    }
-}
-
-/// The start of an error response's body, for the error message (at most 200 characters).
-async fn body_snippet(response: reqwest::Response) -> String {
-    const LIMIT: usize = 200;
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while body.len() < LIMIT {
-        match stream.next().await {
-            Some(Ok(chunk)) => body.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    let text = String::from_utf8_lossy(&body);
-    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let text: String = text.chars().take(LIMIT).collect();
-    if text.is_empty() {
-        String::new()
-    } else {
-        format!(": {text}")
     }
 }
 

@@ -19,17 +19,12 @@
 //! Replies 4xx and broken connections are transient; 5xx replies are permanent, a refused
 //! login or an untrusted certificate is an authentication failure.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use rustls::ClientConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::Deserialize;
 use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
 use suppaftp::types::FileType;
@@ -37,12 +32,13 @@ use suppaftp::{FtpError, Mode, Status};
 use tokio::io::AsyncWriteExt as _;
 
 use super::{Delivery, HashState, Payload, Writer, WriterSettings};
-use crate::RunContext;
-use crate::config::{ConfigDuration, KeyPath, Problems, Secret, SecretRef};
+use crate::build_env::BuildEnv;
+use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
-use crate::job::BuildEnv;
+use crate::settings::{ConfigDuration, KeyPath, Problems, Secret, SecretField, keys};
 use crate::state::Checkpoint;
 use crate::template::Template;
+use crate::tls::TlsSettings;
 
 /// A control connection, plain or (after AUTH TLS) protected.
 type Ftp = AsyncRustlsFtpStream;
@@ -59,28 +55,17 @@ pub struct FtpConfig {
     /// The user to log in as (`anonymous` by default).
     #[serde(default = "default_username")]
     pub username: String,
-    /// The password (prefer the `_env`/`_file` forms).
-    #[serde(default)]
-    pub password: Option<String>,
-    /// The environment variable holding the password.
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// The file holding the password.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
+    /// The password: `password`, `password_env` (a variable) or `password_file`.
+    #[serde(flatten)]
+    pub password: SecretField<keys::Password>,
     /// The file to write on the server, an absolute path; a template.
     pub path: String,
     /// `"none"` (plain FTP, the default) or `"explicit_tls"` (AUTH TLS, data protected).
     #[serde(default)]
     pub security: FtpSecurity,
-    /// With TLS: a PEM file of the certificates to trust instead of the system's (a private
-    /// CA, a self-signed server). Relative to the job file's directory.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// With TLS: accept any certificate the server shows. Only for testing; the connection
-    /// is then open to interception.
-    #[serde(default)]
-    pub accept_invalid_certs: bool,
+    /// With TLS: `ca_file` and `accept_invalid_certs` (see [`crate::tls`]).
+    #[serde(flatten)]
+    pub tls: TlsSettings,
     /// The data connection: `"passive"` (PASV, the default), `"extended_passive"` (EPSV,
     /// needed over IPv6) .
     #[serde(default)]
@@ -131,19 +116,6 @@ pub enum FtpMode {
     ExtendedPassive,
 }
 
-impl FtpConfig {
-    fn password(&self, at: &KeyPath, problems: &mut Problems) -> Option<SecretRef> {
-        SecretRef::pick(
-            "password",
-            self.password.as_ref(),
-            self.password_env.as_ref(),
-            self.password_file.as_ref(),
-            at,
-            problems,
-        )
-    }
-}
-
 impl WriterSettings for FtpConfig {
     fn validate(&self, at: &KeyPath, problems: &mut Problems) {
         if self.host.is_empty() || self.host.contains(['/', ' ']) {
@@ -159,42 +131,25 @@ impl WriterSettings for FtpConfig {
             }
             Ok(_) => {}
         }
-        self.password(at, problems);
+        self.password.validate(at, problems);
         if self.timeout.is_some_and(|t| t.get().is_zero()) {
             problems.add(at.key("timeout"), "must be longer than zero");
         }
-        if self.security == FtpSecurity::None {
-            if self.ca_file.is_some() {
-                problems.add(
-                    at.key("ca_file"),
-                    "only applies with security = \"explicit_tls\"",
-                );
-            }
-            if self.accept_invalid_certs {
-                problems.add(
-                    at.key("accept_invalid_certs"),
-                    "only applies with security = \"explicit_tls\"",
-                );
-            }
-        } else if self.ca_file.is_some() && self.accept_invalid_certs {
-            problems.add(
-                at.key("accept_invalid_certs"),
-                "cannot be combined with `ca_file`: either trust that file's certificates or none",
-            );
-        }
+        self.tls.validate(
+            self.security != FtpSecurity::None,
+            "security = \"explicit_tls\"",
+            at,
+            problems,
+        );
     }
 
     fn build(&self, env: &BuildEnv) -> Result<Arc<dyn Writer>, DeliveryError> {
         let path = Template::parse_path(&self.path)
             .map_err(|err| DeliveryError::new(ErrorKind::Config, err.to_string()))?;
-        let mut problems = Problems::default();
-        let password = match self.password(&KeyPath::root(), &mut problems) {
-            Some(secret) => Some(secret.resolve(&env.base_dir)?),
-            None => None,
-        };
+        let password = self.password.resolve(&env.base_dir)?;
         let tls = match self.security {
             FtpSecurity::None => None,
-            FtpSecurity::ExplicitTls => Some(self.tls_config(&env.base_dir)?),
+            FtpSecurity::ExplicitTls => Some(self.tls.trust(&env.base_dir)?.client_config()?),
         };
         Ok(Arc::new(FtpWriter {
             settings: self.clone(),
@@ -205,109 +160,6 @@ impl WriterSettings for FtpConfig {
                 .timeout
                 .map_or(Duration::from_secs(30), ConfigDuration::get),
         }))
-    }
-}
-
-impl FtpConfig {
-    /// The TLS settings: aws-lc-rs (never the process default, which may be ambiguous),
-    /// trusting `ca_file`'s certificates, the system's, or (when asked) any.
-    fn tls_config(&self, base_dir: &Path) -> Result<Arc<ClientConfig>, DeliveryError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .map_err(|err| DeliveryError::new(ErrorKind::Config, format!("TLS: {err}")))?;
-        if self.accept_invalid_certs {
-            return Ok(Arc::new(
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-                    .with_no_client_auth(),
-            ));
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        match &self.ca_file {
-            Some(file) => {
-                let file = base_dir.join(file);
-                let shown = file.display();
-                let unreadable = |err: rustls_pki_types::pem::Error| {
-                    DeliveryError::new(ErrorKind::Config, format!("ca_file {shown}: {err}"))
-                };
-                for cert in CertificateDer::pem_file_iter(&file).map_err(unreadable)? {
-                    roots.add(cert.map_err(unreadable)?).map_err(|err| {
-                        DeliveryError::new(ErrorKind::Config, format!("ca_file {shown}: {err}"))
-                    })?;
-                }
-                if roots.is_empty() {
-                    return Err(DeliveryError::new(
-                        ErrorKind::Config,
-                        format!("ca_file {shown} holds no PEM certificate"),
-                    ));
-                }
-            }
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(native.certs);
-                if roots.is_empty() {
-                    return Err(DeliveryError::new(
-                        ErrorKind::Config,
-                        "no CA certificates found on this machine (install ca-certificates) \
-                         and no `ca_file` given",
-                    ));
-                }
-            }
-        }
-        Ok(Arc::new(
-            builder.with_root_certificates(roots).with_no_client_auth(),
-        ))
-    }
-}
-
-/// `accept_invalid_certs`: takes any certificate, still checking the handshake's signatures.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -607,6 +459,10 @@ impl FtpWriter {
 
 #[async_trait]
 impl Writer for FtpWriter {
+    fn kind(&self) -> &'static str {
+        "ftp"
+    }
+
     fn describe(&self) -> String {
         format!(
             "ftp ftp://{}:{}{}",
@@ -702,13 +558,7 @@ impl Writer for FtpWriter {
             return Err(err);
         }
         let _ = tokio::time::timeout(self.timeout, ftp.quit()).await;
-        Ok(Delivery {
-            writer: "ftp".into(),
-            link: Some(location.clone()),
-            location,
-            bytes: digest.bytes,
-            sha256: digest.sha256,
-        })
+        Ok(digest.receipt(location.clone(), Some(location)))
     }
 
     async fn resume_point(

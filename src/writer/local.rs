@@ -18,10 +18,10 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
 use super::{Delivery, Payload, Writer, WriterSettings};
-use crate::RunContext;
-use crate::config::{KeyPath, Problems};
+use crate::build_env::BuildEnv;
+use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
-use crate::job::BuildEnv;
+use crate::settings::{KeyPath, Problems};
 use crate::state::Checkpoint;
 use crate::template::Template;
 
@@ -111,6 +111,10 @@ fn temp_path(target: &Path, run_id: &str) -> PathBuf {
 
 #[async_trait]
 impl Writer for LocalWriter {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
     fn describe(&self) -> String {
         format!("local {}", self.path)
     }
@@ -176,13 +180,8 @@ impl Writer for LocalWriter {
         sync_dir(&dir).await?;
 
         let location = std::path::absolute(&target).unwrap_or(target);
-        Ok(Delivery {
-            writer: "local".into(),
-            link: Some(format!("file://{}", location.display())),
-            location: location.display().to_string(),
-            bytes: digest.bytes,
-            sha256: digest.sha256,
-        })
+        let link = format!("file://{}", location.display());
+        Ok(digest.receipt(location.display().to_string(), Some(link)))
     }
 
     async fn resume_point(

@@ -98,6 +98,10 @@ struct FlakyOnce {
 
 #[async_trait]
 impl Writer for FlakyOnce {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+
     fn describe(&self) -> String {
         "flaky".into()
     }
@@ -125,6 +129,10 @@ struct Counting {
 
 #[async_trait]
 impl Writer for Counting {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+
     fn describe(&self) -> String {
         "counting".into()
     }

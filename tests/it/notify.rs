@@ -231,9 +231,7 @@ async fn run_and_settle(ws: &Workspace, text: &str) -> (RunReport, Ledger) {
     // SAFETY: every test sets the same value.
     unsafe { std::env::set_var("FERRY_TEST_SMTP_PASSWORD", SMTP_PASSWORD) };
     let ledger = ws.ledger().await;
-    let config = ws.config(text);
-    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
-    let job = ferry::job::Job::build(&config, &config.jobs[0], &env).expect("job builds");
+    let job = ws.jobs(text).swap_remove(0);
     let report = job
         .run_claimed(&ledger, job.now_slot())
         .await
@@ -416,9 +414,7 @@ async fn an_unreachable_mail_server_does_not_hold_up_the_delivery() {
     let ws = Workspace::new();
     let text = plain_setup(port, r#"{ type = "inline", data = "x" }"#);
     let ledger = ws.ledger().await;
-    let config = ws.config(&text);
-    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
-    let job = ferry::job::Job::build(&config, &config.jobs[0], &env).expect("job builds");
+    let job = ws.jobs(&text).swap_remove(0);
     let report = job
         .run_claimed(&ledger, job.now_slot())
         .await

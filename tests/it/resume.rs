@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{Timelike as _, Utc};
 use ferry::daemon::Event;
-use ferry::job::Job;
 use ferry::runner::RunStatus;
 use ferry::state::{Claim, Ledger, Outcome, RunState, Store};
 use nix::sys::signal::{Signal, kill};
@@ -25,7 +24,7 @@ async fn ledger(ws: &Workspace) -> Ledger {
 async fn a_retry_resumes_from_the_checkpoint() {
     let ws = Workspace::new();
     random_file(&ws.path().join("input.bin"), 24 << 20);
-    let config = ws.config(
+    let mut jobs = ws.jobs(
         r#"
 [[jobs]]
 name = "slow"
@@ -37,8 +36,7 @@ retry = { max_attempts = 4, initial_interval = "10ms" }
 writers = [{ type = "local", path = "out/copy.bin" }]
 "#,
     );
-    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
-    let job = Job::build(&config, &config.jobs[0], &env).expect("job");
+    let job = jobs.remove(0);
     let ledger = ledger(&ws).await;
     let started = Instant::now();
     let report = job
@@ -95,7 +93,7 @@ fn report_slot(report: &ferry::runner::RunReport) -> chrono::DateTime<Utc> {
 #[tokio::test]
 async fn a_failed_run_removes_its_partial_file() {
     let ws = Workspace::new();
-    let config = ws.config(
+    let mut jobs = ws.jobs(
         r#"
 [[jobs]]
 name = "broken"
@@ -105,8 +103,7 @@ retry = { max_attempts = 2, initial_interval = "10ms" }
 writers = [{ type = "local", path = "out/x.bin" }]
 "#,
     );
-    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
-    let job = Job::build(&config, &config.jobs[0], &env).expect("job");
+    let job = jobs.remove(0);
     let report = job
         .run_claimed(&ledger(&ws).await, job.now_slot())
         .await
@@ -440,7 +437,7 @@ async fn url_sources_resume_with_range_and_commands_start_over() {
     .await;
 
     let ws = Workspace::new();
-    let config = ws.config(&format!(
+    let mut jobs = ws.jobs(&format!(
         r#"
 [[jobs]]
 name = "web"
@@ -461,10 +458,9 @@ retry = {{ max_attempts = 2, initial_interval = "10ms" }}
 writers = [{{ type = "local", path = "out/piped.bin" }}]
 "#
     ));
-    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
     let ledger = ledger(&ws).await;
 
-    let web = Job::build(&config, &config.jobs[0], &env).expect("job");
+    let web = jobs.remove(0);
     let report = web
         .run_claimed(&ledger, web.now_slot())
         .await
@@ -494,7 +490,7 @@ writers = [{{ type = "local", path = "out/piped.bin" }}]
 
     // Not seekable: the second attempt starts from byte 0 (and, at 8 MiB/s for 24 MiB with
     // 1.5 s per attempt, cannot finish either), leaving nothing behind.
-    let piped = Job::build(&config, &config.jobs[1], &env).expect("job");
+    let piped = jobs.remove(0);
     let report = piped
         .run_claimed(&ledger, piped.now_slot())
         .await
@@ -585,7 +581,7 @@ writers = [{ type = "local", path = "out/x" }]
 async fn two_local_writers_resume_from_the_lesser_checkpoint() {
     let ws = Workspace::new();
     random_file(&ws.path().join("input.bin"), 24 << 20);
-    let config = ws.config(
+    let mut jobs = ws.jobs(
         r#"
 [[jobs]]
 name = "pair"
@@ -600,8 +596,7 @@ writers = [
 ]
 "#,
     );
-    let env = ferry::job::BuildEnv::new(config.base_dir.clone()).expect("env");
-    let job = Job::build(&config, &config.jobs[0], &env).expect("job");
+    let job = jobs.remove(0);
     let report = job
         .run_claimed(&ledger(&ws).await, job.now_slot())
         .await

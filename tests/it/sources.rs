@@ -10,18 +10,13 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use bytes::Bytes;
 use ferry::error::ErrorKind;
-use ferry::job::{BuildEnv, Job};
 use ferry::runner::{RunReport, RunStatus};
 
 use crate::support::{Workspace, sha256_hex, slot};
 
 /// Builds job `name` from `text` in `ws` and runs it for the test slot.
 pub async fn run_job(ws: &Workspace, text: &str, name: &str) -> RunReport {
-    let config = ws.config(text);
-    let env = BuildEnv::new(config.base_dir.clone()).expect("build env");
-    let job_config = config.job(name).expect("job exists");
-    let job = Job::build(&config, job_config, &env).expect("job builds");
-    job.run(slot()).await
+    ws.job(text, name).run(slot()).await
 }
 
 fn job(source: &str, extra: &str) -> String {

@@ -239,7 +239,7 @@ async fn an_unfinished_run_is_taken_over_only_after_its_lease() {
         assert!(unfinished.iter().any(|r| r.run_id == run_id), "{backend}");
         // The lease (60 s) has not expired: nobody else may take it.
         let taken = store
-            .take_over(&run_id, "new-daemon", Duration::from_secs(60), Utc::now())
+            .take_over_expired(&run_id, "new-daemon", Duration::from_secs(60), Utc::now())
             .await
             .expect("take over");
         assert!(!taken, "{backend}: a live lease is respected");
@@ -247,7 +247,7 @@ async fn an_unfinished_run_is_taken_over_only_after_its_lease() {
         let later = Utc::now() + chrono::Duration::seconds(120);
         assert!(
             store
-                .take_over(&run_id, "new-daemon", Duration::from_secs(60), later)
+                .take_over_expired(&run_id, "new-daemon", Duration::from_secs(60), later)
                 .await
                 .expect("take over"),
             "{backend}"

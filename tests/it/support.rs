@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 use std::time::Duration;
 
-use ferry::job::{BuildEnv, Job};
+use ferry::job::Job;
+use ferry::notify::Notifications;
 use ferry::runner::RunReport;
 use ferry::state::{Ledger, Store};
 use sha2::{Digest as _, Sha256};
@@ -61,11 +62,22 @@ impl Workspace {
         }
     }
 
+    /// Builds every job of `text` (its notifications sent through one shared queue).
+    pub fn jobs(&self, text: &str) -> Vec<Job> {
+        let config = self.config(text);
+        Job::build_all(&config, &Notifications::default()).expect("jobs build")
+    }
+
+    /// Builds job `name` of `text`.
+    pub fn job(&self, text: &str, name: &str) -> Job {
+        let mut jobs = self.jobs(text);
+        let index = jobs.iter().position(|job| job.name == name);
+        jobs.swap_remove(index.expect("the job exists"))
+    }
+
     /// Runs the first job of `text` once, now, claiming the run in `ledger` when given.
     pub async fn run_first(&self, text: &str, ledger: Option<&Ledger>) -> RunReport {
-        let config = self.config(text);
-        let env = BuildEnv::new(config.base_dir.clone()).expect("build env");
-        let job = Job::build(&config, &config.jobs[0], &env).expect("job builds");
+        let job = self.jobs(text).swap_remove(0);
         match ledger {
             None => job.run(job.now_slot()).await,
             Some(ledger) => job

@@ -18,7 +18,6 @@
 //! with every PUT, which several S3-compatible stores reject).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,21 +29,36 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, MetadataDirective, ServerSideEncryption, StorageClass,
-};
-use bytes::{Bytes, BytesMut};
+use aws_sdk_s3::types::{MetadataDirective, ServerSideEncryption, StorageClass};
+use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
-use tokio::task::JoinSet;
 
-use super::{Delivery, HashState, Payload, Writer, WriterSettings};
-use crate::RunContext;
-use crate::config::{ByteSize, ConfigDuration, KeyPath, Problems, Secret, SecretRef};
-use crate::error::{DeliveryError, ErrorKind};
-use crate::job::BuildEnv;
+mod multipart;
+
+use multipart::{Parts, UploadCheckpoint, saved_upload};
+
+use super::{Delivery, Payload, Writer, WriterSettings};
+use crate::build_env::BuildEnv;
+use crate::context::RunContext;
+use crate::error::{DeliveryError, ErrorKind, chain_of, display_chain};
+use crate::settings::{ByteSize, ConfigDuration, KeyPath, Problems, Secret, SecretField, keys};
 use crate::state::Checkpoint;
 use crate::template::Template;
+
+/// Sets what every object-creating request carries: user metadata, content type, storage
+/// class and server-side encryption.
+macro_rules! with_attributes {
+    ($request:expr, $writer:expr, $metadata:expr) => {
+        $request
+            .set_metadata(Some($metadata))
+            .set_content_type($writer.settings.content_type.clone())
+            .set_storage_class($writer.storage_class())
+            .set_server_side_encryption($writer.encryption())
+            .set_ssekms_key_id($writer.settings.sse_kms_key_id.clone())
+    };
+}
+pub(super) use with_attributes;
 
 /// S3's smallest part (but the last) and largest part.
 const MIN_PART: u64 = 5 << 20;
@@ -68,24 +82,12 @@ pub struct S3Config {
     /// S3-compatible stores want this).
     #[serde(default)]
     pub path_style: bool,
-    /// The access key id; without one, the default AWS credential chain is used.
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    /// The environment variable holding the access key id.
-    #[serde(default)]
-    pub access_key_id_env: Option<String>,
-    /// The file holding the access key id.
-    #[serde(default)]
-    pub access_key_id_file: Option<PathBuf>,
-    /// The secret access key (prefer the `_env`/`_file` forms).
-    #[serde(default)]
-    pub secret_access_key: Option<String>,
-    /// The environment variable holding the secret access key.
-    #[serde(default)]
-    pub secret_access_key_env: Option<String>,
-    /// The file holding the secret access key.
-    #[serde(default)]
-    pub secret_access_key_file: Option<PathBuf>,
+    /// The access key id (`access_key_id`, `_env` or `_file`); without one, the default AWS credential chain is used.
+    #[serde(flatten)]
+    pub access_key_id: SecretField<keys::AccessKeyId>,
+    /// The secret access key: `secret_access_key`, `secret_access_key_env` or `secret_access_key_file`.
+    #[serde(flatten)]
+    pub secret_access_key: SecretField<keys::SecretAccessKey>,
     /// The storage class, e.g. `"STANDARD_IA"`.
     #[serde(default)]
     pub storage_class: Option<String>,
@@ -145,32 +147,6 @@ const STORAGE_CLASSES: &[&str] = &[
     "EXPRESS_ONEZONE",
 ];
 
-impl S3Config {
-    fn secrets(
-        &self,
-        at: &KeyPath,
-        problems: &mut Problems,
-    ) -> (Option<SecretRef>, Option<SecretRef>) {
-        let id = SecretRef::pick(
-            "access_key_id",
-            self.access_key_id.as_ref(),
-            self.access_key_id_env.as_ref(),
-            self.access_key_id_file.as_ref(),
-            at,
-            problems,
-        );
-        let secret = SecretRef::pick(
-            "secret_access_key",
-            self.secret_access_key.as_ref(),
-            self.secret_access_key_env.as_ref(),
-            self.secret_access_key_file.as_ref(),
-            at,
-            problems,
-        );
-        (id, secret)
-    }
-}
-
 impl WriterSettings for S3Config {
     fn validate(&self, at: &KeyPath, problems: &mut Problems) {
         if self.bucket.len() < 3 || self.bucket.contains('/') {
@@ -191,8 +167,9 @@ impl WriterSettings for S3Config {
         {
             problems.add(at.key("endpoint"), format!("invalid URL {endpoint:?}"));
         }
-        let (id, secret) = self.secrets(at, problems);
-        if id.is_some() != secret.is_some() {
+        self.access_key_id.validate(at, problems);
+        self.secret_access_key.validate(at, problems);
+        if self.access_key_id.is_given() != self.secret_access_key.is_given() {
             problems.add(
                 at.key("access_key_id"),
                 "give both an access key id and a secret access key, or neither (for the default AWS chain)",
@@ -252,12 +229,11 @@ impl WriterSettings for S3Config {
     fn build(&self, env: &BuildEnv) -> Result<Arc<dyn Writer>, DeliveryError> {
         let config_error = |msg: String| DeliveryError::new(ErrorKind::Config, msg);
         let key = Template::parse(&self.key).map_err(|err| config_error(err.to_string()))?;
-        let mut problems = Problems::default();
-        let (id, secret) = self.secrets(&KeyPath::root(), &mut problems);
-        let credentials = match (id, secret) {
-            (Some(id), Some(secret)) => {
-                Some((id.resolve(&env.base_dir)?, secret.resolve(&env.base_dir)?))
-            }
+        let credentials = match (
+            self.access_key_id.resolve(&env.base_dir)?,
+            self.secret_access_key.resolve(&env.base_dir)?,
+        ) {
+            (Some(id), Some(secret)) => Some((id, secret)),
             _ => None,
         };
         Ok(Arc::new(S3Writer {
@@ -327,59 +303,9 @@ where
                 e.code().unwrap_or("no code")
             )
         }
-        other => display_error_chain(other),
+        other => display_chain(&chain_of(other)),
     };
     DeliveryError::new(kind, format!("{action}: {detail}"))
-}
-
-fn display_error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
-}
-
-/// Reads a payload in parts of exactly `size` bytes (the last may be shorter), keeping the
-/// payload's hash in step with part boundaries.
-struct Parts {
-    size: usize,
-    ended: bool,
-}
-
-impl Parts {
-    async fn next(&mut self, payload: &mut Payload) -> Result<Option<Bytes>, DeliveryError> {
-        if self.ended {
-            return Ok(None);
-        }
-        let mut part = BytesMut::with_capacity(self.size);
-        while part.len() < self.size {
-            match payload.next_up_to(self.size - part.len()).await {
-                Some(Ok(chunk)) => part.extend_from_slice(&chunk),
-                Some(Err(err)) => return Err(DeliveryError::io("read the data", err)),
-                None => {
-                    self.ended = true;
-                    break;
-                }
-            }
-        }
-        Ok((!part.is_empty()).then(|| part.freeze()))
-    }
-}
-
-/// What a multipart upload checkpoint holds.
-#[derive(Debug, Clone, serde::Serialize, Deserialize)]
-struct UploadCheckpoint {
-    key: String,
-    upload_id: String,
-    part_size: u64,
-    /// Finished parts, in order from part 1, with no gap.
-    parts: Vec<(i32, String)>,
-    /// The payload's hash at the end of those parts.
-    hash: Option<HashState>,
 }
 
 impl S3Writer {
@@ -468,19 +394,15 @@ impl S3Writer {
         body: Bytes,
         sha256: &str,
     ) -> Result<(), DeliveryError> {
-        let mut put = self
+        let put = self
             .client()
             .await
             .put_object()
             .bucket(&self.settings.bucket)
             .key(key)
             .content_length(i64::try_from(body.len()).unwrap_or(i64::MAX))
-            .body(ByteStream::from(body))
-            .set_metadata(Some(self.metadata(ctx, Some(sha256))))
-            .set_content_type(self.settings.content_type.clone())
-            .set_storage_class(self.storage_class())
-            .set_server_side_encryption(self.encryption())
-            .set_ssekms_key_id(self.settings.sse_kms_key_id.clone());
+            .body(ByteStream::from(body));
+        let mut put = with_attributes!(put, self, self.metadata(ctx, Some(sha256)));
         if self.settings.if_none_match {
             put = put.if_none_match("*");
         }
@@ -489,223 +411,14 @@ impl S3Writer {
             .map_err(|err| s3_error(&format!("PUT {}", self.location(key)), err))?;
         Ok(())
     }
-
-    async fn abort(&self, key: &str, upload_id: &str) {
-        let aborted = self
-            .client()
-            .await
-            .abort_multipart_upload()
-            .bucket(&self.settings.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await;
-        match aborted {
-            Ok(_) => {
-                tracing::info!(location = %self.location(key), "Aborted the multipart upload.")
-            }
-            Err(err) => {
-                tracing::warn!(location = %self.location(key), error = %s3_error("abort", err), "Cannot abort the multipart upload.")
-            }
-        }
-    }
-
-    /// Starts a multipart upload, or picks up the one a checkpoint names.
-    async fn multipart(
-        &self,
-        ctx: &RunContext,
-        key: &str,
-        mut first: Option<Bytes>,
-        parts: &mut Parts,
-        payload: &mut Payload,
-    ) -> Result<(), DeliveryError> {
-        let client = self.client().await.clone();
-        let location = self.location(key);
-        let resumed = saved_upload(payload)
-            .filter(|c| payload.offset() > 0 && c.key == key && c.part_size == self.part_size);
-        let mut upload = match resumed {
-            Some(upload) => {
-                let hash = upload.hash.as_ref().ok_or_else(|| {
-                    DeliveryError::new(ErrorKind::Integrity, "the checkpoint has no hash state")
-                })?;
-                payload.resume_hash(hash)?;
-                let done = upload.parts.len();
-                tracing::info!(%location, parts = done, "Resuming the multipart upload after its finished parts.");
-                upload
-            }
-            None => {
-                let created = client
-                    .create_multipart_upload()
-                    .bucket(&self.settings.bucket)
-                    .key(key)
-                    .set_metadata(Some(self.metadata(ctx, None)))
-                    .set_content_type(self.settings.content_type.clone())
-                    .set_storage_class(self.storage_class())
-                    .set_server_side_encryption(self.encryption())
-                    .set_ssekms_key_id(self.settings.sse_kms_key_id.clone())
-                    .send()
-                    .await
-                    .map_err(|err| s3_error(&format!("start the upload of {location}"), err))?;
-                let upload_id = created.upload_id().unwrap_or_default().to_owned();
-                let upload = UploadCheckpoint {
-                    key: key.to_owned(),
-                    upload_id,
-                    part_size: self.part_size,
-                    parts: Vec::new(),
-                    hash: None,
-                };
-                // Recorded at once, so that a run failing before its first part still
-                // aborts this upload (`discard`).
-                if let Ok(document) = serde_json::to_value(&upload) {
-                    payload.save_checkpoint(document, 0).await;
-                }
-                upload
-            }
-        };
-        let mut in_flight = JoinSet::new();
-        let result = self
-            .upload_parts(
-                &client,
-                &mut upload,
-                &mut first,
-                parts,
-                payload,
-                &mut in_flight,
-            )
-            .await;
-        if let Err(err) = result {
-            // Let the parts already on their way land, so that an abort leaves nothing behind.
-            while in_flight.join_next().await.is_some() {}
-            // Without checkpoints nobody resumes this upload: abort it now.
-            if !payload.checkpointing() {
-                self.abort(key, &upload.upload_id).await;
-            }
-            return Err(err);
-        }
-        Ok(())
-    }
-
-    async fn upload_parts(
-        &self,
-        client: &Client,
-        upload: &mut UploadCheckpoint,
-        first: &mut Option<Bytes>,
-        parts: &mut Parts,
-        payload: &mut Payload,
-        in_flight: &mut JoinSet<Result<(i32, String), DeliveryError>>,
-    ) -> Result<(), DeliveryError> {
-        let location = self.location(&upload.key);
-        let mut next_number = i32::try_from(upload.parts.len()).unwrap_or(i32::MAX) + 1;
-        let mut finished: BTreeMap<i32, String> = upload.parts.iter().cloned().collect();
-        let mut boundaries: BTreeMap<i32, HashState> = BTreeMap::new();
-        // At most `concurrency` part buffers live at once, the one being filled included.
-        let filling_limit = self.concurrency.saturating_sub(1).max(1);
-        loop {
-            while first.is_none() && in_flight.len() >= filling_limit {
-                self.part_done(in_flight, &mut finished, &mut boundaries, upload, payload)
-                    .await?;
-            }
-            let part = match first.take() {
-                Some(part) => Some(part),
-                None => parts.next(payload).await?,
-            };
-            let Some(part) = part else {
-                break;
-            };
-            boundaries.insert(next_number, payload.hash_state());
-            let number = next_number;
-            next_number += 1;
-            let request = client
-                .upload_part()
-                .bucket(&self.settings.bucket)
-                .key(&upload.key)
-                .upload_id(&upload.upload_id)
-                .part_number(number)
-                .content_length(i64::try_from(part.len()).unwrap_or(i64::MAX))
-                .body(ByteStream::from(part));
-            let action = format!("upload part {number} of {location}");
-            in_flight.spawn(async move {
-                let sent = request.send().await.map_err(|err| s3_error(&action, err))?;
-                Ok((number, sent.e_tag().unwrap_or_default().to_owned()))
-            });
-        }
-        while !in_flight.is_empty() {
-            self.part_done(in_flight, &mut finished, &mut boundaries, upload, payload)
-                .await?;
-        }
-        let completed: Vec<CompletedPart> = finished
-            .iter()
-            .map(|(number, etag)| {
-                CompletedPart::builder()
-                    .part_number(*number)
-                    .e_tag(etag)
-                    .build()
-            })
-            .collect();
-        let mut complete = client
-            .complete_multipart_upload()
-            .bucket(&self.settings.bucket)
-            .key(&upload.key)
-            .upload_id(&upload.upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
-                    .build(),
-            );
-        if self.settings.if_none_match {
-            complete = complete.if_none_match("*");
-        }
-        complete
-            .send()
-            .await
-            .map_err(|err| s3_error(&format!("complete the upload of {location}"), err))?;
-        Ok(())
-    }
-
-    /// Waits for one part upload, records it, and checkpoints the finished prefix.
-    async fn part_done(
-        &self,
-        in_flight: &mut JoinSet<Result<(i32, String), DeliveryError>>,
-        finished: &mut BTreeMap<i32, String>,
-        boundaries: &mut BTreeMap<i32, HashState>,
-        upload: &mut UploadCheckpoint,
-        payload: &Payload,
-    ) -> Result<(), DeliveryError> {
-        let Some(joined) = in_flight.join_next().await else {
-            return Ok(());
-        };
-        let (number, etag) = joined.map_err(|err| {
-            DeliveryError::new(ErrorKind::Io, format!("a part upload task failed: {err}"))
-        })??;
-        finished.insert(number, etag);
-        let contiguous = finished
-            .iter()
-            .enumerate()
-            .take_while(|(i, (n, _))| i64::from(**n) == *i as i64 + 1)
-            .count();
-        let last = i32::try_from(contiguous).unwrap_or(i32::MAX);
-        if contiguous > upload.parts.len()
-            && let Some(hash) = boundaries.get(&last)
-        {
-            upload.hash = Some(hash.clone());
-            boundaries.retain(|n, _| *n > last);
-            upload.parts = finished
-                .iter()
-                .take(contiguous)
-                .map(|(n, e)| (*n, e.clone()))
-                .collect();
-            if let Ok(document) = serde_json::to_value(&*upload) {
-                payload
-                    .save_checkpoint(document, contiguous as u64 * self.part_size)
-                    .await;
-            }
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
 impl Writer for S3Writer {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
     fn describe(&self) -> String {
         format!("s3 s3://{}/{}", self.settings.bucket, self.key)
     }
@@ -763,49 +476,7 @@ impl Writer for S3Writer {
         if upload.key != self.key.render(ctx) || upload.part_size != self.part_size {
             return Ok(0);
         }
-        // The store must still have the upload and its parts.
-        let listed = self
-            .client()
-            .await
-            .list_parts()
-            .bucket(&self.settings.bucket)
-            .key(&upload.key)
-            .upload_id(&upload.upload_id)
-            .send()
-            .await;
-        let listed = match listed {
-            Ok(listed) => listed,
-            Err(err) => {
-                let err = s3_error(
-                    &format!("list the parts of {}", self.location(&upload.key)),
-                    err,
-                );
-                // A gone upload (aborted, expired) means starting over; anything else means
-                // the store cannot tell now.
-                return match err.kind() {
-                    ErrorKind::NotFound => Ok(0),
-                    _ => Err(err),
-                };
-            }
-        };
-        let on_server: BTreeMap<i32, (Option<String>, Option<i64>)> = listed
-            .parts()
-            .iter()
-            .filter_map(|p| Some((p.part_number()?, (p.e_tag().map(str::to_owned), p.size()))))
-            .collect();
-        // A part counts when the store still has it with the same ETag (stores that list no
-        // ETag: the same size).
-        let part_size = i64::try_from(self.part_size).unwrap_or(i64::MAX);
-        let held = upload
-            .parts
-            .iter()
-            .take_while(|(n, etag)| match on_server.get(n) {
-                Some((Some(listed), _)) => listed == etag,
-                Some((None, size)) => size.is_none_or(|s| s == part_size),
-                None => false,
-            })
-            .count();
-        Ok(held as u64 * self.part_size)
+        self.bytes_held(&upload).await
     }
 
     async fn discard(&self, _ctx: &RunContext, checkpoint: Option<&Checkpoint>) {
@@ -844,19 +515,15 @@ impl S3Writer {
     /// itself with the metadata replaced. Logged, not fatal, when the store refuses.
     async fn store_sha256(&self, ctx: &RunContext, key: &str, sha256: &str) {
         let source = format!("{}/{}", self.settings.bucket, urlencode_key(key));
-        let copied = self
+        let copy = self
             .client()
             .await
             .copy_object()
             .bucket(&self.settings.bucket)
             .key(key)
             .copy_source(source)
-            .metadata_directive(MetadataDirective::Replace)
-            .set_metadata(Some(self.metadata(ctx, Some(sha256))))
-            .set_content_type(self.settings.content_type.clone())
-            .set_storage_class(self.storage_class())
-            .set_server_side_encryption(self.encryption())
-            .set_ssekms_key_id(self.settings.sse_kms_key_id.clone())
+            .metadata_directive(MetadataDirective::Replace);
+        let copied = with_attributes!(copy, self, self.metadata(ctx, Some(sha256)))
             .send()
             .await;
         if let Err(err) = copied {
@@ -884,21 +551,8 @@ impl S3Writer {
                 presigned.uri().to_owned()
             }
         };
-        Ok(Delivery {
-            writer: "s3".into(),
-            location,
-            link: Some(link),
-            bytes: digest.bytes,
-            sha256: digest.sha256,
-        })
+        Ok(digest.receipt(location, Some(link)))
     }
-}
-
-/// The multipart upload an earlier attempt checkpointed, if any.
-fn saved_upload(payload: &Payload) -> Option<UploadCheckpoint> {
-    payload
-        .checkpoint()
-        .and_then(|c| serde_json::from_value(c.document.clone()).ok())
 }
 
 /// Percent-encodes a key for `x-amz-copy-source`, keeping `/`.

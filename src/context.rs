@@ -1,0 +1,47 @@
+//! The facts of one run that every part of a delivery sees: [`RunContext`].
+
+use chrono::DateTime;
+use chrono_tz::Tz;
+use uuid::Uuid;
+
+use crate::state;
+
+/// The facts of one run that sources, writers, templates and handlers see.
+///
+/// A run is one firing of a job for one slot; it may take several attempts. Everything here
+/// but `attempt` stays the same across attempts, so templates render identically each time.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// The job's name.
+    pub job: String,
+    /// A unique, time-ordered id for this run.
+    pub run_id: String,
+    /// A random uuid for `{uuid}` in templates, fixed for the run.
+    pub uuid: Uuid,
+    /// The scheduled time of the run (its slot) in the job's time zone.
+    pub slot: DateTime<Tz>,
+    /// The attempt in progress, from 1.
+    pub attempt: u32,
+    /// Where the run's attempts, checkpoints and outcome are recorded, when anywhere.
+    pub ledger: Option<state::Ledger>,
+}
+
+impl RunContext {
+    /// A new run of `job` for `slot`, with fresh ids.
+    pub fn new(job: impl Into<String>, slot: DateTime<Tz>) -> RunContext {
+        RunContext {
+            job: job.into(),
+            run_id: Uuid::now_v7().simple().to_string(),
+            uuid: Uuid::new_v4(),
+            slot,
+            attempt: 1,
+            ledger: None,
+        }
+    }
+
+    /// The same run, recorded in `ledger`.
+    pub fn with_ledger(mut self, ledger: state::Ledger) -> RunContext {
+        self.ledger = Some(ledger);
+        self
+    }
+}

@@ -1,0 +1,66 @@
+//! HTTP failures, classified once for every kind that speaks HTTP (the `url` source, the
+//! `webhook` notifier, and whatever comes next).
+//!
+//! A status of 400 or more is an error of the kind [`ErrorKind::of_http_status`] gives
+//! (5xx, 408 and 429 transient, other 4xx permanent); a request that could not be sent is a
+//! network failure or a timeout. Messages never carry the URL reqwest would add (it may
+//! hold a token), and at most [`SNIPPET_CHARS`] characters of an error response's body are
+//! read, however large the body.
+
+use futures::StreamExt as _;
+
+use crate::error::{DeliveryError, ErrorKind};
+
+/// How much of an error response's body goes into the error message.
+pub const SNIPPET_CHARS: usize = 200;
+
+/// Classifies a reqwest failure while doing `action` (e.g. `GET example.com/x`).
+pub fn request_error(action: &str, err: reqwest::Error) -> DeliveryError {
+    let kind = if err.is_timeout() {
+        ErrorKind::Timeout
+    } else if let Some(status) = err.status() {
+        ErrorKind::of_http_status(status.as_u16())
+    } else if err.is_builder() {
+        ErrorKind::Config
+    } else {
+        ErrorKind::Network
+    };
+    // reqwest's messages include the URL, which may carry a token: strip it.
+    DeliveryError::new(kind, action.to_owned()).with_source(err.without_url())
+}
+
+/// The error for `response`, whose status is not a success: `{action} answered {status}`
+/// and the start of its body.
+pub async fn status_error(action: &str, response: reqwest::Response) -> DeliveryError {
+    let status = response.status();
+    let snippet = body_snippet(response).await;
+    DeliveryError::new(
+        ErrorKind::of_http_status(status.as_u16()),
+        format!("{action} answered {status}{snippet}"),
+    )
+}
+
+/// The start of an error response's body, whitespace folded: `": text"`, or nothing.
+async fn body_snippet(response: reqwest::Response) -> String {
+    // Enough bytes for SNIPPET_CHARS characters of any UTF-8; the rest is never read.
+    let limit = SNIPPET_CHARS * 4;
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while body.len() < limit {
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                let room = limit - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text: String = text.chars().take(SNIPPET_CHARS).collect();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {text}")
+    }
+}

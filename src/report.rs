@@ -1,0 +1,110 @@
+//! What a finished run reports: its status, its receipts ([`Delivery`], one per writer)
+//! and, when it failed, why.
+//!
+//! A leaf: writers produce receipts, the runner assembles a [`RunReport`], and notifiers,
+//! the state store and the CLI read it, without any of them importing the others.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::error::ErrorKind;
+
+/// A receipt for one writer's delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    /// The writer's kind (`local`, …).
+    pub writer: String,
+    /// Where the data went: a path, a URL, a bucket and key.
+    pub location: String,
+    /// A link a person can open, when there is one.
+    pub link: Option<String>,
+    /// How many bytes were delivered.
+    pub bytes: u64,
+    /// The sha256 of the delivered bytes, in lower-case hex.
+    pub sha256: String,
+}
+
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} ({} bytes, sha256 {})",
+            self.writer, self.location, self.bytes, self.sha256
+        )?;
+        if let Some(link) = &self.link {
+            write!(f, " {link}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every writer delivered.
+    Succeeded,
+    /// The run failed after its last attempt.
+    Failed,
+}
+
+impl RunStatus {
+    /// `succeeded` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+/// A run's failure, as handlers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailureReport {
+    /// The kind of the last error.
+    pub kind: ErrorKind,
+    /// The last error and its causes, outermost first.
+    pub chain: Vec<String>,
+    /// Why no further attempt was made.
+    pub gave_up: String,
+}
+
+/// The facts of a finished run, handed to success and failure handlers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The job's name.
+    pub job: String,
+    /// The run's id.
+    pub run_id: String,
+    /// The scheduled time the run was for, in the job's time zone (RFC 3339).
+    pub slot: String,
+    /// How it ended.
+    pub status: RunStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the run began.
+    pub started_at: DateTime<Utc>,
+    /// How long the run took, retries and waits included.
+    #[serde(serialize_with = "serialize_secs")]
+    pub duration: Duration,
+    /// One receipt per writer that delivered.
+    pub deliveries: Vec<Delivery>,
+    /// How far into the payload the run resumed from checkpoints (0: it never resumed).
+    pub resumed_from: u64,
+    /// The failure, when the run failed.
+    pub error: Option<FailureReport>,
+}
+
+fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl RunReport {
+    /// Bytes delivered (the largest receipt: every writer gets the same bytes).
+    pub fn bytes(&self) -> u64 {
+        self.deliveries.iter().map(|d| d.bytes).max().unwrap_or(0)
+    }
+}

@@ -1,0 +1,402 @@
+//! Secrets: passwords and tokens, taken from the environment or a file, never logged.
+//!
+//! A secret setting `password` has two more forms, `password_env` (the name of an
+//! environment variable) and `password_file` (a file whose content, less a trailing newline,
+//! is the secret). At most one may be given. A kind's settings embed the three as one
+//! [`SecretField`] (`#[serde(flatten)] password: SecretField<keys::Password>`). Values are
+//! resolved when a job is built, not when the file is validated, and neither a
+//! [`SecretField`] nor a [`Secret`] ever prints its value.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+
+use super::{KeyPath, Problems};
+use crate::error::{DeliveryError, ErrorKind};
+
+/// The name of a secret setting: `KEY`, and the keys of its three forms.
+pub trait SecretKey {
+    /// The inline form's key, e.g. `password`.
+    const KEY: &'static str;
+    /// `KEY`, `KEY_env` and `KEY_file`.
+    const FIELDS: &'static [&'static str];
+}
+
+/// Declares a [`SecretKey`] marker type: `secret_key!(Password = "password");`.
+macro_rules! secret_key {
+    ($(#[$meta:meta])* $name:ident = $key:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct $name;
+
+        impl $crate::settings::SecretKey for $name {
+            const KEY: &'static str = $key;
+            const FIELDS: &'static [&'static str] =
+                &[$key, concat!($key, "_env"), concat!($key, "_file")];
+        }
+    };
+}
+
+/// The secret settings the built-in kinds share.
+pub mod keys {
+    secret_key!(
+        /// `password`, `password_env`, `password_file`.
+        Password = "password"
+    );
+    secret_key!(
+        /// `url`, `url_env`, `url_file` (a URL that carries a token).
+        Url = "url"
+    );
+    secret_key!(
+        /// `bearer_token`, `bearer_token_env`, `bearer_token_file`.
+        BearerToken = "bearer_token"
+    );
+    secret_key!(
+        /// `access_key_id`, `access_key_id_env`, `access_key_id_file`.
+        AccessKeyId = "access_key_id"
+    );
+    secret_key!(
+        /// `secret_access_key`, `secret_access_key_env`, `secret_access_key_file`.
+        SecretAccessKey = "secret_access_key"
+    );
+}
+
+/// A secret setting as the job file gives it: `KEY`, `KEY_env` or `KEY_file` (at most one),
+/// read by a kind's settings with `#[serde(flatten)]`.
+pub struct SecretField<K> {
+    inline: Option<String>,
+    env: Option<String>,
+    file: Option<PathBuf>,
+    key: PhantomData<K>,
+}
+
+impl<K: SecretKey> SecretField<K> {
+    /// The inline form, for tests and library users (`password = "…"`).
+    pub fn inline(value: impl Into<String>) -> SecretField<K> {
+        SecretField {
+            inline: Some(value.into()),
+            ..SecretField::default()
+        }
+    }
+
+    /// Whether any form was given.
+    pub fn is_given(&self) -> bool {
+        self.inline.is_some() || self.env.is_some() || self.file.is_some()
+    }
+
+    /// Records a problem at `at` when more than one form was given, or an empty variable
+    /// name.
+    pub fn validate(&self, at: &KeyPath, problems: &mut Problems) {
+        let key = K::KEY;
+        let given = [
+            self.inline.is_some(),
+            self.env.is_some(),
+            self.file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            problems.add(
+                at.key(key),
+                format!("give only one of `{key}`, `{key}_env` and `{key}_file`"),
+            );
+        }
+        if self.env.as_deref() == Some("") {
+            problems.add(at.key(&format!("{key}_env")), "empty variable name");
+        }
+    }
+
+    /// Like [`SecretField::validate`], and records a problem when no form was given.
+    pub fn validate_required(&self, at: &KeyPath, problems: &mut Problems) {
+        let key = K::KEY;
+        if !self.is_given() {
+            problems.add(
+                at.key(key),
+                format!("missing: give `{key}`, `{key}_env` or `{key}_file`"),
+            );
+        }
+        self.validate(at, problems);
+    }
+
+    /// Where the secret comes from, when given (the environment before a file before the
+    /// job file, should validation have been skipped).
+    pub fn source(&self) -> Option<SecretRef> {
+        if let Some(name) = &self.env {
+            return Some(SecretRef::Env(name.clone()));
+        }
+        if let Some(path) = &self.file {
+            return Some(SecretRef::File(path.clone()));
+        }
+        self.inline.clone().map(SecretRef::Inline)
+    }
+
+    /// Reads the secret, when given. Relative file paths are taken from `base_dir`.
+    pub fn resolve(&self, base_dir: &Path) -> Result<Option<Secret>, DeliveryError> {
+        self.source()
+            .map(|source| source.resolve(base_dir))
+            .transpose()
+    }
+
+    /// Reads the secret, which must be given.
+    pub fn resolve_required(&self, base_dir: &Path) -> Result<Secret, DeliveryError> {
+        self.resolve(base_dir)?.ok_or_else(|| {
+            let key = K::KEY;
+            DeliveryError::new(
+                ErrorKind::Config,
+                format!("missing: give `{key}`, `{key}_env` or `{key}_file`"),
+            )
+        })
+    }
+}
+
+impl<K> Default for SecretField<K> {
+    fn default() -> Self {
+        SecretField {
+            inline: None,
+            env: None,
+            file: None,
+            key: PhantomData,
+        }
+    }
+}
+
+impl<K> Clone for SecretField<K> {
+    fn clone(&self) -> Self {
+        SecretField {
+            inline: self.inline.clone(),
+            env: self.env.clone(),
+            file: self.file.clone(),
+            key: PhantomData,
+        }
+    }
+}
+
+impl<K: SecretKey> fmt::Debug for SecretField<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple(K::KEY).field(&self.source()).finish()
+    }
+}
+
+impl<'de, K: SecretKey> Deserialize<'de> for SecretField<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_struct("secret", K::FIELDS, FieldVisitor(PhantomData))
+    }
+}
+
+struct FieldVisitor<K>(PhantomData<K>);
+
+impl<'de, K: SecretKey> Visitor<'de> for FieldVisitor<K> {
+    type Value = SecretField<K>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` settings", K::KEY)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut field = SecretField::<K>::default();
+        while let Some(name) = map.next_key::<String>()? {
+            match K::FIELDS.iter().position(|f| *f == name) {
+                Some(0) => field.inline = Some(map.next_value::<Text>()?.0),
+                Some(1) => field.env = Some(map.next_value::<Text>()?.0),
+                Some(2) => field.file = Some(PathBuf::from(map.next_value::<Text>()?.0)),
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(field)
+    }
+}
+
+/// A string setting that, given anything else, says so without echoing the value (it may
+/// be a secret typed into the wrong place).
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+
+        impl TextVisitor {
+            fn refuse<E: de::Error>(what: &str) -> Result<Text, E> {
+                Err(E::custom(format_args!(
+                    "invalid type: {what}, expected a string (the value is not shown)"
+                )))
+            }
+        }
+
+        impl Visitor<'_> for TextVisitor {
+            type Value = Text;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_owned()))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text, E> {
+                Ok(Text(v))
+            }
+
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Text, E> {
+                TextVisitor::refuse("a boolean")
+            }
+
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text, E> {
+                TextVisitor::refuse("an integer")
+            }
+
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text, E> {
+                TextVisitor::refuse("an integer")
+            }
+
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text, E> {
+                TextVisitor::refuse("a float")
+            }
+        }
+
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
+/// Where a secret comes from, as the job file says.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// Written in the job file itself (discouraged, but allowed).
+    Inline(String),
+    /// Read from this environment variable.
+    Env(String),
+    /// Read from this file.
+    File(PathBuf),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Inline(_) => f.write_str("Inline(<redacted>)"),
+            SecretRef::Env(name) => f.debug_tuple("Env").field(name).finish(),
+            SecretRef::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+impl SecretRef {
+    /// Reads the secret. Relative file paths are taken from `base_dir`.
+    pub fn resolve(&self, base_dir: &Path) -> Result<Secret, DeliveryError> {
+        match self {
+            SecretRef::Inline(value) => Ok(Secret(value.clone())),
+            SecretRef::Env(name) => std::env::var(name).map(Secret).map_err(|_| {
+                DeliveryError::new(
+                    ErrorKind::Config,
+                    format!("environment variable {name} is not set (or not UTF-8)"),
+                )
+            }),
+            SecretRef::File(path) => {
+                let path = base_dir.join(path);
+                let mut text = std::fs::read_to_string(&path).map_err(|err| {
+                    DeliveryError::new(
+                        ErrorKind::Config,
+                        format!("cannot read secret file {}", path.display()),
+                    )
+                    .with_source(err)
+                })?;
+                let trimmed = text.trim_end_matches(['\n', '\r']).len();
+                text.truncate(trimmed);
+                Ok(Secret(text))
+            }
+        }
+    }
+}
+
+/// A resolved secret. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's value, for handing to a protocol client. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Settings {
+        host: String,
+        #[serde(flatten)]
+        password: SecretField<keys::Password>,
+    }
+
+    fn settings(text: &str) -> Result<Settings, String> {
+        toml::from_str(text).map_err(|err: toml::de::Error| err.message().to_owned())
+    }
+
+    #[test]
+    fn only_one_form_may_be_given() {
+        let read =
+            settings("host = \"h\"\npassword = \"x\"\npassword_env = \"VAR\"\n").expect("readable");
+        assert_eq!(read.host, "h");
+        let mut problems = Problems::default();
+        read.password
+            .validate(&KeyPath::root().key("jobs"), &mut problems);
+        assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn a_flattened_field_reads_each_form_and_unknown_keys_are_still_refused() {
+        let read = settings("host = \"h\"\npassword_file = \"pass\"\n").expect("readable");
+        assert_eq!(read.password.source(), Some(SecretRef::File("pass".into())));
+        let none = settings("host = \"h\"\n").expect("readable");
+        assert!(!none.password.is_given());
+        let err = settings("host = \"h\"\npasword = \"x\"\n").expect_err("typo refused");
+        assert!(err.contains("pasword"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_echoed() {
+        let err = settings("host = \"h\"\npassword = 987654321\n").expect_err("not a string");
+        assert!(!err.contains("987654321"), "{err}");
+        assert!(err.contains("expected a string"), "{err}");
+        let field = SecretField::<keys::Password>::inline("hunter2");
+        assert!(!format!("{field:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_file_secret_loses_its_trailing_newline_and_never_prints() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("pass"), "hunter2\n").expect("write secret");
+        let secret = SecretRef::File("pass".into())
+            .resolve(dir.path())
+            .expect("readable");
+        assert_eq!(secret.expose(), "hunter2");
+        assert_eq!(format!("{secret:?} {secret}"), "<redacted> <redacted>");
+        let inline = SecretRef::Inline("hunter2".into());
+        assert!(!format!("{inline:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_without_a_value() {
+        let err = SecretRef::Env("FERRY_TEST_SURELY_UNSET_VAR".into())
+            .resolve(Path::new("/"))
+            .expect_err("unset");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("FERRY_TEST_SURELY_UNSET_VAR"));
+    }
+}

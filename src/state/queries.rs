@@ -1,0 +1,352 @@
+//! The store's queries: claims, leases, outcomes, history, checkpoints, notifications and
+//! cursors. Every statement is one round trip in one transaction, written once for both
+//! backends (sqlx's `Any` driver, `$n` placeholders).
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use super::{
+    Backend, Checkpoint, Claim, NotificationOutcome, NotificationRecord, Outcome, RunRecord,
+    RunState, StateError, Store,
+};
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn instant(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// `SELECT` of every run column, as a literal (queries must be static strings).
+macro_rules! select_runs {
+    ($rest:literal) => {
+        concat!(
+            "SELECT job, slot, slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at, finished_at, bytes, sha256, location, error FROM ferry_runs ",
+            $rest
+        )
+    };
+}
+
+fn run_from_row(row: &AnyRow) -> Result<RunRecord, sqlx::Error> {
+    let unsigned = |v: i64| u64::try_from(v).unwrap_or_default();
+    Ok(RunRecord {
+        job: row.try_get("job")?,
+        slot: instant(row.try_get("slot")?),
+        slot_local: row.try_get("slot_local")?,
+        run_id: row.try_get("run_id")?,
+        uuid: row.try_get("uuid")?,
+        state: RunState::parse(&row.try_get::<String, _>("state")?),
+        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+        owner: row.try_get("owner")?,
+        lease_until: instant(row.try_get("lease_until")?),
+        started_at: instant(row.try_get("started_at")?),
+        finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(instant),
+        bytes: row.try_get::<Option<i64>, _>("bytes")?.map(unsigned),
+        sha256: row.try_get("sha256")?,
+        location: row.try_get("location")?,
+        error: row.try_get("error")?,
+    })
+}
+
+impl Store {
+    /// Takes over a run a previous daemon left unfinished, for `owner`. With SQLite (one
+    /// daemon) every unfinished run is this daemon's to take; with PostgreSQL only one whose
+    /// lease has expired (its daemon is gone). `false` if another daemon holds it.
+    pub async fn take_over(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StateError> {
+        let expired_before = match self.backend {
+            Backend::Sqlite => Utc::now() + chrono::Duration::days(36_500),
+            Backend::Postgres => Utc::now(),
+        };
+        self.take_over_expired(run_id, owner, lease, expired_before)
+            .await
+    }
+
+    /// Records a new run for `claim.job` and `claim.slot`. `false` when the slot already has
+    /// a run (this daemon's, another daemon's, or a finished one): the caller must not run it.
+    pub async fn claim(&self, claim: &Claim<'_>) -> Result<bool, StateError> {
+        let now = Utc::now();
+        let lease = chrono::Duration::from_std(claim.lease).unwrap_or_default();
+        let done = sqlx::query(
+            "INSERT INTO ferry_runs (job, slot, slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at)
+             VALUES ($1, $2, $3, $4, $5, 'running', 0, $6, $7, $8)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(claim.job)
+        .bind(millis(claim.slot))
+        .bind(claim.slot_local)
+        .bind(claim.run_id)
+        .bind(claim.uuid)
+        .bind(claim.owner)
+        .bind(millis(now + lease))
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records that attempt `attempt` of run `run_id` starts, renewing its lease.
+    pub async fn attempt(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        lease: Duration,
+    ) -> Result<(), StateError> {
+        let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+        sqlx::query("UPDATE ferry_runs SET attempts = $1, lease_until = $2 WHERE run_id = $3")
+            .bind(i64::from(attempt))
+            .bind(millis(until))
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Extends run `run_id`'s lease while `owner` still holds it; `false` if it does not.
+    pub async fn renew(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StateError> {
+        let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+        let done = sqlx::query(
+            "UPDATE ferry_runs SET lease_until = $1 WHERE run_id = $2 AND owner = $3 AND state = 'running'",
+        )
+        .bind(millis(until))
+        .bind(run_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Takes over unfinished run `run_id` for `owner`: only if it is still running and its
+    /// lease expired before `expired_before`. `false` if someone else holds it.
+    pub async fn take_over_expired(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+        expired_before: DateTime<Utc>,
+    ) -> Result<bool, StateError> {
+        let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+        let done = sqlx::query(
+            "UPDATE ferry_runs SET owner = $1, lease_until = $2
+             WHERE run_id = $3 AND state = 'running' AND lease_until < $4",
+        )
+        .bind(owner)
+        .bind(millis(until))
+        .bind(run_id)
+        .bind(millis(expired_before))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records how run `run_id` ended, and drops its checkpoints, in one transaction.
+    pub async fn finish(&self, run_id: &str, outcome: &Outcome<'_>) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE ferry_runs SET state = $1, attempts = $2, finished_at = $3, bytes = $4, sha256 = $5, location = $6, error = $7
+             WHERE run_id = $8",
+        )
+        .bind(outcome.state.as_str())
+        .bind(i64::from(outcome.attempts))
+        .bind(millis(Utc::now()))
+        .bind(outcome.bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
+        .bind(outcome.sha256)
+        .bind(outcome.location)
+        .bind(outcome.error)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM ferry_checkpoints WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The run of `job` for `slot`, if there is one.
+    pub async fn run_for(
+        &self,
+        job: &str,
+        slot: DateTime<Utc>,
+    ) -> Result<Option<RunRecord>, StateError> {
+        let row = sqlx::query(select_runs!("WHERE job = $1 AND slot = $2"))
+            .bind(job)
+            .bind(millis(slot))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(run_from_row).transpose()?)
+    }
+
+    /// Runs not finished (state `running`), oldest slot first.
+    pub async fn unfinished(&self) -> Result<Vec<RunRecord>, StateError> {
+        let rows = sqlx::query(select_runs!("WHERE state = 'running' ORDER BY slot"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(run_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// The latest slot of `job` that has a run.
+    pub async fn last_slot(&self, job: &str) -> Result<Option<DateTime<Utc>>, StateError> {
+        let row = sqlx::query("SELECT MAX(slot) AS slot FROM ferry_runs WHERE job = $1")
+            .bind(job)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("slot")?.map(instant))
+    }
+
+    /// Recent runs, newest slot first, of one job or all.
+    pub async fn history(
+        &self,
+        job: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StateError> {
+        let rows = match job {
+            Some(job) => {
+                sqlx::query(select_runs!(
+                    "WHERE job = $1 ORDER BY slot DESC, started_at DESC LIMIT $2"
+                ))
+                .bind(job)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(select_runs!("ORDER BY slot DESC, started_at DESC LIMIT $1"))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows.iter().map(run_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Saves writer `writer`'s progress in run `run_id`, replacing what it saved before.
+    pub async fn save_checkpoint(
+        &self,
+        run_id: &str,
+        writer: usize,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO ferry_checkpoints (run_id, writer, document, bytes_done, updated_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (run_id, writer) DO UPDATE
+             SET document = excluded.document, bytes_done = excluded.bytes_done, updated_at = excluded.updated_at",
+        )
+        .bind(run_id)
+        .bind(i64::try_from(writer).unwrap_or(i64::MAX))
+        .bind(checkpoint.document.to_string())
+        .bind(i64::try_from(checkpoint.bytes_done).unwrap_or(i64::MAX))
+        .bind(millis(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Writer `writer`'s saved progress in run `run_id`.
+    pub async fn checkpoint(
+        &self,
+        run_id: &str,
+        writer: usize,
+    ) -> Result<Option<Checkpoint>, StateError> {
+        let row = sqlx::query(
+            "SELECT document, bytes_done FROM ferry_checkpoints WHERE run_id = $1 AND writer = $2",
+        )
+        .bind(run_id)
+        .bind(i64::try_from(writer).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let document: String = row.try_get("document")?;
+        Ok(Some(Checkpoint {
+            document: serde_json::from_str(&document).unwrap_or(serde_json::Value::Null),
+            bytes_done: u64::try_from(row.try_get::<i64, _>("bytes_done")?).unwrap_or_default(),
+        }))
+    }
+
+    /// Keeps how a notification about a run went (replacing an earlier record of it).
+    pub async fn record_notification(
+        &self,
+        record: &NotificationRecord<'_>,
+    ) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO ferry_notifications (run_id, notifier, sent, attempts, error, at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (run_id, notifier) DO UPDATE SET sent = excluded.sent,
+               attempts = excluded.attempts, error = excluded.error, at = excluded.at",
+        )
+        .bind(record.run_id)
+        .bind(record.notifier)
+        .bind(i64::from(record.sent))
+        .bind(i64::from(record.attempts))
+        .bind(record.error)
+        .bind(millis(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How the notifications about run `run_id` went, by notifier name.
+    pub async fn notifications(
+        &self,
+        run_id: &str,
+    ) -> Result<Vec<NotificationOutcome>, StateError> {
+        let rows = sqlx::query(
+            "SELECT notifier, sent, attempts, error FROM ferry_notifications
+             WHERE run_id = $1 ORDER BY notifier",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NotificationOutcome {
+                    notifier: row.try_get("notifier")?,
+                    sent: row.try_get::<i64, _>("sent")? != 0,
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StateError::from)
+    }
+
+    /// Job `job`'s saved position.
+    pub async fn cursor(&self, job: &str) -> Result<Option<String>, StateError> {
+        let row = sqlx::query("SELECT value FROM ferry_cursors WHERE job = $1")
+            .bind(job)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    /// Saves job `job`'s position.
+    pub async fn set_cursor(&self, job: &str, value: &str) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO ferry_cursors (job, value, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (job) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(job)
+        .bind(value)
+        .bind(millis(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
