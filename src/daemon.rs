@@ -13,36 +13,30 @@
 //!   `shutdown_timeout` to finish and are cancelled after it (their temporary files removed,
 //!   their programs killed).
 //!
-//! Timing is tokio-cron-scheduler's, used as a timer only. ferry computes every slot itself
-//! from the cron expression in the job's time zone (croner, DST-aware), and arms one
-//! one-shot per distinct slot instant, shared by every job due then: 1,000 jobs firing
-//! each second are one timer a second, not a thousand (tokio-cron-scheduler scans all its
-//! jobs every 500 ms and falls behind at that rate when each job is its own timer). Its
-//! cron evaluation (time-zone bugs #105 and #107, the schedule bugs behind #95) and its
-//! repeated jobs (which can stop firing, #113) are never used. It keeps instants at whole
-//! seconds and polls every 500 ms, so a one-shot is often released up to a second early; a
-//! run released early waits for its slot, so runs start at their slot or a little after.
+//! The daemon owns the lifecycle only: when slots are, how they are timed and what a firing
+//! does when a run is still going or slots were missed are [`crate::schedule`]'s (its
+//! [`Schedule`](crate::schedule::Schedule), [`Timer`] and policies); who may take over an
+//! unfinished run is [`crate::state`]'s.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use rand::Rng as _;
 use tokio::sync::mpsc;
-use tokio_cron_scheduler::{Job as TimerJob, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, Config, ConfigErrors, Overlap};
+use crate::config::{self, Config, ConfigErrors};
 use crate::error::{DeliveryError, display_chain};
 use crate::job::Job;
 use crate::notify::Notifications;
 use crate::report::RunReport;
+use crate::schedule::{Misfire, Overlap, Running, Timer};
 use crate::state::{Ledger, Outcome, StateError, Store, owner_id};
 
 /// What the daemon is asked to do from outside (signals, tests).
@@ -86,6 +80,13 @@ pub enum Event {
         /// The job.
         job: String,
         /// The slot that was skipped.
+        slot: DateTime<Tz>,
+    },
+    /// A scheduled run is starting: its slot (and jitter) came and `overlap` let it run.
+    Started {
+        /// The job.
+        job: String,
+        /// The run's slot.
         slot: DateTime<Tz>,
     },
     /// A run finished (successfully or not).
@@ -158,20 +159,11 @@ pub async fn run(
         owner: owner_id(),
         lease: LEASE,
     };
-    let scheduler = JobScheduler::new()
-        .await
-        .map_err(|err| DaemonError::Scheduler(err.to_string()))?;
-    scheduler
-        .start()
-        .await
-        .map_err(|err| DaemonError::Scheduler(err.to_string()))?;
-    let (timer_tx, timer) = mpsc::unbounded_channel();
+    let timer = Timer::start().await.map_err(DaemonError::Scheduler)?;
     let mut daemon = Daemon {
         path: path.to_path_buf(),
         shutdown_timeout: config.daemon.shutdown_timeout.get(),
-        scheduler,
-        timer_tx,
-        due: BTreeMap::new(),
+        timer,
         armed: HashMap::new(),
         generation: 0,
         tracker: TaskTracker::new(),
@@ -193,7 +185,7 @@ pub async fn run(
         sd_notify::NotifyState::Status(&format!("{armed} jobs armed")),
     ]);
     daemon.emit(Event::Ready { armed });
-    daemon.serve(control, timer).await;
+    daemon.serve(control).await;
     Ok(())
 }
 
@@ -241,11 +233,8 @@ struct Armed {
 struct Daemon {
     path: PathBuf,
     shutdown_timeout: Duration,
-    scheduler: JobScheduler,
-    /// The timer sends the instant it was armed for.
-    timer_tx: mpsc::UnboundedSender<DateTime<Utc>>,
-    /// Jobs due at each armed instant; one timer per instant.
-    due: BTreeMap<DateTime<Utc>, Vec<Fire>>,
+    /// Firings armed at their slots.
+    timer: Timer<Fire>,
     armed: HashMap<String, Armed>,
     generation: u64,
     tracker: TaskTracker,
@@ -303,7 +292,7 @@ impl Daemon {
     }
 
     /// Gives each job whose last slot was missed within its `misfire_grace` one catch-up
-    /// run, and logs what was missed outside it.
+    /// run, and logs what was missed outside it ([`Misfire`]).
     async fn catch_up(&mut self) -> Result<(), StateError> {
         let now = Utc::now();
         let mut due = Vec::new();
@@ -315,39 +304,37 @@ impl Daemon {
             let Some(last_due) = job.schedule.latest_at_or_before(now) else {
                 continue;
             };
-            let last_due_utc = last_due.with_timezone(&Utc);
-            if self
-                .ledger
-                .store
-                .run_for(name, last_due_utc)
+            let store = &self.ledger.store;
+            if store
+                .run_for(name, last_due.with_timezone(&Utc))
                 .await?
                 .is_some()
             {
                 continue;
             }
-            let recorded = self.ledger.store.last_slot(name).await?;
-            let missed = recorded.map_or(1, |last| job.schedule.count_between(last, now));
-            match job.misfire_grace {
-                Some(grace)
-                    if now - last_due_utc
-                        <= chrono::Duration::from_std(grace).unwrap_or_default() =>
-                {
-                    tracing::info!(job = %name, slot = %last_due.to_rfc3339(), missed, "Catching up: the missed slots coalesce into one run.");
-                    due.push((name.clone(), last_due));
+            let recorded = store.last_slot(name).await?;
+            match Misfire::decide(&job.schedule, now, job.misfire_grace, recorded) {
+                Misfire::CatchUp { slot, missed } => {
+                    tracing::info!(job = %name, slot = %slot.to_rfc3339(), missed, "Catching up: the missed slots coalesce into one run.");
+                    due.push((name.clone(), slot));
                 }
-                Some(grace) => tracing::info!(
+                Misfire::TooOld {
+                    slot,
+                    missed,
+                    grace,
+                } => tracing::info!(
                     job = %name,
-                    slot = %last_due.to_rfc3339(),
+                    slot = %slot.to_rfc3339(),
                     missed,
                     misfire_grace = %humantime::format_duration(grace),
                     "Missed slots are older than misfire_grace; not run."
                 ),
-                None if recorded.is_some() && missed > 0 => tracing::info!(
+                Misfire::NotMadeUp { missed } => tracing::info!(
                     job = %name,
                     missed,
                     "Slots were missed while ferry was down; no misfire_grace, so none is made up."
                 ),
-                None => {}
+                Misfire::Nothing => {}
             }
         }
         for (name, slot) in due {
@@ -363,22 +350,17 @@ impl Daemon {
         Ok(())
     }
 
-    async fn serve(
-        &mut self,
-        mut control: mpsc::Receiver<Control>,
-        mut timer: mpsc::UnboundedReceiver<DateTime<Utc>>,
-    ) {
+    async fn serve(&mut self, mut control: mpsc::Receiver<Control>) {
         // Ping the watchdog at half its interval, from this loop: a stuck loop gets restarted.
         let watchdog = sd_notify::watchdog_enabled().map(|interval| interval / 2);
         let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-        // A safety net under the timer: anything overdue by more than its polling slack is
-        // released anyway (and said so).
-        let mut sweep = tokio::time::interval(Duration::from_secs(1));
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let now = loop {
             tokio::select! {
-                Some(at) = timer.recv() => self.release(at).await,
-                _ = sweep.tick() => self.sweep().await,
+                due = self.timer.next_due() => {
+                    for fire in due {
+                        self.fire(fire).await;
+                    }
+                }
                 command = control.recv() => match command {
                     Some(Control::Reload) => self.reload().await,
                     Some(Control::Shutdown) | None => break false,
@@ -440,36 +422,8 @@ impl Daemon {
             generation: armed.generation,
             slot,
         };
-        let at = slot.with_timezone(&Utc);
         tracing::debug!(job = name, slot = %slot.to_rfc3339(), "Armed.");
-        match self.due.entry(at) {
-            Entry::Occupied(mut waiting) => waiting.get_mut().push(fire),
-            Entry::Vacant(vacant) => {
-                vacant.insert(vec![fire]);
-                self.add_timer(at).await;
-            }
-        }
-    }
-
-    /// Arms a one-shot that sends `at` when it is due.
-    async fn add_timer(&mut self, at: DateTime<Utc>) {
-        let delay = (at - Utc::now()).to_std().unwrap_or_default();
-        let tx = self.timer_tx.clone();
-        let timer = TimerJob::new_one_shot_at_instant_async(
-            std::time::Instant::now() + delay,
-            move |_, _| {
-                let _ = tx.send(at);
-                Box::pin(async {})
-            },
-        );
-        let added = match timer {
-            Ok(timer) => self.scheduler.add(timer).await.map(|_| ()),
-            Err(err) => Err(err),
-        };
-        if let Err(err) = added {
-            tracing::error!(at = %at.to_rfc3339(), error = %err, "Cannot arm a timer; the jobs due then will not run.");
-            self.due.remove(&at);
-        }
+        self.timer.arm(slot.with_timezone(&Utc), fire).await;
     }
 
     /// Forgets job `name`'s armed slot: the waiting firing becomes stale, and runs
@@ -479,26 +433,6 @@ impl Daemon {
             armed.next = None;
             armed.waiting.cancel();
             armed.waiting = self.not_started.child_token();
-        }
-    }
-
-    /// Releases what the timer should have released more than two seconds ago.
-    async fn sweep(&mut self) {
-        let overdue = Utc::now() - chrono::Duration::seconds(2);
-        if let Some((&at, _)) = self.due.first_key_value()
-            && at < overdue
-        {
-            tracing::warn!(at = %at.to_rfc3339(), "The timer missed a slot; releasing it late.");
-            self.release(at).await;
-        }
-    }
-
-    /// The timer for `at` went off: every job due then (or before) fires.
-    async fn release(&mut self, at: DateTime<Utc>) {
-        let later = self.due.split_off(&(at + chrono::Duration::nanoseconds(1)));
-        let due = std::mem::replace(&mut self.due, later);
-        for fire in due.into_values().flatten() {
-            self.fire(fire).await;
         }
     }
 
@@ -564,6 +498,12 @@ impl Daemon {
                 }
                 return None;
             };
+            if let Some(events) = &events {
+                let _ = events.send(Event::Started {
+                    job: job.name.clone(),
+                    slot,
+                });
+            }
             match job.run_claimed(&ledger, slot).await {
                 Ok(report) => {
                     if report.is_none() {
@@ -689,9 +629,7 @@ impl Daemon {
             deadline = %humantime::format_duration(self.shutdown_timeout),
             "Shutting down: nothing new fires; running deliveries may finish."
         );
-        if let Err(err) = self.scheduler.shutdown().await {
-            tracing::warn!(error = %err, "The timer did not stop cleanly.");
-        }
+        self.timer.shutdown().await;
         self.not_started.cancel();
         self.tracker.close();
         let mut cancelled = 0;
@@ -723,28 +661,6 @@ impl Daemon {
         }
         tracing::info!(cancelled, "Stopped.");
         self.emit(Event::Stopped { cancelled });
-    }
-}
-
-/// Counts a run while it lives.
-struct Running(Arc<AtomicUsize>);
-
-impl Running {
-    /// Counts a run that starts now; with `Overlap::Skip`, only if none is going.
-    fn enter(count: Arc<AtomicUsize>, overlap: Overlap) -> Option<Running> {
-        match overlap {
-            Overlap::Skip => count
-                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
-                .ok()?,
-            Overlap::Allow => count.fetch_add(1, Ordering::SeqCst),
-        };
-        Some(Running(count))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

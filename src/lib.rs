@@ -15,15 +15,41 @@
 //!          └─► success / failure handlers (notify::Notifier), once per run
 //! ```
 //!
-//! * [`config`] parses the job file into checked settings without doing any I/O; every
-//!   problem is reported at once as `file:line:col: message`.
-//! * [`source`] and [`writer`] hold one file per kind; a kind is added by writing that file
-//!   and one registration line.
-//! * [`activity`] is one attempt of a delivery: source → transform → every writer, with
-//!   backpressure, each writer hashing what it wrote.
-//! * [`runner`] retries attempts by policy ([`runner::RetryingActivity`]) and calls the
-//!   handlers exactly once per run ([`runner::ActivityRunner`]).
-//! * [`job`] turns a checked job configuration into the runnable pieces.
+//! # One delivery, module by module
+//!
+//! 1. **Start-up.** `main` parses the command line ([`cli`]) and calls [`daemon::run`].
+//!    [`config`] reads the job file into checked settings with no I/O at all (every problem
+//!    at once, as `file:line:col: message`); each kind's settings come from its own file and
+//!    use the shared vocabulary of [`settings`] (key paths, durations, secrets) and [`tls`].
+//! 2. **Building.** [`job`] turns each job's settings into a runnable [`job::Job`]: every
+//!    kind's `build` gets a [`build_env::BuildEnv`] (the job file's directory and the shared
+//!    HTTP client) and reads its secrets now; notifiers become handlers.
+//! 3. **Arming.** The daemon opens the [`state`] store (SQLite or PostgreSQL), resumes what
+//!    a previous daemon left unfinished when the store lets it take it over, catches up
+//!    missed slots within their grace, and arms each job: [`schedule`] computes the next slot
+//!    from the cron expression in the job's zone, its timer releases it at that instant, and
+//!    its policies decide about overlapping runs and missed slots.
+//! 4. **Firing.** A released slot is claimed in the store (one run per job and slot, however
+//!    many daemons see it) and handed, with its [`context::RunContext`], to the
+//!    [`runner`]: [`runner::RetryingActivity`] makes attempts by policy, each one
+//!    [`activity::DeliveryActivity`]: the [`source`] opens a byte stream, [`transform`]
+//!    compresses it, and every [`writer`] consumes its own [`writer::Payload`], counting and
+//!    hashing what it reads, checkpointing progress into the store, and returning a receipt.
+//!    Failures are [`error::DeliveryError`]s whose kind decides retries; HTTP-speaking kinds
+//!    classify through [`http`]. Paths and keys are [`template`]s over the slot.
+//! 5. **Reporting.** The runner records the outcome in the store and assembles a
+//!    [`report::RunReport`]; [`notify`] tells the job's handlers (log, email, webhook) in the
+//!    background, once, and keeps how each went.
+//! 6. **Reload and shutdown.** SIGHUP re-reads and re-arms what changed; SIGTERM stops
+//!    firing and gives running deliveries `shutdown_timeout` ([`daemon`]).
+//!
+//! # Layers
+//!
+//! Imports point down only: the daemon and CLI use jobs; jobs use the runner, the activity
+//! and the kinds; the kinds (`source/*`, `writer/*`, `notify/*`) use only the leaves
+//! ([`settings`], [`build_env`], [`context`], [`report`], [`tls`], [`http`], [`error`],
+//! [`template`], [`state`]), never `job`, `runner`, `daemon` or `config`. A test
+//! (`tests/it/architecture.rs`) keeps the graph free of cycles.
 //!
 //! Library users can build a [`DeliveryActivity`](activity::DeliveryActivity) from their own
 //! sources and writers; see `examples/custom_writer.rs`.

@@ -25,6 +25,7 @@ pub use crate::settings::{
 
 use crate::notify::NotifierConfig;
 use crate::runner::RetryConfig;
+pub use crate::schedule::Overlap;
 use crate::source::SourceConfig;
 use crate::transform::Transform;
 use crate::writer::WriterConfig;
@@ -195,17 +196,6 @@ pub struct JobConfig {
     /// Whether the job is scheduled; a disabled job can still be triggered by hand.
     #[serde(default = "default_enabled")]
     pub enabled: bool,
-}
-
-/// `overlap`: what a firing does while the job's previous run is still going.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Overlap {
-    /// Skip the firing, with a warning saying why.
-    #[default]
-    Skip,
-    /// Start another run alongside.
-    Allow,
 }
 
 fn default_enabled() -> bool {

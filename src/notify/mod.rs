@@ -10,10 +10,7 @@
 //!
 //! Kinds: `log`, `email`, `webhook`, one file each; [`message`] holds what they say.
 
-mod email;
-mod log;
 pub mod message;
-mod webhook;
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,10 +20,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable as _};
 use tokio_util::task::TaskTracker;
-
-pub use email::{EmailConfig, EmailSecurity};
-pub use log::{LogConfig, LogNotifier};
-pub use webhook::{WebhookConfig, WebhookFormat};
 
 use crate::build_env::BuildEnv;
 use crate::error::{DeliveryError, ErrorKind, display_chain};
@@ -69,11 +62,11 @@ kinds! {
     /// `[notifiers.NAME]`: a named handler jobs list in `on_success` and `on_failure`.
     pub enum NotifierConfig: NotifierSettings {
         /// `type = "log"`: a line in ferry's log.
-        "log" => Log(LogConfig),
+        mod log: "log" => Log(LogConfig),
         /// `type = "email"`: a mail over SMTP.
-        "email" => Email(Box<EmailConfig>),
+        mod email: "email" => Email(Box<EmailConfig>),
         /// `type = "webhook"`: an HTTP request.
-        "webhook" => Webhook(Box<WebhookConfig>),
+        mod webhook: "webhook" => Webhook(Box<WebhookConfig>),
     }
 }
 

@@ -1,4 +1,10 @@
-//! Schedules: cron expressions read in a time zone.
+//! Scheduling: when jobs fire and what a firing does.
+//!
+//! * [`Schedule`] (this file) computes slots: a cron expression read in a time zone.
+//! * [`timer`] releases armed firings when their instant comes.
+//! * [`policy`] decides what a firing does while the previous run is still going
+//!   ([`Overlap`]) and what start-up does about slots missed while no daemon ran
+//!   ([`Misfire`]).
 //!
 //! Expressions have a leading seconds field (`sec min hour dom month dow`); a 5-field
 //! crontab line means second 0, and `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`
@@ -6,12 +12,18 @@
 //! Parsing is croner's, the same parser tokio-cron-scheduler uses, set to refuse a year
 //! field so that six fields always mean "seconds first".
 
+pub mod policy;
+pub mod timer;
+
 use std::fmt;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+
+pub use policy::{Misfire, Overlap, Running};
+pub use timer::Timer;
 
 /// A cron expression in a time zone.
 #[derive(Debug, Clone)]

@@ -7,11 +7,6 @@
 //!
 //! Kinds: `inline`, `file`, `url`, `command`, one file each.
 
-mod command;
-mod file;
-mod inline;
-mod url;
-
 use std::fmt;
 use std::io;
 use std::pin::Pin;
@@ -20,11 +15,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
-
-pub use command::{CommandConfig, CommandSource};
-pub use file::{FileConfig, FileSource};
-pub use inline::{InlineConfig, InlineSource};
-pub use url::{UrlConfig, UrlSource};
 
 use crate::build_env::BuildEnv;
 use crate::context::RunContext;
@@ -86,12 +76,12 @@ kinds! {
     /// `source = { type = "…", … }`: a job's data source.
     pub enum SourceConfig: SourceSettings {
         /// `type = "inline"`: text written in the job file.
-        "inline" => Inline(InlineConfig),
+        mod inline: "inline" => Inline(InlineConfig),
         /// `type = "file"`: a local file.
-        "file" => File(FileConfig),
+        mod file: "file" => File(FileConfig),
         /// `type = "url"`: the body of an HTTP(S) GET.
-        "url" => Url(UrlConfig),
+        mod url: "url" => Url(UrlConfig),
         /// `type = "command"`: the standard output of a program.
-        "command" => Command(CommandConfig),
+        mod command: "command" => Command(CommandConfig),
     }
 }

@@ -9,21 +9,15 @@
 //! Kinds: `local`, `s3`, `ftp`, one file (or folder) each; [`payload`] holds the stream a
 //! writer reads and the accounting of what it read.
 
-mod ftp;
-mod local;
 mod payload;
-mod s3;
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use ftp::{FtpConfig, FtpMode, FtpSecurity, FtpWriter};
-pub use local::{LocalConfig, LocalWriter};
 pub(crate) use payload::{Checkpoints, Frame};
 pub use payload::{Digest, HashState, Payload};
-pub use s3::{Checksums, S3Config, S3Writer};
 
 pub use crate::report::Delivery;
 
@@ -103,10 +97,10 @@ kinds! {
     /// `writers = [{ type = "…", … }]`: one of a job's destinations.
     pub enum WriterConfig: WriterSettings {
         /// `type = "local"`: a file on this machine.
-        "local" => Local(LocalConfig),
+        mod local: "local" => Local(LocalConfig),
         /// `type = "s3"`: an object in S3 or an S3-compatible store.
-        "s3" => S3(Box<S3Config>),
+        mod s3: "s3" => S3(Box<S3Config>),
         /// `type = "ftp"`: a file on an FTP server.
-        "ftp" => Ftp(Box<FtpConfig>),
+        mod ftp: "ftp" => Ftp(Box<FtpConfig>),
     }
 }

@@ -1,105 +1,15 @@
 //! The daemon booted in-process: firing, reload, overlap and shutdown, in real time.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::Timelike as _;
 use ferry::daemon::{self, Control, Event};
 use ferry::runner::RunStatus;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::support::Workspace;
-
-/// A daemon running in this test's runtime.
-pub(crate) struct Booted {
-    control: mpsc::Sender<Control>,
-    events: mpsc::UnboundedReceiver<Event>,
-    task: JoinHandle<Result<(), daemon::DaemonError>>,
-}
-
-pub(crate) fn boot(config: &Path) -> Booted {
-    let (control, control_rx) = mpsc::channel(4);
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let path = config.to_path_buf();
-    let task = tokio::spawn(async move { daemon::run(&path, control_rx, Some(events_tx)).await });
-    Booted {
-        control,
-        events,
-        task,
-    }
-}
-
-impl Booted {
-    /// Every event within `within`.
-    pub(crate) async fn collect(&mut self, within: Duration) -> Vec<Event> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut seen = Vec::new();
-        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
-            seen.push(event);
-        }
-        seen
-    }
-
-    /// The next event, failing the test after `within`.
-    async fn next(&mut self, within: Duration) -> Event {
-        match tokio::time::timeout(within, self.events.recv()).await {
-            Ok(Some(event)) => event,
-            Ok(None) => panic!("the daemon stopped sending events"),
-            Err(_) => panic!("no event within {within:?}"),
-        }
-    }
-
-    /// Events until one matches `want` (returned), failing after `within` in all.
-    async fn until(
-        &mut self,
-        within: Duration,
-        want: impl Fn(&Event) -> bool,
-    ) -> (Event, Vec<Event>) {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let event = match tokio::time::timeout(left, self.events.recv()).await {
-                Ok(Some(event)) => event,
-                _ => panic!("no matching event within {within:?}; saw {seen:#?}"),
-            };
-            if want(&event) {
-                return (event, seen);
-            }
-            seen.push(event);
-        }
-    }
-
-    pub(crate) async fn stop(mut self) -> Vec<Event> {
-        self.control
-            .send(Control::Shutdown)
-            .await
-            .expect("daemon listening");
-        let mut seen = Vec::new();
-        loop {
-            let event = self.next(Duration::from_secs(20)).await;
-            let stopped = matches!(event, Event::Stopped { .. });
-            seen.push(event);
-            if stopped {
-                break;
-            }
-        }
-        self.task
-            .await
-            .expect("daemon task")
-            .expect("daemon ends cleanly");
-        seen
-    }
-}
-
-fn finished_job(event: &Event) -> Option<(&str, String)> {
-    match event {
-        Event::Finished(report) => Some((report.job.as_str(), report.slot.clone())),
-        _ => None,
-    }
-}
+use crate::support::daemon::*;
 
 const EVERY_SECOND: &str = r#"
 [[jobs]]
@@ -273,8 +183,12 @@ writers = [{ type = "local", path = "out/{scheduled:%H%M%S}" }]
         daemon.next(Duration::from_secs(5)).await,
         Event::Ready { .. }
     ));
-    // Let the first run start (it fires within a second and takes two).
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // Stop while the first run is going (it takes two seconds).
+    daemon
+        .until(Duration::from_secs(10), |e| {
+            matches!(e, Event::Started { .. })
+        })
+        .await;
     let events = daemon.stop().await;
     let finished: Vec<_> = events.iter().filter_map(finished_job).collect();
     assert!(
@@ -315,7 +229,11 @@ writers = [{ type = "local", path = "out/stuck" }]
         daemon.next(Duration::from_secs(5)).await,
         Event::Ready { .. }
     ));
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    daemon
+        .until(Duration::from_secs(10), |e| {
+            matches!(e, Event::Started { .. })
+        })
+        .await;
     let started = std::time::Instant::now();
     let events = daemon.stop().await;
     assert!(
@@ -366,9 +284,25 @@ writers = [{{ type = "local", path = "out/{{run_id}}" }}]
     daemon.stop().await;
 
     let ws = Workspace::new();
-    let daemon = boot(&ws.job_file(&job("allow")));
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let events = daemon.stop().await;
+    let mut daemon = boot(&ws.job_file(&job("allow")));
+    // Two runs started while the first (2.2 s) is still going: they overlap.
+    let (_, mut events) = daemon
+        .until(Duration::from_secs(10), |e| {
+            matches!(e, Event::Started { .. })
+        })
+        .await;
+    let (second, before) = daemon
+        .until(Duration::from_secs(10), |e| {
+            matches!(e, Event::Started { .. })
+        })
+        .await;
+    assert!(
+        !before.iter().any(|e| finished_job(e).is_some()),
+        "the second run started before the first finished: {before:#?}"
+    );
+    events.extend(before);
+    events.push(second);
+    events.extend(daemon.stop().await);
     assert!(
         !events.iter().any(|e| matches!(e, Event::Skipped { .. })),
         "{events:#?}"

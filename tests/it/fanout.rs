@@ -14,7 +14,7 @@ use ferry::template::Template;
 use ferry::writer::{Delivery, LocalWriter, Payload, Writer};
 use futures::StreamExt as _;
 
-use crate::sources::run_job;
+use crate::support::run_job;
 use crate::support::{Workspace, sha256_file, slot};
 
 fn random_file(ws: &Workspace, name: &str, len: usize) -> std::path::PathBuf {

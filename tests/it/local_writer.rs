@@ -3,7 +3,7 @@
 use ferry::error::ErrorKind;
 use ferry::runner::RunStatus;
 
-use crate::sources::run_job;
+use crate::support::run_job;
 use crate::support::{Workspace, show};
 
 fn job(source: &str, writer: &str) -> String {

@@ -1,5 +1,6 @@
 //! ferry's integration tests: one binary, shared helpers in `support`.
 
+mod architecture;
 mod cli;
 mod config_errors;
 mod daemon;

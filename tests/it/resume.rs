@@ -11,7 +11,7 @@ use ferry::state::{Claim, Ledger, Outcome, RunState, Store};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::daemon::boot;
+use crate::support::daemon::boot;
 use crate::support::{Workspace, ferry, random_file, sha256_file, show};
 
 async fn ledger(ws: &Workspace) -> Ledger {
@@ -170,8 +170,10 @@ writers = [{ type = "local", path = "out/{scheduled:%H%M}" }]
     record_past_run(&store, "minutely", last_due - chrono::Duration::minutes(4)).await;
 
     let mut daemon = boot(&config);
-    let seen = daemon.collect(Duration::from_secs(3)).await;
-    daemon.stop().await;
+    let caught = |e: &Event| matches!(e, Event::Finished(report) if chrono::DateTime::parse_from_rfc3339(&report.slot).is_ok_and(|s| s == last_due));
+    let (first, mut seen) = daemon.until(Duration::from_secs(30), caught).await;
+    seen.push(first);
+    seen.extend(daemon.stop().await);
     let finished: Vec<String> = seen
         .iter()
         .filter_map(|e| match e {
@@ -221,9 +223,15 @@ writers = [{ type = "local", path = "out/x" }]
         .expect("store");
     record_past_run(&store, "yearly", last_due - chrono::Duration::days(365)).await;
 
+    // Start-up decides about missed and unfinished runs before it is ready; a run it
+    // started would be waited for by the shutdown and seen among its events.
     let mut daemon = boot(&config);
-    let seen = daemon.collect(Duration::from_secs(2)).await;
-    daemon.stop().await;
+    let (_, mut seen) = daemon
+        .until(Duration::from_secs(30), |e| {
+            matches!(e, Event::Ready { .. })
+        })
+        .await;
+    seen.extend(daemon.stop().await);
     assert!(
         !seen.iter().any(|e| matches!(e, Event::Finished(_))),
         "nothing runs: {seen:#?}"
@@ -541,9 +549,15 @@ writers = [{ type = "local", path = "out/x" }]
         .expect("attempt");
     store.claim(&claim("gone", "orphan")).await.expect("claim");
 
+    // Start-up decides about missed and unfinished runs before it is ready; a run it
+    // started would be waited for by the shutdown and seen among its events.
     let mut daemon = boot(&config);
-    let seen = daemon.collect(Duration::from_secs(2)).await;
-    daemon.stop().await;
+    let (_, mut seen) = daemon
+        .until(Duration::from_secs(30), |e| {
+            matches!(e, Event::Ready { .. })
+        })
+        .await;
+    seen.extend(daemon.stop().await);
     assert!(
         !seen.iter().any(|e| matches!(e, Event::Finished(_))),
         "{seen:#?}"

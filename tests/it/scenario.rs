@@ -7,10 +7,10 @@ use ferry::daemon::Event;
 use ferry::runner::{RunReport, RunStatus};
 use toml::{Table, Value};
 
-use crate::daemon::boot;
-use crate::ftp::{FtpServer, free_port};
-use crate::notify::{SMTP_PASSWORD, SMTP_USER, SmtpServer};
-use crate::s3::{ACCESS_KEY, BUCKET, SECRET_KEY};
+use crate::support::daemon::boot;
+use crate::support::ftp::{FtpServer, free_port};
+use crate::support::s3::{ACCESS_KEY, BUCKET, SECRET_KEY};
+use crate::support::smtp::{SMTP_PASSWORD, SMTP_USER, SmtpServer};
 use crate::support::{Workspace, files_under, self_signed, serve};
 
 const EXPORT: &str = "id,total\n1,9.99\n2,20.00\n";
@@ -62,7 +62,7 @@ async fn the_seed_scenario_runs_end_to_end() {
     let ws = Workspace::new();
     let tls = self_signed(ws.path());
     let smtp = SmtpServer::start(Some(&tls), true);
-    let (s3, s3_root) = crate::s3::server().await;
+    let (s3, s3_root) = crate::support::s3::server().await;
     let ftp_root = tempfile::tempdir().expect("temp dir");
     let ftp_port = free_port();
     let mut ftp = FtpServer::start(ftp_root.path(), ftp_port, Some(&tls)).await;
@@ -118,7 +118,7 @@ async fn the_seed_scenario_runs_end_to_end() {
     let ftp_writer = writer(export);
     set(ftp_writer, "host", "127.0.0.1");
     set(ftp_writer, "port", i64::from(ftp_port));
-    set(ftp_writer, "username", crate::ftp::USER);
+    set(ftp_writer, "username", crate::support::ftp::USER);
     ftp_writer.remove("password_file");
     set(ftp_writer, "password_env", "FERRY_TEST_FTP_PASSWORD");
     set(ftp_writer, "ca_file", "server.pem");
@@ -127,7 +127,7 @@ async fn the_seed_scenario_runs_end_to_end() {
     unsafe {
         std::env::set_var("FERRY_TEST_SMTP_PASSWORD", SMTP_PASSWORD);
         std::env::set_var("FERRY_TEST_S3_SECRET", SECRET_KEY);
-        std::env::set_var("FERRY_TEST_FTP_PASSWORD", crate::ftp::PASSWORD);
+        std::env::set_var("FERRY_TEST_FTP_PASSWORD", crate::support::ftp::PASSWORD);
     }
     let mut daemon = boot(&ws.job_file(&text));
 

@@ -12,12 +12,7 @@ use bytes::Bytes;
 use ferry::error::ErrorKind;
 use ferry::runner::{RunReport, RunStatus};
 
-use crate::support::{Workspace, sha256_hex, slot};
-
-/// Builds job `name` from `text` in `ws` and runs it for the test slot.
-pub async fn run_job(ws: &Workspace, text: &str, name: &str) -> RunReport {
-    ws.job(text, name).run(slot()).await
-}
+use crate::support::{Workspace, run_job, sha256_hex};
 
 fn job(source: &str, extra: &str) -> String {
     format!(

@@ -1,4 +1,10 @@
-//! Shared helpers: temporary job files, the built binary, a real HTTP server, hashing.
+//! Shared helpers: temporary job files, the built binary, a real HTTP server, hashing; and
+//! every test server and harness, one file each.
+
+pub mod daemon;
+pub mod ftp;
+pub mod s3;
+pub mod smtp;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -202,4 +208,21 @@ pub fn self_signed(dir: &Path) -> Tls {
     std::fs::write(&tls.cert, generated.cert.pem()).expect("write certificate");
     std::fs::write(&tls.key, generated.signing_key.serialize_pem()).expect("write key");
     tls
+}
+
+/// Builds job `name` from `text` in `ws` and runs it for the test slot.
+pub async fn run_job(ws: &Workspace, text: &str, name: &str) -> RunReport {
+    ws.job(text, name).run(slot()).await
+}
+
+/// Polls `check` every 20 ms until it holds, failing the test with `what` after `limit`.
+pub async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
