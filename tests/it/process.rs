@@ -142,8 +142,13 @@ writers = [{ type = "local", path = "out/{scheduled:%H%M%S}" }]
     );
     assert!(stderr.contains("\"message\":\"Reloaded.\""), "{stderr}");
     assert!(stderr.contains("\"message\":\"Stopped.\""), "{stderr}");
-    // Every line of a run carries its job and run id.
-    for line in stderr.lines().filter(|l| l.contains("Run succeeded.")) {
+    // Every line of a run carries its job and run id (and there was at least one run).
+    let run_lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Run succeeded."))
+        .collect();
+    assert!(!run_lines.is_empty(), "no run logged:\n{stderr}");
+    for line in run_lines {
         assert!(
             line.contains("\"job\":\"tick\"") && line.contains("\"run_id\":"),
             "{line}"
