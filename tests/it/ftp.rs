@@ -518,6 +518,66 @@ async fn a_server_that_offers_hash_confirms_the_sha256() {
     );
 }
 
+/// The other half of the sha256 check: a server whose file differs from the data (here a
+/// byte of the partial file flipped while the server was down, so a resumed upload hashes
+/// right on ferry's side and wrong on the server's) fails the attempt, the corrupt file
+/// never reaches the final name, and the next attempt starts over and delivers.
+#[tokio::test]
+async fn a_server_sha256_that_disagrees_fails_the_attempt() {
+    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+    let Some(binary) = proftpd() else {
+        return;
+    };
+    let mut server = ProFtpd::start(&binary).await;
+    let ws = Workspace::new();
+    let input = ws.path().join("input.bin");
+    random_file(&input, 48 << 20);
+    let text = resumable_job(server.port);
+    let ledger = ws.ledger().await;
+    let watched = server.root().join("in");
+    let corrupter = tokio::spawn(async move {
+        // Past the first checkpoint (one every two seconds at 12 MiB/s).
+        wait_until_held(&watched, 36 << 20).await;
+        server.kill();
+        let partial = files_under(&watched)
+            .into_iter()
+            .find(|name| name.starts_with("resumable.bin.partial-"))
+            .expect("a partial file");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(watched.join(partial))
+            .expect("open the partial file");
+        let mut byte = [0u8; 1];
+        file.seek(SeekFrom::Start(1000)).expect("seek");
+        file.read_exact(&mut byte).expect("read");
+        file.seek(SeekFrom::Start(1000)).expect("seek");
+        file.write_all(&[byte[0] ^ 0xff]).expect("flip a byte");
+        drop(file);
+        server.restart().await;
+        server
+    });
+    let report = run_with(&ws, &text, Some(&ledger)).await;
+    let server = corrupter.await.expect("restarted");
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(
+        sha256_file(&server.root().join("in/resumable.bin")),
+        sha256_file(&input),
+        "the corrupt upload never reached the final name"
+    );
+    let commands = server.commands();
+    let hashes = commands
+        .lines()
+        .filter(|line| line.starts_with("HASH /in/resumable.bin.partial-"))
+        .count();
+    assert_eq!(hashes, 2, "a mismatch, then a match: {commands}");
+    assert!(
+        commands.lines().any(|line| line.starts_with("REST ")),
+        "the corrupted attempt resumed: {commands}"
+    );
+    assert!(report.attempts >= 3, "{report:#?}");
+}
+
 #[tokio::test]
 async fn a_killed_proftpd_is_resumed_with_rest() {
     let Some(binary) = proftpd() else {

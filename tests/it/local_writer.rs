@@ -4,7 +4,7 @@ use ferry::error::ErrorKind;
 use ferry::runner::RunStatus;
 
 use crate::support::run_job;
-use crate::support::{Workspace, show};
+use crate::support::{Workspace, random_file, show};
 
 fn job(source: &str, writer: &str) -> String {
     format!(
@@ -87,21 +87,65 @@ async fn overwrite_false_refuses_an_existing_file_and_keeps_it() {
     );
 }
 
+/// Readers of the final name see the old file or the whole new one, never a mix: the new
+/// file is written elsewhere and renamed over the old one (a reader holding the old file
+/// open keeps reading the old bytes), not truncated and rewritten in place.
 #[tokio::test]
 async fn overwrite_replaces_atomically() {
+    use std::io::Read as _;
     let ws = Workspace::new();
-    let text = job(
-        r#"{ type = "inline", data = "second" }"#,
-        r#"{ type = "local", path = "out/latest.txt" }"#,
-    );
+    let new_len = 4 << 20;
+    random_file(&ws.path().join("new.bin"), new_len);
+    let new = std::fs::read(ws.path().join("new.bin")).expect("read input");
+    let text = r#"[[jobs]]
+name = "w"
+schedule = "@hourly"
+rate_limit = "16MiB"
+source = { type = "file", path = "new.bin" }
+writers = [{ type = "local", path = "out/latest.bin" }]
+"#;
+    let target = ws.path().join("out/latest.bin");
     std::fs::create_dir_all(ws.path().join("out")).expect("mkdir");
-    std::fs::write(ws.path().join("out/latest.txt"), "first").expect("old file");
-    let report = run_job(&ws, &text, "w").await;
+    std::fs::write(&target, b"first").expect("old file");
+    let mut held_open = std::fs::File::open(&target).expect("open the old file");
+
+    // A reader reads the final name over and over while the delivery runs.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (done, target, new) = (std::sync::Arc::clone(&done), target.clone(), new.clone());
+        std::thread::spawn(move || {
+            let (mut old_seen, mut new_seen) = (0, 0);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let seen = std::fs::read(&target).expect("the final name always exists");
+                if seen == b"first" {
+                    old_seen += 1;
+                } else {
+                    assert!(
+                        seen == new,
+                        "a reader saw {} bytes of neither file",
+                        seen.len()
+                    );
+                    new_seen += 1;
+                }
+            }
+            (old_seen, new_seen)
+        })
+    };
+    let report = run_job(&ws, text, "w").await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
-    assert_eq!(
-        std::fs::read(ws.path().join("out/latest.txt")).expect("read"),
-        b"second"
+    assert!(std::fs::read(&target).expect("read") == new);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (old_seen, _) = reader.join().expect("the reader saw only whole files");
+    assert!(
+        old_seen > 0,
+        "the reader ran while the old file was in place"
     );
+
+    let mut before = Vec::new();
+    held_open
+        .read_to_end(&mut before)
+        .expect("read the old file");
+    assert_eq!(before, b"first", "the old file was replaced, not rewritten");
 }
 
 #[tokio::test]
