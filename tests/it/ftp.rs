@@ -19,7 +19,7 @@ name = "ftp-job"
 schedule = "0 0 0 * * Mon-Fri"
 source = {source}
 retry = {{ max_attempts = 3, initial_interval = "100ms" }}
-writers = [{{ type = "ftp", host = "127.0.0.1", port = {port}, username = "{USER}", password_env = "FERRY_TEST_FTP_PASSWORD", path = "{path}"{extra} }}]
+writers = [{{ type = "ftp", host = "127.0.0.1", port = {port}, username = "{USER}", password_file = "secrets/ftp", path = "{path}"{extra} }}]
 "#
     )
 }
@@ -30,8 +30,7 @@ async fn run(ws: &Workspace, text: &str) -> RunReport {
 
 /// Runs the job once, keeping checkpoints in `ledger` when given.
 async fn run_with(ws: &Workspace, text: &str, ledger: Option<&Ledger>) -> RunReport {
-    // SAFETY: every test sets the same value.
-    unsafe { std::env::set_var("FERRY_TEST_FTP_PASSWORD", PASSWORD) };
+    ws.secret("ftp", PASSWORD);
     ws.run_first(text, ledger).await
 }
 
@@ -96,7 +95,7 @@ async fn a_wrong_password_fails_at_once() {
     let (port, _server) = serve(root.path()).await;
     let ws = Workspace::new();
     let text = ftp_job(r#"{ type = "inline", data = "x" }"#, port, "/x.txt", "").replace(
-        "password_env = \"FERRY_TEST_FTP_PASSWORD\"",
+        "password_file = \"secrets/ftp\"",
         "password = \"not-the-password\"",
     );
     let report = run(&ws, &text).await;

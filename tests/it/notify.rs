@@ -45,8 +45,7 @@ fn plain_setup(port: u16, source: &str) -> String {
 
 /// Runs the first job with a ledger and waits for its notifications.
 async fn run_and_settle(ws: &Workspace, text: &str) -> (RunReport, Ledger) {
-    // SAFETY: every test sets the same value.
-    unsafe { std::env::set_var("FERRY_TEST_SMTP_PASSWORD", SMTP_PASSWORD) };
+    ws.secret("smtp", SMTP_PASSWORD);
     let ledger = ws.ledger().await;
     let job = ws.jobs(text).swap_remove(0);
     let report = job
@@ -179,7 +178,7 @@ fn secure_setup(ws: &Workspace, password: &str) -> (SmtpServer, String) {
 #[tokio::test]
 async fn starttls_with_a_self_signed_certificate_and_a_login() {
     let ws = Workspace::new();
-    let (smtp, text) = secure_setup(&ws, "password_env = \"FERRY_TEST_SMTP_PASSWORD\"");
+    let (smtp, text) = secure_setup(&ws, "password_file = \"secrets/smtp\"");
     let (report, ledger) = run_and_settle(&ws, &text).await;
     assert_eq!(report.status, RunStatus::Succeeded);
     let mails = smtp.wait_for(1, Duration::from_secs(10)).await;
@@ -343,13 +342,12 @@ on_failure = ["admin"]
 #[tokio::test]
 async fn a_json_webhook_carries_the_run_and_a_secret_header() {
     let (addr, calls) = webhook_server(StatusCode::OK).await;
-    // SAFETY: every test sets the same value.
-    unsafe { std::env::set_var("FERRY_TEST_HOOK_TOKEN", "hook-secret-token") };
     let ws = Workspace::new();
+    ws.secret("hook", "hook-secret-token");
     let text = webhook_job(&format!(
         r#"type = "webhook"
 url = "http://{addr}/hook/abc"
-headers = {{ "X-Team" = "data", Authorization = {{ env = "FERRY_TEST_HOOK_TOKEN", prefix = "Bearer " }} }}"#
+headers = {{ "X-Team" = "data", Authorization = {{ file = "secrets/hook", prefix = "Bearer " }} }}"#
     ));
     let (report, _) = run_and_settle(&ws, &text).await;
     let calls = calls.lock().expect("calls").clone();
@@ -431,16 +429,10 @@ body = '{{"event": "delivery", "name": {{{{ job }}}}, "ok": {{{{ succeeded }}}},
 async fn webhook_failures_retry_only_what_may_pass_and_never_show_the_url() {
     let (addr, calls) = webhook_server(StatusCode::SERVICE_UNAVAILABLE).await;
     let ws = Workspace::new();
-    // SAFETY: every test sets the same value.
-    unsafe {
-        std::env::set_var(
-            "FERRY_TEST_HOOK_URL",
-            format!("http://{addr}/hook/secret-url-token"),
-        );
-    };
+    ws.secret("hook-url", &format!("http://{addr}/hook/secret-url-token"));
     let text = webhook_job(
         r#"type = "webhook"
-url_env = "FERRY_TEST_HOOK_URL"
+url_file = "secrets/hook-url"
 attempts = 2"#,
     );
     let (report, ledger) = run_and_settle(&ws, &text).await;

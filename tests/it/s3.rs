@@ -14,13 +14,8 @@ use sha2::{Digest as _, Sha256};
 use crate::support::s3::*;
 use crate::support::{Workspace, random_file, sha256_file};
 
-fn set_secret() {
-    // SAFETY: every test sets the same value; nothing reads it concurrently with a change.
-    unsafe { std::env::set_var("FERRY_TEST_S3_SECRET", SECRET_KEY) };
-}
-
 async fn run(ws: &Workspace, text: &str, ledger: Option<&Ledger>) -> RunReport {
-    set_secret();
+    ws.secret("s3", SECRET_KEY);
     ws.run_first(text, ledger).await
 }
 

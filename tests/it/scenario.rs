@@ -87,7 +87,8 @@ async fn the_seed_scenario_runs_end_to_end() {
         set(notifier, "port", i64::from(smtp.port));
         set(notifier, "ca_file", "server.pem");
         set(notifier, "username", SMTP_USER);
-        set(notifier, "password_env", "FERRY_TEST_SMTP_PASSWORD");
+        notifier.remove("password_env");
+        set(notifier, "password_file", "secrets/smtp");
     }
     let dump = job(&mut doc, 0);
     set(dump, "schedule", "*/2 * * * * *");
@@ -107,7 +108,8 @@ async fn the_seed_scenario_runs_end_to_end() {
     set(s3_writer, "region", "us-east-1");
     s3_writer.remove("access_key_id_env");
     set(s3_writer, "access_key_id", ACCESS_KEY);
-    set(s3_writer, "secret_access_key_env", "FERRY_TEST_S3_SECRET");
+    s3_writer.remove("secret_access_key_env");
+    set(s3_writer, "secret_access_key_file", "secrets/s3");
     let export = job(&mut doc, 1);
     set(export, "schedule", "*/3 * * * * *");
     let source = export
@@ -119,16 +121,12 @@ async fn the_seed_scenario_runs_end_to_end() {
     set(ftp_writer, "host", "127.0.0.1");
     set(ftp_writer, "port", i64::from(ftp_port));
     set(ftp_writer, "username", crate::support::ftp::USER);
-    ftp_writer.remove("password_file");
-    set(ftp_writer, "password_env", "FERRY_TEST_FTP_PASSWORD");
+    set(ftp_writer, "password_file", "secrets/ftp");
     set(ftp_writer, "ca_file", "server.pem");
     let text = toml::to_string(&doc).expect("TOML");
-    // SAFETY: every test sets the same values.
-    unsafe {
-        std::env::set_var("FERRY_TEST_SMTP_PASSWORD", SMTP_PASSWORD);
-        std::env::set_var("FERRY_TEST_S3_SECRET", SECRET_KEY);
-        std::env::set_var("FERRY_TEST_FTP_PASSWORD", crate::support::ftp::PASSWORD);
-    }
+    ws.secret("smtp", SMTP_PASSWORD);
+    ws.secret("s3", SECRET_KEY);
+    ws.secret("ftp", crate::support::ftp::PASSWORD);
     let mut daemon = boot(&ws.job_file(&text));
 
     // Both deliveries succeed at least once…

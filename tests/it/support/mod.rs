@@ -49,12 +49,22 @@ impl Workspace {
         }
     }
 
-    /// Every file under the workspace, relative, sorted (the job file and the default
-    /// state store left out).
+    /// Every file under the workspace, relative, sorted (the job file, the default state
+    /// store and `secrets/` left out).
     pub fn files(&self) -> Vec<String> {
         let mut out = files_under(self.path());
-        out.retain(|f| f != "jobs.toml" && !f.starts_with("ferry-state.db"));
+        out.retain(|f| {
+            f != "jobs.toml" && !f.starts_with("ferry-state.db") && !f.starts_with("secrets/")
+        });
         out
+    }
+
+    /// Writes `value` to `secrets/NAME` for a `*_file` setting, and returns that path.
+    pub fn secret(&self, name: &str, value: &str) -> String {
+        let dir = self.path().join("secrets");
+        std::fs::create_dir_all(&dir).expect("create secrets/");
+        std::fs::write(dir.join(name), value).expect("write a secret");
+        format!("secrets/{name}")
     }
 
     /// A ledger on a SQLite store in this workspace, for runs that keep checkpoints.

@@ -118,7 +118,7 @@ name = "{name}"
 schedule = "@daily"
 source = {source}
 retry = {{ max_attempts = 3, initial_interval = "1s" }}
-writers = [{{ type = "s3", bucket = "{BUCKET}", key = "{key}", endpoint = "http://{addr}", path_style = true, region = "us-east-1", access_key_id = "{ACCESS_KEY}", secret_access_key_env = "FERRY_TEST_S3_SECRET"{extra} }}]
+writers = [{{ type = "s3", bucket = "{BUCKET}", key = "{key}", endpoint = "http://{addr}", path_style = true, region = "us-east-1", access_key_id = "{ACCESS_KEY}", secret_access_key_file = "secrets/s3"{extra} }}]
 "#
     )
 }
