@@ -5,6 +5,10 @@
 //! last item, after every byte of output, so a writer never commits the output of a
 //! failed command. The program runs in its own process group; when the run is cancelled
 //! (a timeout, a failing writer, shutdown) the whole group is killed.
+//!
+//! The program gets a clean environment: `PATH`, `HOME`, `LANG` and `TZ` as ferry has
+//! them, and the job's own `env`, nothing else. The daemon's environment holds every job's
+//! secrets (a unit's `EnvironmentFile=`, say); a program has no business seeing them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,6 +30,24 @@ use crate::settings::{KeyPath, Problems};
 use crate::template::Template;
 use crate::{CHUNK_SIZE, RunContext};
 
+/// The variables a program inherits from ferry's environment, when ferry has them.
+const INHERITED: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+
+/// Where programs are looked for when ferry itself has no `PATH`.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// `INHERITED` as ferry has them (`PATH` always).
+fn inherited_env() -> Vec<(&'static str, std::ffi::OsString)> {
+    let mut vars: Vec<_> = INHERITED
+        .iter()
+        .filter_map(|&name| std::env::var_os(name).map(|value| (name, value)))
+        .collect();
+    if !vars.iter().any(|(name, _)| *name == "PATH") {
+        vars.push(("PATH", DEFAULT_PATH.into()));
+    }
+    vars
+}
+
 /// How much of a command's stderr is kept for its error message.
 const STDERR_TAIL: usize = 4096;
 
@@ -36,7 +58,8 @@ pub struct CommandConfig {
     /// The program and its arguments, e.g. `["pg_dump", "--format=custom", "shop"]`. No
     /// shell is involved; each element is a template.
     pub command: Vec<String>,
-    /// Extra environment variables for the program.
+    /// Environment variables for the program, besides `PATH`, `HOME`, `LANG` and `TZ`
+    /// (the only ones it inherits from ferry).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// The directory the program runs in; relative paths are taken from the job file's
@@ -117,6 +140,8 @@ impl DataSource for CommandSource {
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
+            .env_clear()
+            .envs(inherited_env())
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -13,6 +13,7 @@ mod resume;
 mod retry;
 mod s3;
 mod scenario;
+mod security;
 mod schedule;
 mod sources;
 mod store;
