@@ -1,8 +1,12 @@
 //! `type = "local"`: a file on this machine, written under a temporary name and renamed.
 //!
-//! The data goes to `<final>.partial-<run_id>` in the final directory, is fsynced, and is
-//! renamed onto the final name (then the directory is fsynced), so readers see either the
-//! old file, no file, or the whole new one. Parent directories are created.
+//! Each attempt writes a fresh `<final>.partial-<run_id>-<attempt>` in the final directory,
+//! created exclusively and never through a symbolic link (`O_CREAT|O_EXCL|O_NOFOLLOW`); it is
+//! fsynced and renamed onto the final name (then the directory is fsynced), so readers see
+//! either the old file, no file, or the whole new one, and a link planted under either name
+//! is replaced, never written through. Missing directories below the path's base directory
+//! are created one by one, and a symbolic link among them is refused: a path cannot be led
+//! out of its base.
 //!
 //! With a state store, every couple of seconds the temporary file is fsynced and its length
 //! saved as a checkpoint; a retry or a restarted daemon cuts the file back to that length and
@@ -103,10 +107,95 @@ impl Drop for TempFile {
 /// How often a writing attempt makes its progress durable and records a checkpoint.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn temp_path(target: &Path, run_id: &str) -> PathBuf {
-    let mut name = target.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".partial-{run_id}"));
+/// The temporary file of attempt `attempt` of run `run_id`, beside `target`.
+fn temp_path(target: &Path, run_id: &str, attempt: u32) -> PathBuf {
+    let mut name = temp_prefix(target, run_id);
+    name.push(attempt.to_string());
     target.with_file_name(name)
+}
+
+/// `<final name>.partial-<run_id>-`: what every temporary file of the run is called.
+fn temp_prefix(target: &Path, run_id: &str) -> std::ffi::OsString {
+    let mut name = target.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{run_id}-"));
+    name
+}
+
+/// The temporary file `checkpoint` names, if it is one of this run's beside `target` (a
+/// checkpoint is data from the store: it may not point anywhere else).
+fn recorded_temp(checkpoint: &Checkpoint, target: &Path, run_id: &str) -> Option<PathBuf> {
+    let recorded = PathBuf::from(checkpoint.document.get("temp")?.as_str()?);
+    let prefix = temp_prefix(target, run_id);
+    let name = recorded.file_name()?.to_str()?;
+    let attempt = name.strip_prefix(prefix.to_str()?)?;
+    let plain = !attempt.is_empty() && attempt.bytes().all(|b| b.is_ascii_digit());
+    (plain && recorded.parent() == target.parent()).then_some(recorded)
+}
+
+/// Creates `path` for writing, failing if anything (a file, a symbolic link) is there.
+async fn create_exclusive(path: &Path) -> Result<tokio::fs::File, DeliveryError> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    options
+        .open(path)
+        .await
+        .map_err(|err| DeliveryError::io(format_args!("create {}", path.display()), err))
+}
+
+/// Creates the directories of `dir` below `base` one at a time, refusing a symbolic link
+/// among them (`base` itself, the path template's literal prefix, is the operator's).
+async fn create_dirs_within(base: &Path, dir: &Path) -> Result<(), DeliveryError> {
+    let create = |path: &Path, err| {
+        DeliveryError::io(format_args!("create directory {}", path.display()), err)
+    };
+    tokio::fs::create_dir_all(base)
+        .await
+        .map_err(|err| create(base, err))?;
+    let Ok(tail) = dir.strip_prefix(base) else {
+        return Err(DeliveryError::new(
+            ErrorKind::Config,
+            format!("{} is not below {}", dir.display(), base.display()),
+        ));
+    };
+    let mut at = base.to_path_buf();
+    for part in tail.components() {
+        at.push(part);
+        let meta = match tokio::fs::symlink_metadata(&at).await {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                match tokio::fs::create_dir(&at).await {
+                    Ok(()) => continue,
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                        tokio::fs::symlink_metadata(&at)
+                            .await
+                            .map_err(|err| create(&at, err))?
+                    }
+                    Err(err) => return Err(create(&at, err)),
+                }
+            }
+            Err(err) => return Err(create(&at, err)),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(DeliveryError::new(
+                ErrorKind::Rejected,
+                format!(
+                    "{} is a symbolic link: a delivery never leaves {} through one",
+                    at.display(),
+                    base.display()
+                ),
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(DeliveryError::new(
+                ErrorKind::Config,
+                format!("{} is not a directory", at.display()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -126,30 +215,48 @@ impl Writer for LocalWriter {
     ) -> Result<Delivery, DeliveryError> {
         let target = self.path.render_path(ctx, &self.root)?;
         let dir = target.parent().unwrap_or(Path::new(".")).to_path_buf();
-        tokio::fs::create_dir_all(&dir).await.map_err(|err| {
-            DeliveryError::io(format_args!("create directory {}", dir.display()), err)
-        })?;
+        create_dirs_within(&self.root.join(self.path.base_dir()), &dir).await?;
         if !self.overwrite && tokio::fs::try_exists(&target).await.unwrap_or(false) {
             return Err(exists(&target));
         }
 
         // With checkpoints, a failed or cancelled attempt keeps its temporary file for the
         // next attempt (or the next daemon) to resume; `discard` removes it if the run fails.
+        let resumed = (payload.offset() > 0)
+            .then(|| payload.checkpoint().and_then(|c| recorded_temp(c, &target, &ctx.run_id)))
+            .flatten();
+        if payload.offset() > 0 && resumed.is_none() {
+            return Err(DeliveryError::new(
+                ErrorKind::Integrity,
+                "resuming, but the checkpoint names no temporary file of this run",
+            ));
+        }
         let mut temp = TempFile {
-            path: temp_path(&target, &ctx.run_id),
+            path: resumed
+                .clone()
+                .unwrap_or_else(|| temp_path(&target, &ctx.run_id, ctx.attempt)),
             keep: payload.checkpointing(),
         };
         let shown = temp.path.display().to_string();
-        let mut file = if payload.offset() > 0 {
+        let document = serde_json::json!({ "temp": shown });
+        let mut file = if resumed.is_some() {
             reopen(&temp.path, &mut payload).await?
         } else {
-            tokio::fs::File::create(&temp.path)
-                .await
-                .map_err(|err| DeliveryError::io(format_args!("create {shown}"), err))?
+            if let Some(old) = payload.checkpoint().and_then(|c| recorded_temp(c, &target, &ctx.run_id)) {
+                // Starting over: what an earlier attempt left is of no use.
+                let _ = tokio::fs::remove_file(old).await;
+            }
+            // The name is this attempt's own: whatever sits there (a link planted to make
+            // ferry write through it) is unlinked, never followed.
+            let _ = tokio::fs::remove_file(&temp.path).await;
+            let file = create_exclusive(&temp.path).await?;
+            // Recorded at once, so that a run failing before its first checkpoint still
+            // removes this file (`discard`).
+            payload.save_checkpoint(document.clone(), 0).await;
+            file
         };
         let mut written = payload.offset();
         let mut last_checkpoint = tokio::time::Instant::now();
-        let document = serde_json::json!({ "temp": shown });
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|err| DeliveryError::io("read the data", err))?;
             file.write_all(&chunk)
@@ -192,13 +299,14 @@ impl Writer for LocalWriter {
         let Ok(target) = self.path.render_path(ctx, &self.root) else {
             return Ok(0);
         };
-        let temp = temp_path(&target, &ctx.run_id);
-        let recorded = checkpoint.document.get("temp").and_then(|t| t.as_str());
-        if recorded != Some(temp.to_string_lossy().as_ref()) {
+        let Some(temp) = recorded_temp(checkpoint, &target, &ctx.run_id) else {
             return Ok(0);
-        }
-        Ok(match tokio::fs::metadata(&temp).await {
-            Ok(meta) if meta.len() >= checkpoint.bytes_done => checkpoint.bytes_done,
+        };
+        // Only a regular file (not a link planted under the name) is continued.
+        Ok(match tokio::fs::symlink_metadata(&temp).await {
+            Ok(meta) if meta.is_file() && meta.len() >= checkpoint.bytes_done => {
+                checkpoint.bytes_done
+            }
             _ => 0,
         })
     }
@@ -208,9 +316,12 @@ impl Writer for LocalWriter {
         true
     }
 
-    async fn discard(&self, ctx: &RunContext, _checkpoint: Option<&Checkpoint>) {
-        if let Ok(target) = self.path.render_path(ctx, &self.root) {
-            let _ = tokio::fs::remove_file(temp_path(&target, &ctx.run_id)).await;
+    async fn discard(&self, ctx: &RunContext, checkpoint: Option<&Checkpoint>) {
+        let Ok(target) = self.path.render_path(ctx, &self.root) else {
+            return;
+        };
+        if let Some(temp) = checkpoint.and_then(|c| recorded_temp(c, &target, &ctx.run_id)) {
+            let _ = tokio::fs::remove_file(temp).await;
         }
     }
 }
@@ -223,6 +334,7 @@ async fn reopen(path: &Path, payload: &mut Payload) -> Result<tokio::fs::File, D
     let mut file = tokio::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .await
         .map_err(|err| DeliveryError::io(format_args!("reopen {shown}"), err))?;
