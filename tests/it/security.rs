@@ -69,7 +69,6 @@ writers = [{ type = "local", path = "out/env.txt" }]
 
 /// The local writer's context for run `run_id`, attempt 1.
 fn local_writer(ws: &Workspace, path: &str) -> std::sync::Arc<dyn ferry::writer::Writer> {
-    use ferry::writer::WriterSettings as _;
     let config = ws.config(&format!(
         "[[jobs]]\nname = \"w\"\nschedule = \"@daily\"\nsource = {{ type = \"inline\", data = \"x\" }}\nwriters = [{{ type = \"local\", path = \"{path}\" }}]\n"
     ));
