@@ -42,8 +42,24 @@ fn bound_large_allocations() {
     }
 }
 
+/// Crates whose debug and trace output carries credentials: lettre logs the SMTP exchange
+/// (`AUTH PLAIN <base64 of user and password>`), suppaftp the FTP one (`PASS <password>`).
+/// Whatever `FERRY_LOG` says, nothing below INFO from them is logged.
+const CREDENTIAL_LOGGERS: [&str; 2] = ["lettre", "suppaftp"];
+
+/// Whether an event may be logged at all: not a credential logger's debug or trace line.
+fn loggable(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    let from_credential_logger = CREDENTIAL_LOGGERS.iter().any(|name| {
+        target
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    });
+    !(from_credential_logger && *meta.level() > tracing::Level::INFO)
+}
+
 /// Logs go to standard error (or the journal); `FERRY_LOG` (or `RUST_LOG`) filters them,
-/// `info` by default.
+/// `info` by default. No credential logger's detail is ever logged ([`loggable`]).
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("FERRY_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
@@ -55,7 +71,9 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Auto => LogFormat::Json,
         chosen => chosen,
     };
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::filter::filter_fn(loggable));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
         LogFormat::Journald => match tracing_journald::layer() {

@@ -147,3 +147,83 @@ async fn a_linked_directory_does_not_lead_a_delivery_out_of_its_base() {
         "nothing was written outside"
     );
 }
+
+/// Standard base64 of `bytes` (how SMTP AUTH PLAIN and LOGIN carry credentials).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// With `FERRY_LOG=trace`, the FTP and SMTP clients' own logs (suppaftp's `PASS …`,
+/// lettre's `AUTH PLAIN <base64>`) never show a password.
+#[tokio::test]
+async fn trace_logs_show_no_ftp_or_smtp_password() {
+    use crate::support::ftp::{PASSWORD, USER};
+    use crate::support::smtp::{SMTP_PASSWORD, SMTP_USER, SmtpServer, email_notifier};
+    let ws = Workspace::new();
+    let tls = crate::support::self_signed(ws.path());
+    let smtp = SmtpServer::start(Some(&tls), true);
+    let root = tempfile::tempdir().expect("ftp root");
+    let (port, _ftp) = crate::support::ftp::serve(root.path()).await;
+    ws.secret("ftp", PASSWORD);
+    ws.secret("smtp", SMTP_PASSWORD);
+    let text = email_notifier(
+        "ops",
+        smtp.port,
+        &["ops@example.com"],
+        &format!(
+            "ca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\npassword_file = \"secrets/smtp\""
+        ),
+    ) + &format!(
+        r#"
+[[jobs]]
+name = "up"
+schedule = "@daily"
+on_success = ["ops"]
+source = {{ type = "inline", data = "payload" }}
+writers = [{{ type = "ftp", host = "127.0.0.1", port = {port}, username = "{USER}", password_file = "secrets/ftp", path = "/up.txt" }}]
+"#
+    );
+    let config = ws.job_file(&text).display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["trigger", "up", "--config", &config, "--log-format", "json"])
+            .env("FERRY_LOG", "trace")
+            .output()
+            .expect("run ferry")
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(smtp.mails().len(), 1, "the mail went out");
+    let all = show(&out);
+    assert!(
+        all.contains("TRACE") || all.contains("\"level\":\"TRACE\""),
+        "tracing at trace: {all}"
+    );
+    let plain = format!("\0{SMTP_USER}\0{SMTP_PASSWORD}");
+    for secret in [
+        PASSWORD.to_owned(),
+        SMTP_PASSWORD.to_owned(),
+        base64(plain.as_bytes()),
+        base64(SMTP_PASSWORD.as_bytes()),
+    ] {
+        assert!(!all.contains(&secret), "{secret} leaked:\n{all}");
+    }
+}
