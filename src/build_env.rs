@@ -14,8 +14,13 @@ use crate::error::{DeliveryError, ErrorKind};
 pub struct BuildEnv {
     /// The directory relative paths are taken from (the job file's).
     pub base_dir: PathBuf,
-    /// The HTTP client shared by every HTTP-speaking part.
+    /// The HTTP client for requests without credentials: follows up to 10 redirects.
     pub http: reqwest::Client,
+    /// The HTTP client for requests that carry credentials (authentication, secret
+    /// headers, a token in the URL): follows redirects within the first URL's origin only,
+    /// so nothing secret is sent to another host; a redirect elsewhere comes back as the
+    /// 3xx response itself.
+    pub http_same_origin: reqwest::Client,
 }
 
 impl BuildEnv {
@@ -25,15 +30,47 @@ impl BuildEnv {
         // library that asks for "the default" from failing when another crate's features
         // also compile in ring. (An error means one is installed already.)
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|err| {
-                DeliveryError::new(ErrorKind::Config, "cannot set up the HTTP client")
-                    .with_source(err)
-            })?;
-        Ok(BuildEnv { base_dir, http })
+        Ok(BuildEnv {
+            base_dir,
+            http: http_client(reqwest::redirect::Policy::limited(MAX_REDIRECTS))?,
+            http_same_origin: http_client(reqwest::redirect::Policy::custom(|attempt| {
+                let first = attempt.previous().first().map(reqwest::Url::origin);
+                if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error("too many redirects")
+                } else if first.is_some_and(|first| first == attempt.url().origin()) {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))?,
+        })
     }
+
+    /// The client for a request: [`BuildEnv::http_same_origin`] when it carries
+    /// credentials, else [`BuildEnv::http`].
+    pub fn http_for(&self, credentials: bool) -> reqwest::Client {
+        if credentials {
+            self.http_same_origin.clone()
+        } else {
+            self.http.clone()
+        }
+    }
+}
+
+/// How many redirects a request follows.
+const MAX_REDIRECTS: usize = 10;
+
+/// A client with ferry's user agent and time limits, sending no `Referer` (it would carry
+/// the first URL, query token and all, to the next host).
+fn http_client(redirects: reqwest::redirect::Policy) -> Result<reqwest::Client, DeliveryError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(300))
+        .redirect(redirects)
+        .referer(false)
+        .build()
+        .map_err(|err| {
+            DeliveryError::new(ErrorKind::Config, "cannot set up the HTTP client").with_source(err)
+        })
 }

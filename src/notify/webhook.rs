@@ -196,7 +196,8 @@ impl NotifierSettings for WebhookConfig {
             .map_err(|err| config(format!("notifier {name}: template: {err}")))?;
         Ok(Arc::new(WebhookNotifier {
             name: name.to_owned(),
-            http: env.http.clone(),
+            // The URL or a header may be a secret: never sent to another origin.
+            http: env.http_same_origin.clone(),
             url,
             host,
             method: match self.method {

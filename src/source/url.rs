@@ -95,7 +95,7 @@ impl SourceSettings for UrlConfig {
             (None, None) => None,
         };
         Ok(Arc::new(UrlSource {
-            client: env.http.clone(),
+            client: env.http_for(auth.is_some() || !headers.is_empty()),
             url,
             headers,
             auth,
@@ -197,6 +197,16 @@ impl UrlSource {
             .await
             .map_err(|err| http::request_error(&format!("GET {shown}"), err))?;
         let status = response.status();
+        if status.is_redirection() {
+            // Only a redirect the client would not follow comes back (see BuildEnv).
+            return Err(DeliveryError::new(
+                ErrorKind::Rejected,
+                format!(
+                    "GET {shown} answered {status}: a redirect to another origin, not followed \
+                     because the request carries credentials"
+                ),
+            ));
+        }
         if status.is_client_error() || status.is_server_error() {
             return Err(http::status_error(&format!("GET {shown}"), response).await);
         }

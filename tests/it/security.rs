@@ -227,3 +227,86 @@ writers = [{{ type = "ftp", host = "127.0.0.1", port = {port}, username = "{USER
         assert!(!all.contains(&secret), "{secret} leaked:\n{all}");
     }
 }
+
+/// What a server saw: each request's path and headers.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap)>>>;
+
+/// A server that records every request and answers `/go` with a redirect to `to`.
+async fn redirecting(to: Option<String>) -> (std::net::SocketAddr, Seen) {
+    use axum::extract::{OriginalUri, State};
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    let seen: Seen = Default::default();
+    let app = axum::Router::new()
+        .fallback(
+            |State((seen, to)): State<(Seen, Option<String>)>,
+             OriginalUri(uri): OriginalUri,
+             headers: HeaderMap| async move {
+                seen.lock().expect("seen").push((uri.to_string(), headers));
+                match (&to, uri.path()) {
+                    (Some(to), "/go") => {
+                        (StatusCode::FOUND, [(header::LOCATION, to.clone())], "").into_response()
+                    }
+                    _ => (StatusCode::OK, "landed").into_response(),
+                }
+            },
+        )
+        .with_state((std::sync::Arc::clone(&seen), to));
+    (crate::support::serve(app).await, seen)
+}
+
+/// A redirect to another origin never carries credentials: a request with any (a bearer
+/// token, custom headers) is not followed there and fails; one without is followed. No
+/// request sends a Referer (it would carry the first URL's query token).
+#[tokio::test]
+async fn redirects_never_carry_credentials_to_another_origin() {
+    let (elsewhere, elsewhere_seen) = redirecting(None).await;
+    let (origin, origin_seen) = redirecting(Some(format!("http://{elsewhere}/land"))).await;
+    let ws = Workspace::new();
+    ws.secret("token", "bearer-SECRET-1");
+    let text = format!(
+        r#"[[jobs]]
+name = "secret"
+schedule = "@daily"
+retry = {{ max_attempts = 1 }}
+source = {{ type = "url", url = "http://{origin}/go?sig=query-SECRET-2", bearer_token_file = "secrets/token", headers = {{ X-Api-Key = "header-SECRET-3" }} }}
+writers = [{{ type = "local", path = "out/secret" }}]
+
+[[jobs]]
+name = "open"
+schedule = "@daily"
+source = {{ type = "url", url = "http://{origin}/go?page=1" }}
+writers = [{{ type = "local", path = "out/open" }}]
+"#
+    );
+    let report = ws.job(&text, "secret").run(crate::support::slot()).await;
+    assert_eq!(
+        report.status,
+        ferry::report::RunStatus::Failed,
+        "{report:#?}"
+    );
+    let error = report.error.as_ref().expect("an error");
+    assert!(
+        error.chain.join(": ").contains("another origin"),
+        "{error:#?}"
+    );
+    assert!(
+        elsewhere_seen.lock().expect("seen").is_empty(),
+        "nothing reached the other origin"
+    );
+
+    let report = ws.job(&text, "open").run(crate::support::slot()).await;
+    assert_eq!(
+        report.status,
+        ferry::report::RunStatus::Succeeded,
+        "{report:#?}"
+    );
+    let landed = elsewhere_seen.lock().expect("seen").clone();
+    assert_eq!(landed.len(), 1, "the open request was followed");
+    for (_, headers) in landed
+        .iter()
+        .chain(origin_seen.lock().expect("seen").iter())
+    {
+        assert!(headers.get("referer").is_none(), "{headers:?}");
+    }
+}
