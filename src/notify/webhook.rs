@@ -21,7 +21,10 @@ use crate::build_env::BuildEnv;
 use crate::error::{DeliveryError, ErrorKind};
 use crate::http;
 use crate::report::RunReport;
-use crate::settings::{ConfigDuration, KeyPath, Problems, Secret, SecretField, SecretRef, keys};
+use crate::settings::{
+    ConfigDuration, KeyPath, NOT_A_VARIABLE, Problems, Secret, SecretField, SecretRef,
+    is_variable_name, keys,
+};
 
 /// Settings of a `webhook` notifier.
 #[derive(Debug, Clone, Deserialize)]
@@ -132,7 +135,10 @@ impl NotifierSettings for WebhookConfig {
                 }
                 HeaderSetting::Secret { env, file, .. } => {
                     if env.is_some() == file.is_some() {
-                        problems.add(at, "give exactly one of `env` and `file`");
+                        problems.add(at.clone(), "give exactly one of `env` and `file`");
+                    }
+                    if env.as_deref().is_some_and(|name| !is_variable_name(name)) {
+                        problems.add(at.key("env"), NOT_A_VARIABLE);
                     }
                 }
             }

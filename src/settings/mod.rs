@@ -12,7 +12,9 @@ mod secret;
 use std::fmt;
 
 pub use duration::{ByteRate, ByteSize, ConfigDuration};
-pub use secret::{Secret, SecretField, SecretKey, SecretRef, keys};
+pub use secret::{
+    NOT_A_VARIABLE, Secret, SecretField, SecretKey, SecretRef, is_variable_name, keys,
+};
 
 /// Where a setting sits in the job file: `jobs[2].source.path`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -16,6 +16,19 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use super::{KeyPath, Problems};
 use crate::error::{DeliveryError, ErrorKind};
 
+/// Why a `*_env` value is refused (without showing it: it may be the secret, put in the
+/// wrong key).
+pub const NOT_A_VARIABLE: &str = "not an environment variable name (letters, digits and '_', not starting with a digit); the value is not shown";
+
+/// Whether `name` can name an environment variable: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// The name of a secret setting: `KEY`, and the keys of its three forms.
 pub trait SecretKey {
     /// The inline form's key, e.g. `password`.
@@ -101,8 +114,10 @@ impl<K: SecretKey> SecretField<K> {
                 format!("give only one of `{key}`, `{key}_env` and `{key}_file`"),
             );
         }
-        if self.env.as_deref() == Some("") {
-            problems.add(at.key(&format!("{key}_env")), "empty variable name");
+        if let Some(name) = &self.env
+            && !is_variable_name(name)
+        {
+            problems.add(at.key(&format!("{key}_env")), NOT_A_VARIABLE);
         }
     }
 
@@ -287,9 +302,15 @@ impl SecretRef {
         match self {
             SecretRef::Inline(value) => Ok(Secret(value.clone())),
             SecretRef::Env(name) => std::env::var(name).map(Secret).map_err(|_| {
+                // A value that is no variable name may be the secret itself: never shown.
+                let shown = if is_variable_name(name) {
+                    name.as_str()
+                } else {
+                    "(not a variable name; not shown)"
+                };
                 DeliveryError::new(
                     ErrorKind::Config,
-                    format!("environment variable {name} is not set (or not UTF-8)"),
+                    format!("environment variable {shown} is not set (or not UTF-8)"),
                 )
             }),
             SecretRef::File(path) => {
@@ -389,6 +410,23 @@ mod tests {
         assert_eq!(format!("{secret:?} {secret}"), "<redacted> <redacted>");
         let inline = SecretRef::Inline("hunter2".into());
         assert!(!format!("{inline:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_secret_put_in_an_env_key_is_never_echoed() {
+        let read = settings("host = \"h\"\npassword_env = \"https://hooks.example/T0KEN\"\n")
+            .expect("readable");
+        let mut problems = Problems::default();
+        read.password.validate(&KeyPath::root(), &mut problems);
+        let shown = format!("{:?}", problems.into_inner());
+        assert!(shown.contains("password_env"), "{shown}");
+        assert!(!shown.contains("T0KEN"), "{shown}");
+        let err = read
+            .password
+            .resolve(Path::new("/"))
+            .expect_err("no such variable");
+        assert!(!err.to_string().contains("T0KEN"), "{err}");
+        assert!(is_variable_name("FERRY_SMTP_PASSWORD") && !is_variable_name("9X"));
     }
 
     #[test]

@@ -310,3 +310,38 @@ writers = [{{ type = "local", path = "out/open" }}]
         assert!(headers.get("referer").is_none(), "{headers:?}");
     }
 }
+
+/// A secret typed into the wrong key (`url_env = "https://…/TOKEN"`) or with the wrong type
+/// (`password = 987654321`) is reported at its key without being echoed.
+#[test]
+fn validate_never_echoes_a_misplaced_secret() {
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"[notifiers.hook]
+type = "webhook"
+url_env = "https://hooks.example.com/services/T0KEN-SECRET"
+
+[notifiers.mail]
+type = "email"
+host = "smtp.example.com"
+from = "ferry@example.com"
+to = ["ops@example.com"]
+username = "ferry"
+password = 987654321
+"#,
+    );
+    let out = ferry_with_env(
+        &["validate", "--config", &config.display().to_string()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let all = show(&out);
+    assert!(all.contains("notifiers.hook.url_env"), "{all}");
+    assert!(
+        all.contains("notifiers.mail") && all.contains("expected a string"),
+        "{all}"
+    );
+    for secret in ["T0KEN-SECRET", "987654321"] {
+        assert!(!all.contains(secret), "{secret} echoed:\n{all}");
+    }
+}
