@@ -477,7 +477,10 @@ impl Daemon {
         let events = self.events.clone();
         let name = job.name.clone();
         self.track(name, async move {
-            let start_at = slot.with_timezone(&Utc) + jitter;
+            let start_at = chrono::Duration::from_std(jitter)
+                .ok()
+                .and_then(|jitter| slot.with_timezone(&Utc).checked_add_signed(jitter))
+                .unwrap_or_else(|| slot.with_timezone(&Utc));
             if let Ok(wait) = (start_at - Utc::now()).to_std() {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}

@@ -85,6 +85,7 @@ pub fn parse(text: &str, origin: &str, base_dir: PathBuf) -> Result<Config, Conf
         text,
         origin,
         errors: Vec::new(),
+        line_starts: None,
     };
     let (root, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
@@ -171,6 +172,9 @@ struct Report<'a> {
     text: &'a str,
     origin: &'a str,
     errors: Vec<(usize, ConfigError)>,
+    /// Where each line of `text` starts, computed for the first error: placing thousands
+    /// of errors stays linear in the file's size.
+    line_starts: Option<Vec<usize>>,
 }
 
 impl Report<'_> {
@@ -193,7 +197,10 @@ impl Report<'_> {
 
     fn at_span(&mut self, span: Option<Range<usize>>, message: String) {
         let offset = span.map_or(0, |s| s.start).min(self.text.len());
-        let (line, column) = line_column(self.text, offset);
+        let lines = self
+            .line_starts
+            .get_or_insert_with(|| line_starts(self.text));
+        let (line, column) = line_column(self.text, lines, offset);
         self.errors.push((
             offset,
             ConfigError {
@@ -211,16 +218,23 @@ impl Report<'_> {
     }
 }
 
-/// The 1-based line and character column of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+/// The byte offset at which each line of `text` starts.
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+/// The 1-based line and character column of byte `offset` in `text`, whose lines start
+/// at `starts`.
+fn line_column(text: &str, starts: &[usize], offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
     }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
+    let line = starts.partition_point(|&start| start <= offset).max(1);
+    let line_start = starts[line - 1];
+    let column = text[line_start..offset].chars().count() + 1;
     (line, column)
 }
 
@@ -277,9 +291,11 @@ mod tests {
     #[test]
     fn line_and_column_count_characters() {
         let text = "a = 1\nbé = 2\n";
-        assert_eq!(line_column(text, 0), (1, 1));
-        assert_eq!(line_column(text, 6), (2, 1));
+        let starts = line_starts(text);
+        assert_eq!(line_column(text, &starts, 0), (1, 1));
+        assert_eq!(line_column(text, &starts, 6), (2, 1));
         // "bé = " is 6 bytes but 5 characters.
-        assert_eq!(line_column(text, 12), (2, 6));
+        assert_eq!(line_column(text, &starts, 12), (2, 6));
+        assert_eq!(line_column(text, &starts, text.len()), (3, 1));
     }
 }

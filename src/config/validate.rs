@@ -7,6 +7,10 @@ use super::Config;
 use crate::schedule::{Schedule, parse_timezone};
 use crate::settings::{KeyPath, Problems};
 
+/// The longest `jitter`: a delay beyond a day is a mistake, and would overflow the clock
+/// arithmetic when absurd.
+const MAX_JITTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Every problem in `config`. `job_indexes[i]` is the position in the file's `jobs` array
 /// of `config.jobs[i]` (jobs that could not be read at all are missing from `config`).
 pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
@@ -68,7 +72,8 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
         match check_name(&job.name) {
             Err(msg) => problems.add(at.key("name"), format!("job name {msg}")),
             Ok(()) => {
-                if let Some(first) = names.insert(&job.name, index) {
+                let first = *names.entry(&job.name).or_insert(index);
+                if first != index {
                     problems.add(
                         at.key("name"),
                         format!("job name {:?} is already used by jobs[{first}]", job.name),
@@ -84,8 +89,19 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
             None => daemon_tz.clone().map_err(|_| ()),
         };
         // Check the expression even when the zone is wrong, to report both at once.
-        if let Err(msg) = Schedule::parse(&job.schedule, timezone.unwrap_or(chrono_tz::UTC)) {
-            problems.add(at.key("schedule"), msg);
+        match Schedule::parse(&job.schedule, timezone.unwrap_or(chrono_tz::UTC)) {
+            Err(msg) => problems.add(at.key("schedule"), msg),
+            Ok(schedule) if schedule.next_after(chrono::Utc::now()).is_none() => problems.add(
+                at.key("schedule"),
+                format!(
+                    "{:?} never fires: no date matches it (e.g. February 30)",
+                    job.schedule
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if job.jitter.is_some_and(|j| j.get() > MAX_JITTER) {
+            problems.add(at.key("jitter"), "must be at most 24h");
         }
 
         job.source

@@ -345,3 +345,41 @@ password = 987654321
         assert!(!all.contains(secret), "{secret} echoed:\n{all}");
     }
 }
+
+/// Absurd values are refused at their keys instead of panicking the daemon every second
+/// (`jitter` overflowed the clock) or passing validation (a schedule that never fires);
+/// a repeated name points at the first use.
+#[test]
+fn absurd_schedules_and_jitter_are_refused_at_their_keys() {
+    let ws = Workspace::new();
+    let job = |name: &str, schedule: &str, extra: &str| {
+        format!(
+            "[[jobs]]\nname = \"{name}\"\nschedule = \"{schedule}\"\nsource = {{ type = \"inline\", data = \"x\" }}\nwriters = [{{ type = \"local\", path = \"out/{name}\" }}]\n{extra}\n"
+        )
+    };
+    let text = job("feb", "0 0 0 30 2 *", "")
+        + &job("late", "@hourly", "jitter = \"1000000000y\"")
+        + &job("twice", "@hourly", "")
+        + &job("twice", "@hourly", "")
+        + &job("twice", "@hourly", "");
+    let config = ws.job_file(&text);
+    let out = ferry_with_env(
+        &["validate", "--config", &config.display().to_string()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(":3:12: jobs[0].schedule: \"0 0 0 30 2 *\" never fires"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(":12:10: jobs[1].jitter: must be at most 24h"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("is already used by jobs[2]").count(),
+        2,
+        "both repeats name the first use: {stderr}"
+    );
+}
