@@ -168,9 +168,17 @@ async fn open_store(config: &Config) -> Result<Store, Outcome> {
 
 /// Recent runs, as `ferry history` prints them.
 pub async fn history(config: &Config, job: Option<&str>, limit: u32, json: bool) -> Outcome {
-    let store = match open_store(config).await {
-        Ok(store) => store,
-        Err(outcome) => return outcome,
+    // Only reads: a store that does not exist yet is not created.
+    let url = config.daemon.state_url();
+    let store = match Store::open_existing(&url, &config.base_dir).await {
+        Ok(Some(store)) => store,
+        Ok(None) if json => return Outcome::ok("[]\n".to_owned()),
+        Ok(None) => {
+            return Outcome::ok(format!(
+                "no runs recorded: the state store ({url}) does not exist yet\n"
+            ));
+        }
+        Err(err) => return Outcome::fail(1, format!("ferry: {err}\n")),
     };
     let runs = match store.history(job, limit).await {
         Ok(runs) => runs,

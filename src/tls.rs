@@ -60,9 +60,14 @@ impl TlsSettings {
         }
     }
 
-    /// Reads what the settings trust; `ca_file` is taken from `base_dir`.
-    pub fn trust(&self, base_dir: &Path) -> Result<Trust, DeliveryError> {
+    /// Reads what the settings trust; `ca_file` is taken from `base_dir`. `accept_invalid_certs`
+    /// is logged at WARN each time (at every start and reload), naming `whom`.
+    pub fn trust(&self, base_dir: &Path, whom: &str) -> Result<Trust, DeliveryError> {
         if self.accept_invalid_certs {
+            tracing::warn!(
+                to = whom,
+                "accept_invalid_certs = true: any certificate is accepted; the connection is open to interception."
+            );
             return Ok(Trust::Any);
         }
         let Some(file) = &self.ca_file else {
@@ -94,7 +99,7 @@ pub enum Trust {
     System,
     /// Exactly these certificates (from `ca_file`).
     Exactly(Vec<CertificateDer<'static>>),
-    /// Any certificate (`accept_invalid_certs`).
+    /// Any certificate (`accept_invalid_certs`), still for the right host name.
     Any,
 }
 
@@ -140,19 +145,23 @@ impl Trust {
     }
 }
 
-/// `accept_invalid_certs`: takes any certificate, still checking the handshake's signatures.
+/// `accept_invalid_certs`: takes any certificate, issuer and validity unchecked, as long as
+/// it names the host connected to (as lettre does for email) and the handshake's signatures
+/// check out.
 #[derive(Debug)]
 struct AnyCertificate(Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_name(&parsed, server_name)?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -64,6 +64,10 @@ pub struct EmailConfig {
     /// With TLS: `ca_file` and `accept_invalid_certs` (see [`crate::tls`]).
     #[serde(flatten)]
     pub tls: TlsSettings,
+    /// Log in over an unencrypted connection (`security = "none"`), the password readable by
+    /// anyone on the path. Refused unless this is `true`; logged at WARN at every start.
+    #[serde(default)]
+    pub allow_plaintext_password: bool,
     /// How long one try may take, from connecting to the server's last reply (`"30s"`).
     #[serde(default)]
     pub timeout: Option<ConfigDuration>,
@@ -127,10 +131,14 @@ impl NotifierSettings for EmailConfig {
         if self.password.is_given() && self.username.is_none() {
             problems.add(at.key("username"), "a password is given but no username");
         }
-        if self.username.is_some() && self.security == EmailSecurity::None {
+        if self.security == EmailSecurity::None
+            && (self.username.is_some() || self.password.is_given())
+            && !self.allow_plaintext_password
+        {
+            let key = if self.password.is_given() { "password" } else { "username" };
             problems.add(
-                at.key("security"),
-                "\"none\" would send the password unencrypted; use \"starttls\" or \"tls\"",
+                at.key(key),
+                "would be sent unencrypted with security = \"none\": use \"starttls\" or \"tls\", or set allow_plaintext_password = true",
             );
         }
         self.tls.validate(
@@ -170,7 +178,7 @@ impl NotifierSettings for EmailConfig {
             .timeout(Some(timeout));
         if self.security != EmailSecurity::None {
             let mut tls = TlsParameters::builder(self.host.clone());
-            match self.tls.trust(&env.base_dir)? {
+            match self.tls.trust(&env.base_dir, &self.host)? {
                 Trust::System => {}
                 Trust::Any => tls = tls.dangerous_accept_invalid_certs(true),
                 Trust::Exactly(certs) => {
@@ -189,6 +197,12 @@ impl NotifierSettings for EmailConfig {
                 EmailSecurity::Tls => Tls::Wrapper(tls),
                 _ => Tls::Required(tls),
             });
+        }
+        if self.username.is_some() && self.security == EmailSecurity::None {
+            tracing::warn!(
+                notifier = name,
+                "allow_plaintext_password = true: the SMTP login is sent unencrypted."
+            );
         }
         if let Some(user) = &self.username {
             let password = password.as_ref().map_or("", |p| p.expose()).to_owned();

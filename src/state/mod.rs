@@ -38,6 +38,9 @@ pub enum StateError {
     /// The database could not be reached or answered an error.
     #[error("state store: {0}")]
     Database(#[from] sqlx::Error),
+    /// A read-only command found no store: its directory does not exist.
+    #[error("no state store: directory {} does not exist", .0.display())]
+    Missing(std::path::PathBuf),
     /// The schema could not be created or upgraded.
     #[error("state store schema: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -93,19 +96,44 @@ impl Store {
     /// Opens (creating if need be) the store at `url` and brings its schema up to date.
     /// A relative SQLite path is taken from `base_dir`.
     pub async fn open(url: &str, base_dir: &std::path::Path) -> Result<Store, StateError> {
+        let store = Store::connect(url, base_dir, true).await?;
+        store.ok_or_else(|| StateError::Url(url.to_owned()))
+    }
+
+    /// Opens the store at `url` for a command that only reads: nothing is created,
+    /// upgraded or written. `None` when a SQLite store's file does not exist yet (nothing
+    /// has run); an error when its directory does not exist either.
+    pub async fn open_existing(
+        url: &str,
+        base_dir: &std::path::Path,
+    ) -> Result<Option<Store>, StateError> {
+        Store::connect(url, base_dir, false).await
+    }
+
+    async fn connect(
+        url: &str,
+        base_dir: &std::path::Path,
+        create: bool,
+    ) -> Result<Option<Store>, StateError> {
         sqlx::any::install_default_drivers();
         let (backend, connect) = if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
                 return Err(StateError::Url(url.to_owned()));
             }
             let path = base_dir.join(path);
-            if let Some(dir) = path.parent() {
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            if create {
                 std::fs::create_dir_all(dir)
                     .map_err(|err| StateError::Database(sqlx::Error::Io(err)))?;
+            } else if !dir.is_dir() {
+                return Err(StateError::Missing(dir.to_path_buf()));
+            } else if !path.exists() {
+                return Ok(None);
             }
+            let mode = if create { "rwc" } else { "rw" };
             (
                 Backend::Sqlite,
-                format!("sqlite://{}?mode=rwc", path.display()),
+                format!("sqlite://{}?mode={mode}", path.display()),
             )
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_owned())
@@ -129,8 +157,10 @@ impl Store {
             })
             .connect(&connect)
             .await?;
-        schema::migrator().run(&pool).await?;
-        Ok(Store { pool, backend })
+        if create {
+            schema::migrator().run(&pool).await?;
+        }
+        Ok(Some(Store { pool, backend }))
     }
 
     /// Which database this is.

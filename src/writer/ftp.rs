@@ -66,6 +66,10 @@ pub struct FtpConfig {
     /// With TLS: `ca_file` and `accept_invalid_certs` (see [`crate::tls`]).
     #[serde(flatten)]
     pub tls: TlsSettings,
+    /// Send the password over plain FTP (`security = "none"`), readable by anyone on the
+    /// path. Refused unless this is `true`; logged at WARN at every start when it is.
+    #[serde(default)]
+    pub allow_plaintext_password: bool,
     /// The data connection: `"passive"` (PASV, the default), `"extended_passive"` (EPSV,
     /// needed over IPv6) .
     #[serde(default)]
@@ -93,6 +97,9 @@ fn default_username() -> String {
 fn default_overwrite() -> bool {
     true
 }
+
+/// Why a password over plain FTP is refused.
+const PLAINTEXT_PASSWORD: &str = "would be sent unencrypted with security = \"none\": use \"explicit_tls\", or set allow_plaintext_password = true";
 
 /// `security`: how the connection is protected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -132,6 +139,12 @@ impl WriterSettings for FtpConfig {
             Ok(_) => {}
         }
         self.password.validate(at, problems);
+        if self.security == FtpSecurity::None
+            && self.password.is_given()
+            && !self.allow_plaintext_password
+        {
+            problems.add(at.key("password"), PLAINTEXT_PASSWORD);
+        }
         if self.timeout.is_some_and(|t| t.get().is_zero()) {
             problems.add(at.key("timeout"), "must be longer than zero");
         }
@@ -147,9 +160,15 @@ impl WriterSettings for FtpConfig {
         let path = Template::parse_path(&self.path)
             .map_err(|err| DeliveryError::new(ErrorKind::Config, err.to_string()))?;
         let password = self.password.resolve(&env.base_dir)?;
+        if password.is_some() && self.security == FtpSecurity::None {
+            tracing::warn!(
+                host = %self.host,
+                "allow_plaintext_password = true: the FTP password is sent unencrypted."
+            );
+        }
         let tls = match self.security {
             FtpSecurity::None => None,
-            FtpSecurity::ExplicitTls => Some(self.tls.trust(&env.base_dir)?.client_config()?),
+            FtpSecurity::ExplicitTls => Some(self.tls.trust(&env.base_dir, &self.host)?.client_config()?),
         };
         Ok(Arc::new(FtpWriter {
             settings: self.clone(),

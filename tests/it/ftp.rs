@@ -9,7 +9,9 @@ use ferry::runner::{RunReport, RunStatus};
 use ferry::state::Ledger;
 
 use crate::support::ftp::*;
-use crate::support::{Workspace, eventually, files_under, random_file, self_signed, sha256_file};
+use crate::support::{
+    Tls, Workspace, eventually, files_under, random_file, self_signed, sha256_file,
+};
 
 fn ftp_job(source: &str, port: u16, path: &str, extra: &str) -> String {
     format!(
@@ -19,7 +21,7 @@ name = "ftp-job"
 schedule = "0 0 0 * * Mon-Fri"
 source = {source}
 retry = {{ max_attempts = 3, initial_interval = "100ms" }}
-writers = [{{ type = "ftp", host = "127.0.0.1", port = {port}, username = "{USER}", password_file = "secrets/ftp", path = "{path}"{extra} }}]
+writers = [{{ type = "ftp", host = "127.0.0.1", port = {port}, username = "{USER}", password_file = "secrets/ftp", allow_plaintext_password = true, path = "{path}"{extra} }}]
 "#
     )
 }
@@ -140,6 +142,35 @@ async fn the_server_down_is_a_network_failure() {
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(report.error.expect("failure").kind, ErrorKind::Network);
     assert_eq!(report.attempts, 3, "connection failures are retried");
+}
+
+/// `accept_invalid_certs` waives the issuer, not the name: a certificate made out to
+/// another host is still refused (as lettre does for email).
+#[tokio::test]
+async fn accept_invalid_certs_still_checks_the_host_name() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let ws = Workspace::new();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["other.example".to_owned()]).expect("certificate");
+    let tls = Tls {
+        cert: ws.path().join("other.pem"),
+        key: ws.path().join("other.key"),
+    };
+    std::fs::write(&tls.cert, generated.cert.pem()).expect("certificate");
+    std::fs::write(&tls.key, generated.signing_key.serialize_pem()).expect("key");
+    let port = free_port();
+    let _server = FtpServer::start(root.path(), port, Some(&tls)).await;
+    let text = ftp_job(
+        r#"{ type = "inline", data = "x" }"#,
+        port,
+        "/a.txt",
+        r#", security = "explicit_tls", accept_invalid_certs = true"#,
+    );
+    let report = run(&ws, &text).await;
+    assert_eq!(report.status, RunStatus::Failed, "{report:#?}");
+    let failure = report.error.expect("failure");
+    assert_eq!(failure.kind, ErrorKind::Auth, "{failure:?}");
+    assert!(files_under(root.path()).is_empty());
 }
 
 #[tokio::test]

@@ -197,7 +197,7 @@ name = "up"
 schedule = "@daily"
 on_success = ["ops"]
 source = {{ type = "inline", data = "payload" }}
-writers = [{{ type = "ftp", host = "127.0.0.1", port = {port}, username = "{USER}", password_file = "secrets/ftp", path = "/up.txt" }}]
+writers = [{{ type = "ftp", host = "127.0.0.1", port = {port}, username = "{USER}", password_file = "secrets/ftp", allow_plaintext_password = true, path = "/up.txt" }}]
 "#
     );
     let config = ws.job_file(&text).display().to_string();
@@ -382,4 +382,85 @@ fn absurd_schedules_and_jitter_are_refused_at_their_keys() {
         2,
         "both repeats name the first use: {stderr}"
     );
+}
+
+/// Read-only commands never create a store: `history` of a job file that never ran says
+/// so and leaves nothing behind; a store whose directory does not exist is an error
+/// (exit 1), and the directory is not created.
+#[test]
+fn history_never_creates_a_store() {
+    let ws = Workspace::new();
+    let job = "[[jobs]]\nname = \"a\"\nschedule = \"@daily\"\nsource = { type = \"inline\", data = \"x\" }\nwriters = [{ type = \"local\", path = \"out/a\" }]\n";
+    let config = ws.job_file(job);
+    let out = ferry_with_env(&["history", "--config", &config.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no runs recorded"),
+        "{}",
+        show(&out)
+    );
+    let left: Vec<String> = crate::support::files_under(ws.path());
+    assert_eq!(left, vec!["jobs.toml".to_owned()], "nothing created");
+
+    let missing = ws.path().join("nonexistent/dir");
+    let config = ws.job_file(&format!(
+        "[daemon]\nstate = \"sqlite://{}/state.db\"\n\n{job}",
+        missing.display()
+    ));
+    let out = ferry_with_env(&["history", "--config", &config.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(!missing.exists(), "the directory was not created");
+}
+
+/// A password sent without TLS needs `allow_plaintext_password = true`, for FTP as for
+/// email, and is then accepted.
+#[test]
+fn a_plaintext_password_needs_an_explicit_opt_in() {
+    let ws = Workspace::new();
+    let text = |allow: &str| {
+        format!(
+            r#"[notifiers.relay]
+type = "email"
+host = "127.0.0.1"
+security = "none"
+username = "u"
+password = "p"
+from = "ferry@example.com"
+to = ["ops@example.com"]
+{allow}
+
+[[jobs]]
+name = "a"
+schedule = "@daily"
+on_failure = ["relay"]
+source = {{ type = "inline", data = "x" }}
+writers = [{{ type = "ftp", host = "ftp.example.com", username = "u", password = "p", path = "/a"{} }}]
+"#,
+            if allow.is_empty() {
+                ""
+            } else {
+                ", allow_plaintext_password = true"
+            }
+        )
+    };
+    let config = ws.job_file(&text(""));
+    let out = ferry_with_env(
+        &["validate", "--config", &config.display().to_string()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("jobs[0].writers[0].password"), "{stderr}");
+    assert!(stderr.contains("notifiers.relay.password"), "{stderr}");
+    assert!(
+        stderr.matches("allow_plaintext_password = true").count() >= 2,
+        "{stderr}"
+    );
+
+    let config = ws.job_file(&text("allow_plaintext_password = true"));
+    let out = ferry_with_env(
+        &["validate", "--config", &config.display().to_string()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
 }
