@@ -26,7 +26,7 @@ use tokio_util::io::ReaderStream;
 use super::{DataSource, SourceSettings, SourceStream};
 use crate::build_env::BuildEnv;
 use crate::error::{DeliveryError, ErrorKind};
-use crate::settings::{KeyPath, Problems};
+use crate::settings::{ByteSize, KeyPath, Problems};
 use crate::template::Template;
 use crate::{CHUNK_SIZE, RunContext};
 
@@ -62,6 +62,11 @@ pub struct CommandConfig {
     /// (the only ones it inherits from ferry).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The most bytes the program may write (e.g. `"10GiB"`): more fails the run
+    /// (`rejected`, not retried; the program is killed) instead of filling the disk.
+    /// Unlimited by default.
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
     /// The directory the program runs in; relative paths are taken from the job file's
     /// directory. The job file's directory by default.
     #[serde(default)]
@@ -102,6 +107,7 @@ impl SourceSettings for CommandConfig {
             argv,
             env: self.env.clone(),
             working_dir: Some(working_dir),
+            max_bytes: self.max_bytes.map(|size| size.0),
         }))
     }
 }
@@ -112,6 +118,7 @@ pub struct CommandSource {
     argv: Vec<Template>,
     env: BTreeMap<String, String>,
     working_dir: Option<PathBuf>,
+    max_bytes: Option<u64>,
 }
 
 impl CommandSource {
@@ -121,6 +128,7 @@ impl CommandSource {
             argv,
             env: BTreeMap::new(),
             working_dir: None,
+            max_bytes: None,
         }
     }
 }
@@ -212,10 +220,11 @@ impl DataSource for CommandSource {
             Some(Err(failure.into_io()))
         })
         .filter_map(futures::future::ready);
-        Ok(SourceStream {
+        SourceStream {
             stream: Box::pin(output.chain(exit)),
             len: None,
-        })
+        }
+        .limited(self.max_bytes, &format!("command `{program}`"))
     }
 }
 

@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 
 use crate::build_env::BuildEnv;
 use crate::context::RunContext;
-use crate::error::DeliveryError;
+use crate::error::{DeliveryError, ErrorKind};
 use crate::kinds::kinds;
 use crate::settings::{KeyPath, Problems};
 
@@ -31,6 +31,46 @@ pub struct SourceStream {
     pub stream: ByteStream,
     /// How many bytes the stream will yield, when the source knows it in advance.
     pub len: Option<u64>,
+}
+
+impl SourceStream {
+    /// The same stream, failing (with a permanent `rejected` error naming `max_bytes`) as
+    /// soon as it gives more than `max` bytes, or at once when its announced length is
+    /// larger. `what` names the source in the error. No limit when `max` is `None`.
+    pub fn limited(self, max: Option<u64>, what: &str) -> Result<SourceStream, DeliveryError> {
+        let Some(max) = max else {
+            return Ok(self);
+        };
+        let what = what.to_owned();
+        let too_much = move || {
+            DeliveryError::new(
+                ErrorKind::Rejected,
+                format!("{what} gives more than max_bytes ({max} bytes)"),
+            )
+        };
+        if self.len.is_some_and(|len| len > max) {
+            return Err(too_much());
+        }
+        let stream = self.stream.scan((0u64, false), move |(seen, over), item| {
+            if *over {
+                return futures::future::ready(None);
+            }
+            let item = item.and_then(|chunk| {
+                *seen += chunk.len() as u64;
+                if *seen > max {
+                    *over = true;
+                    Err(too_much().into_io())
+                } else {
+                    Ok(chunk)
+                }
+            });
+            futures::future::ready(Some(item))
+        });
+        Ok(SourceStream {
+            stream: Box::pin(stream),
+            len: self.len,
+        })
+    }
 }
 
 impl fmt::Debug for SourceStream {

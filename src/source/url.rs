@@ -16,7 +16,7 @@ use crate::build_env::BuildEnv;
 use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
 use crate::http;
-use crate::settings::{KeyPath, Problems, Secret, SecretField, keys};
+use crate::settings::{ByteSize, KeyPath, Problems, Secret, SecretField, keys};
 use crate::template::Template;
 
 /// Settings of a `url` source.
@@ -31,6 +31,10 @@ pub struct UrlConfig {
     /// A bearer token sent as `Authorization: Bearer …`: `bearer_token`, `bearer_token_env` or `bearer_token_file`.
     #[serde(flatten)]
     pub bearer_token: SecretField<keys::BearerToken>,
+    /// The most bytes the body may have (e.g. `"10GiB"`): a larger body fails the run
+    /// (`rejected`, not retried) instead of filling the disk. Unlimited by default.
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
     /// The user name for HTTP basic authentication.
     #[serde(default)]
     pub username: Option<String>,
@@ -99,6 +103,7 @@ impl SourceSettings for UrlConfig {
             url,
             headers,
             auth,
+            max_bytes: self.max_bytes.map(|size| size.0),
         }))
     }
 }
@@ -133,6 +138,7 @@ pub struct UrlSource {
     url: Template,
     headers: HeaderMap,
     auth: Option<Auth>,
+    max_bytes: Option<u64>,
 }
 
 impl UrlSource {
@@ -143,6 +149,7 @@ impl UrlSource {
             url,
             headers: HeaderMap::new(),
             auth: None,
+            max_bytes: None,
         }
     }
 }
@@ -155,7 +162,7 @@ impl DataSource for UrlSource {
 
     async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
         let (response, shown) = self.get(ctx, None).await?;
-        Ok(body_stream(response, &shown))
+        body_stream(response, &shown).limited(self.max_bytes, &format!("GET {shown}"))
     }
 
     async fn open_at(
@@ -168,7 +175,10 @@ impl DataSource for UrlSource {
         if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
             return Ok(None);
         }
-        Ok(Some(body_stream(response, &shown)))
+        let left = self.max_bytes.map(|max| max.saturating_sub(offset));
+        body_stream(response, &shown)
+            .limited(left, &format!("GET {shown}"))
+            .map(Some)
     }
 }
 

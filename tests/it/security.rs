@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use futures::StreamExt as _;
+
 use crate::support::{Workspace, show};
 
 /// `ferry` with `args` and extra environment variables.
@@ -463,4 +465,116 @@ writers = [{{ type = "ftp", host = "ftp.example.com", username = "u", password =
         &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+}
+
+/// A body that never ends, counting what was produced: `(addr, bytes produced)`.
+async fn endless(
+    status: axum::http::StatusCode,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let produced = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&produced);
+    let app = axum::Router::new().fallback(move || {
+        let counter = std::sync::Arc::clone(&counter);
+        async move {
+            let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+            let body = futures::stream::repeat(chunk).map(move |chunk| {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                Ok::<_, std::io::Error>(chunk)
+            });
+            (status, axum::body::Body::from_stream(body))
+        }
+    });
+    (crate::support::serve(app).await, produced)
+}
+
+/// Sources from outside have a size limit: a url or command source giving more than
+/// `max_bytes` fails at once (`rejected`, not retried) and nothing is delivered.
+#[tokio::test]
+async fn sources_stop_at_max_bytes() {
+    let (addr, _) = endless(axum::http::StatusCode::OK).await;
+    let ws = Workspace::new();
+    let text = format!(
+        r#"[[jobs]]
+name = "web"
+schedule = "@daily"
+retry = {{ max_attempts = 3, initial_interval = "10ms" }}
+source = {{ type = "url", url = "http://{addr}/big", max_bytes = "1MiB" }}
+writers = [{{ type = "local", path = "out/web" }}]
+
+[[jobs]]
+name = "cmd"
+schedule = "@daily"
+retry = {{ max_attempts = 3, initial_interval = "10ms" }}
+source = {{ type = "command", command = ["sh", "-c", "yes"], max_bytes = "1MiB" }}
+writers = [{{ type = "local", path = "out/cmd" }}]
+"#
+    );
+    for name in ["web", "cmd"] {
+        let report = ws.job(&text, name).run(crate::support::slot()).await;
+        assert_eq!(
+            report.status,
+            ferry::report::RunStatus::Failed,
+            "{report:#?}"
+        );
+        let error = report.error.as_ref().expect("error");
+        assert_eq!(error.kind, ferry::error::ErrorKind::Rejected, "{error:#?}");
+        assert!(
+            error.chain.join(": ").contains("max_bytes (1048576 bytes)"),
+            "{error:#?}"
+        );
+        assert_eq!(report.attempts, 1, "not retried");
+    }
+    assert!(ws.files().is_empty(), "{:?}", ws.files());
+}
+
+/// A webhook answering with an error and an endless body: the notification fails with
+/// the status and the start of the body, having read only that start.
+#[tokio::test]
+async fn an_endless_error_body_is_not_read_whole() {
+    let (addr, produced) = endless(axum::http::StatusCode::BAD_REQUEST).await;
+    let ws = Workspace::new();
+    let text = format!(
+        r#"[notifiers.hook]
+type = "webhook"
+url = "http://{addr}/hook"
+attempts = 1
+
+[[jobs]]
+name = "a"
+schedule = "@daily"
+on_success = ["hook"]
+source = {{ type = "inline", data = "x" }}
+writers = [{{ type = "local", path = "out/a" }}]
+"#
+    );
+    let ledger = ws.ledger().await;
+    let job = ws.job(&text, "a");
+    let report = job
+        .run_claimed(&ledger, job.now_slot())
+        .await
+        .expect("store")
+        .expect("claimed");
+    assert!(
+        job.runner
+            .notifications()
+            .settle(std::time::Duration::from_secs(30))
+            .await,
+        "the notification ended"
+    );
+    let outcomes = ledger
+        .store
+        .notifications(&report.run_id)
+        .await
+        .expect("read");
+    let error = outcomes[0].error.clone().unwrap_or_default();
+    assert!(error.contains("400") && error.contains("xxxx"), "{error}");
+    let read = produced.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        read < 16 << 20,
+        "only the start of the body was read: {read} bytes produced"
+    );
 }

@@ -60,6 +60,16 @@ macro_rules! with_attributes {
 }
 pub(super) use with_attributes;
 
+/// The part size and the parts in flight when the job file does not say.
+const DEFAULT_PART: u64 = 16 << 20;
+const DEFAULT_CONCURRENCY: usize = 4;
+
+/// The most memory the part buffers of one upload may take (`part_size × concurrency`).
+const MAX_BUFFERED: u64 = 2 << 30;
+
+/// The most parts a multipart upload may have.
+pub(super) const MAX_PARTS: u64 = 10_000;
+
 /// S3's smallest part (but the last) and largest part.
 const MIN_PART: u64 = 5 << 20;
 const MAX_PART: u64 = 5 << 30;
@@ -215,6 +225,18 @@ impl WriterSettings for S3Config {
         {
             problems.add(at.key("concurrency"), "must be between 1 and 64");
         }
+        let part_size = self.part_size.map_or(DEFAULT_PART, |size| size.0);
+        let buffers = part_size.saturating_mul(self.concurrency.unwrap_or(DEFAULT_CONCURRENCY) as u64);
+        if buffers > MAX_BUFFERED {
+            problems.add(
+                at.key("concurrency"),
+                format!(
+                    "part_size × concurrency is {} MiB of part buffers; keep it within {} MiB",
+                    buffers >> 20,
+                    MAX_BUFFERED >> 20
+                ),
+            );
+        }
         if self
             .presign
             .is_some_and(|d| d.get().is_zero() || d.get() > Duration::from_secs(7 * 24 * 3600))
@@ -240,8 +262,8 @@ impl WriterSettings for S3Config {
             settings: self.clone(),
             key,
             credentials,
-            part_size: self.part_size.map_or(16 << 20, |s| s.0),
-            concurrency: self.concurrency.unwrap_or(4),
+            part_size: self.part_size.map_or(DEFAULT_PART, |s| s.0),
+            concurrency: self.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
             client: Arc::new(OnceCell::new()),
         }))
     }
@@ -436,6 +458,11 @@ impl Writer for S3Writer {
             // Starting over: the earlier attempt's upload is of no use.
             self.abort(&old.key, &old.upload_id).await;
         }
+        if let Some(len) = payload.len_hint()
+            && len > self.part_size.saturating_mul(MAX_PARTS)
+        {
+            return Err(too_many_parts(&location, self.part_size));
+        }
         let mut parts = Parts {
             size: usize::try_from(self.part_size).unwrap_or(usize::MAX),
             ended: false,
@@ -555,6 +582,18 @@ impl S3Writer {
     }
 }
 
+/// The error for a payload that needs more than [`MAX_PARTS`] parts of `part_size`.
+fn too_many_parts(location: &str, part_size: u64) -> DeliveryError {
+    DeliveryError::new(
+        ErrorKind::Rejected,
+        format!(
+            "{location}: more than {MAX_PARTS} parts of {} MiB (S3's limit, {} GiB); raise part_size",
+            part_size >> 20,
+            part_size.saturating_mul(MAX_PARTS) >> 30
+        ),
+    )
+}
+
 /// Percent-encodes a key for `x-amz-copy-source`, keeping `/`.
 fn urlencode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
@@ -566,4 +605,46 @@ fn urlencode_key(key: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(extra: &str) -> Arc<dyn Writer> {
+        let config: S3Config = toml::from_str(&format!(
+            "bucket = \"bucket\"\nkey = \"k\"\nendpoint = \"http://127.0.0.1:9\"\n{extra}"
+        ))
+        .expect("settings");
+        let env = BuildEnv::new(std::env::temp_dir()).expect("env");
+        config.build(&env).expect("writer")
+    }
+
+    #[tokio::test]
+    async fn a_payload_needing_more_than_10000_parts_is_refused_before_any_upload() {
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        // 10,001 parts of 5 MiB, announced; no byte is ever sent (nor any request made:
+        // the endpoint is a closed port).
+        let payload = Payload::new(rx, Some(MIN_PART * MAX_PARTS + 1), 0, None);
+        use chrono::TimeZone as _;
+        let slot = chrono_tz::UTC.timestamp_opt(0, 0).single().expect("instant");
+        let ctx = RunContext::new("j", slot);
+        let err = writer("part_size = \"5MiB\"")
+            .write(&ctx, payload)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), ErrorKind::Rejected);
+        assert!(err.to_string().contains("more than 10000 parts of 5 MiB"), "{err}");
+    }
+
+    #[test]
+    fn part_buffers_are_bounded() {
+        let config: S3Config = toml::from_str(
+            "bucket = \"bucket\"\nkey = \"k\"\npart_size = \"1GiB\"\nconcurrency = 4\n",
+        )
+        .expect("settings");
+        let mut problems = Problems::default();
+        config.validate(&KeyPath::root(), &mut problems);
+        assert_eq!(problems.len(), 1);
+    }
 }

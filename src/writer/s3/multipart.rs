@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::task::JoinSet;
 
-use super::{S3Writer, s3_error, with_attributes};
+use super::{MAX_PARTS, S3Writer, s3_error, too_many_parts, with_attributes};
 use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
 use crate::writer::{HashState, Payload};
@@ -179,6 +179,9 @@ impl S3Writer {
             let Some(part) = part else {
                 break;
             };
+            if i64::from(next_number) > MAX_PARTS as i64 {
+                return Err(too_many_parts(&location, self.part_size));
+            }
             boundaries.insert(next_number, payload.hash_state());
             let number = next_number;
             next_number += 1;
