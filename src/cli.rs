@@ -161,21 +161,35 @@ pub async fn execute(cli: &Cli) -> Outcome {
 
 /// Opens the job file's state store.
 async fn open_store(config: &Config) -> Result<Store, Outcome> {
-    Store::open(&config.daemon.state_url(), &config.base_dir)
+    let fail = |err: String| Outcome::fail(1, format!("ferry: {err}\n"));
+    let url = config
+        .daemon
+        .state_url(&config.base_dir)
+        .map_err(|err| fail(crate::error::display_chain(&err.chain())))?;
+    Store::open(url.expose(), &config.base_dir)
         .await
-        .map_err(|err| Outcome::fail(1, format!("ferry: {err}\n")))
+        .map_err(|err| fail(err.to_string()))
 }
 
 /// Recent runs, as `ferry history` prints them.
 pub async fn history(config: &Config, job: Option<&str>, limit: u32, json: bool) -> Outcome {
     // Only reads: a store that does not exist yet is not created.
-    let url = config.daemon.state_url();
-    let store = match Store::open_existing(&url, &config.base_dir).await {
+    let url = match config.daemon.state_url(&config.base_dir) {
+        Ok(url) => url,
+        Err(err) => {
+            return Outcome::fail(
+                1,
+                format!("ferry: {}\n", crate::error::display_chain(&err.chain())),
+            );
+        }
+    };
+    let shown = crate::state::shown_url(url.expose());
+    let store = match Store::open_existing(url.expose(), &config.base_dir).await {
         Ok(Some(store)) => store,
         Ok(None) if json => return Outcome::ok("[]\n".to_owned()),
         Ok(None) => {
             return Outcome::ok(format!(
-                "no runs recorded: the state store ({url}) does not exist yet\n"
+                "no runs recorded: the state store ({shown}) does not exist yet\n"
             ));
         }
         Err(err) => return Outcome::fail(1, format!("ferry: {err}\n")),

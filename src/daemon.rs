@@ -153,7 +153,11 @@ pub async fn run(
     let config = config::load(path)?;
     let notifications = Notifications::default();
     let jobs = Job::build_all(&config, &notifications).map_err(DaemonError::Build)?;
-    let store = Store::open(&config.daemon.state_url(), &config.base_dir).await?;
+    let url = config
+        .daemon
+        .state_url(&config.base_dir)
+        .map_err(DaemonError::Build)?;
+    let store = Store::open(url.expose(), &config.base_dir).await?;
     let ledger = Ledger {
         store,
         owner: owner_id(),

@@ -23,9 +23,11 @@ pub use crate::settings::{
     ByteRate, ByteSize, ConfigDuration, KeyPath, Problems, Secret, SecretRef,
 };
 
+use crate::error::DeliveryError;
 use crate::notify::NotifierConfig;
 use crate::runner::RetryConfig;
 pub use crate::schedule::Overlap;
+use crate::settings::{SecretField, keys};
 use crate::source::SourceConfig;
 use crate::transform::Transform;
 use crate::writer::WriterConfig;
@@ -79,27 +81,31 @@ pub struct DaemonConfig {
     /// cancelled (programs killed, progress kept for a resume) after it.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: ConfigDuration,
-    /// Where run history, checkpoints and cursors are kept: `"sqlite://PATH"` (one daemon;
-    /// a relative path is taken from the job file's directory) or `"postgres://…"` (several
-    /// daemons). By default `sqlite://$STATE_DIRECTORY/state.db` under systemd, else
-    /// `sqlite://ferry-state.db` beside the job file.
-    #[serde(default)]
-    pub state: Option<String>,
+    /// Where run history, checkpoints and cursors are kept: `state = "sqlite://PATH"` (one
+    /// daemon; a relative path is taken from the job file's directory) or
+    /// `"postgres://…"` (several daemons), or `state_env` / `state_file` for a URL that
+    /// holds a password. By default `sqlite://$STATE_DIRECTORY/state.db` under systemd,
+    /// else `sqlite://ferry-state.db` beside the job file.
+    #[serde(flatten)]
+    pub state: SecretField<keys::State>,
 }
 
 impl DaemonConfig {
-    /// The state store's URL, defaults applied.
-    pub fn state_url(&self) -> String {
-        match (&self.state, std::env::var_os("STATE_DIRECTORY")) {
-            (Some(url), _) => url.clone(),
-            (None, Some(dir)) => {
+    /// The state store's URL, defaults applied; a URL from `state_env` / `state_file` is
+    /// read now (relative files from `base_dir`). Never show it: it may hold a password.
+    pub fn state_url(&self, base_dir: &std::path::Path) -> Result<Secret, DeliveryError> {
+        if let Some(url) = self.state.resolve(base_dir)? {
+            return Ok(url);
+        }
+        Ok(Secret::new(match std::env::var_os("STATE_DIRECTORY") {
+            Some(dir) => {
                 // systemd may list several directories, separated by colons.
                 let dir = dir.to_string_lossy();
                 let first = dir.split(':').next().unwrap_or_default();
                 format!("sqlite://{first}/state.db")
             }
-            (None, None) => "sqlite://ferry-state.db".to_owned(),
-        }
+            None => "sqlite://ferry-state.db".to_owned(),
+        }))
     }
 }
 
@@ -116,7 +122,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             timezone: default_timezone(),
             shutdown_timeout: default_shutdown_timeout(),
-            state: None,
+            state: SecretField::default(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::Config;
 use crate::schedule::{Schedule, parse_timezone};
-use crate::settings::{KeyPath, Problems};
+use crate::settings::{KeyPath, Problems, SecretRef};
 
 /// The longest `jitter`: a delay beyond a day is a mistake, and would overflow the clock
 /// arithmetic when absurd.
@@ -36,11 +36,13 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
             "must be longer than zero",
         );
     }
-    if let Some(state) = &config.daemon.state {
+    let daemon = root.key("daemon");
+    config.daemon.state.validate(&daemon, &mut problems);
+    if let Some(SecretRef::Inline(state)) = config.daemon.state.source() {
         let known = ["sqlite://", "postgres://", "postgresql://"];
         if !known.iter().any(|prefix| state.starts_with(prefix)) || state == "sqlite://" {
             problems.add(
-                root.key("daemon").key("state"),
+                daemon.key("state"),
                 "must be sqlite://PATH or postgres://USER@HOST/DATABASE",
             );
         }

@@ -71,6 +71,10 @@ pub mod keys {
         AccessKeyId = "access_key_id"
     );
     secret_key!(
+        /// `state`, `state_env`, `state_file` (a store URL that may hold a password).
+        State = "state"
+    );
+    secret_key!(
         /// `secret_access_key`, `secret_access_key_env`, `secret_access_key_file`.
         SecretAccessKey = "secret_access_key"
     );
@@ -335,6 +339,11 @@ impl SecretRef {
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret holding `value`.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     /// The secret's value, for handing to a protocol client. Never log it.
     pub fn expose(&self) -> &str {
         &self.0

@@ -33,7 +33,7 @@ pub use records::{
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The `state` setting is not a URL the store understands.
-    #[error("state {0:?} must be sqlite://PATH or postgres://…")]
+    #[error("state {} must be sqlite://PATH or postgres://…", shown_url(.0))]
     Url(String),
     /// The database could not be reached or answered an error.
     #[error("state store: {0}")]
@@ -68,6 +68,52 @@ impl Ledger {
                 None
             }
         }
+    }
+}
+
+/// A store URL as logs and messages may show it: a PostgreSQL URL without its user,
+/// password and parameters (`postgres://db.example.com:5432/ferry`); a SQLite one whole.
+pub fn shown_url(url: &str) -> String {
+    if url.starts_with("sqlite://") {
+        return url.to_owned();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL; not shown)".to_owned();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}/{path}")
+}
+
+/// Warns when a PostgreSQL URL lets the connection fall back to plaintext: sqlx's default
+/// `sslmode=prefer` (and `allow`, `disable`) sends the password unencrypted to a server
+/// without TLS, or to anyone in the middle. Loopback hosts are exempt.
+fn warn_if_plaintext(url: &str) {
+    let shown = shown_url(url);
+    let host = shown
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', ':']).next().unwrap_or_default())
+        .unwrap_or_default();
+    if matches!(host, "" | "localhost" | "127.0.0.1" | "[::1]") {
+        return;
+    }
+    let mode = url
+        .split_once('?')
+        .and_then(|(_, query)| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("sslmode="))
+        })
+        .unwrap_or("prefer");
+    if matches!(mode, "prefer" | "allow" | "disable") {
+        tracing::warn!(
+            store = %shown,
+            sslmode = mode,
+            "The PostgreSQL connection may run without TLS (password and data readable on the way); add sslmode=verify-full to state."
+        );
     }
 }
 
@@ -136,6 +182,7 @@ impl Store {
                 format!("sqlite://{}?mode={mode}", path.display()),
             )
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            warn_if_plaintext(url);
             (Backend::Postgres, url.to_owned())
         } else {
             return Err(StateError::Url(url.to_owned()));
@@ -166,5 +213,24 @@ impl Store {
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shown_url_has_no_credentials() {
+        assert_eq!(
+            shown_url(
+                "postgres://ferry:hunter2@db.example.com:5432/ferry?sslmode=require&password=x"
+            ),
+            "postgres://db.example.com:5432/ferry"
+        );
+        assert_eq!(shown_url("sqlite://state.db"), "sqlite://state.db");
+        assert!(!shown_url("mysql//u:hunter2@h").contains("hunter2"));
+        let err = StateError::Url("mysql://u:hunter2@h/db".into()).to_string();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -578,3 +578,39 @@ writers = [{{ type = "local", path = "out/a" }}]
         "only the start of the body was read: {read} bytes produced"
     );
 }
+
+/// The store URL can come from a file (`state_file`), so a PostgreSQL password need not sit
+/// in the job file; it never shows in output, even at debug level.
+#[test]
+fn the_store_url_comes_from_a_file_and_never_shows() {
+    let Ok(base) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+        eprintln!("not run: FERRY_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let ws = Workspace::new();
+    // Trust authentication ignores the password: it only has to stay out of sight.
+    let url = base.replacen("://postgres@", "://postgres:pg-SECRET-77@", 1);
+    assert!(url.contains("pg-SECRET-77"), "a URL with a user: {base}");
+    ws.secret("state", &url);
+    let name = format!("stateful-{}", std::process::id());
+    let config = ws.job_file(&format!(
+        "[daemon]\nstate_file = \"secrets/state\"\n\n[[jobs]]\nname = \"{name}\"\nschedule = \"@daily\"\nsource = {{ type = \"inline\", data = \"x\" }}\nwriters = [{{ type = \"local\", path = \"out/x\" }}]\n"
+    ));
+    let config = config.display().to_string();
+    let run = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["trigger", &name, "--config", &config])
+        .env("FERRY_LOG", "debug")
+        .output()
+        .expect("run ferry");
+    assert_eq!(run.status.code(), Some(0), "{}", show(&run));
+    let history = ferry_with_env(&["history", &name, "--config", &config], &[]);
+    assert_eq!(history.status.code(), Some(0), "{}", show(&history));
+    assert!(
+        String::from_utf8_lossy(&history.stdout).contains(&name),
+        "{}",
+        show(&history)
+    );
+    for out in [&run, &history] {
+        assert!(!show(out).contains("pg-SECRET-77"), "{}", show(out));
+    }
+}
