@@ -29,6 +29,23 @@ pub fn is_variable_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// A `*_file` path starting with this is read from the directory systemd hands credentials
+/// in (`LoadCredential=` in the unit): `password_file = "$CREDENTIALS_DIRECTORY/ferry_smtp"`.
+pub const CREDENTIALS: &str = "$CREDENTIALS_DIRECTORY";
+
+/// The directory systemd put the unit's credentials in.
+fn credentials_dir() -> Result<PathBuf, DeliveryError> {
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            DeliveryError::new(
+                ErrorKind::Config,
+                "a *_file names $CREDENTIALS_DIRECTORY, which is not set: ferry is not running \
+                 under a systemd unit with LoadCredential=",
+            )
+        })
+}
+
 /// The name of a secret setting: `KEY`, and the keys of its three forms.
 pub trait SecretKey {
     /// The inline form's key, e.g. `password`.
@@ -318,7 +335,10 @@ impl SecretRef {
                 )
             }),
             SecretRef::File(path) => {
-                let path = base_dir.join(path);
+                let path = match path.strip_prefix(CREDENTIALS) {
+                    Ok(name) => credentials_dir()?.join(name),
+                    Err(_) => base_dir.join(path),
+                };
                 let mut text = std::fs::read_to_string(&path).map_err(|err| {
                     DeliveryError::new(
                         ErrorKind::Config,

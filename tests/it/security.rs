@@ -614,3 +614,43 @@ fn the_store_url_comes_from_a_file_and_never_shows() {
         assert!(!show(out).contains("pg-SECRET-77"), "{}", show(out));
     }
 }
+
+/// Secrets handed over by systemd's `LoadCredential=`: a `*_file` under
+/// `$CREDENTIALS_DIRECTORY` is read from the directory systemd names.
+#[tokio::test]
+async fn a_secret_file_can_be_a_systemd_credential() {
+    use axum::http::{HeaderMap, StatusCode};
+    let app = axum::Router::new().fallback(|headers: HeaderMap| async move {
+        match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+            Some("Bearer cred-SECRET-5") => (StatusCode::OK, "granted"),
+            _ => (StatusCode::FORBIDDEN, "denied"),
+        }
+    });
+    let addr = crate::support::serve(app).await;
+    let ws = Workspace::new();
+    let credentials = tempfile::tempdir().expect("credentials");
+    std::fs::write(credentials.path().join("ferry_token"), "cred-SECRET-5\n").expect("credential");
+    let config = ws.job_file(&format!(
+        r#"[[jobs]]
+name = "a"
+schedule = "@daily"
+source = {{ type = "url", url = "http://{addr}/x", bearer_token_file = "$CREDENTIALS_DIRECTORY/ferry_token" }}
+writers = [{{ type = "local", path = "out/a" }}]
+"#
+    ));
+    let config = config.display().to_string();
+    let dir = credentials.path().display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        ferry_with_env(
+            &["trigger", "a", "--config", &config],
+            &[("CREDENTIALS_DIRECTORY", &dir)],
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        std::fs::read(ws.path().join("out/a")).expect("delivered"),
+        b"granted"
+    );
+}
