@@ -41,6 +41,14 @@ pub struct LocalConfig {
     /// the delivery fails instead (`false`).
     #[serde(default = "default_overwrite")]
     pub overwrite: bool,
+    /// The delivered file's permissions, in octal (`"0640"`); by default what the umask
+    /// leaves (`0600` under the shipped unit, whose `UMask=` is `0077`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// The delivered file's group, by name or number (`"consumers"`): with `mode = "0640"`
+    /// its members can read deliveries. ferry must be a member (or root).
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 fn default_overwrite() -> bool {
@@ -56,15 +64,28 @@ impl WriterSettings for LocalConfig {
         if let Err(err) = Template::parse_path(&self.path) {
             problems.add(at.key("path"), err.to_string());
         }
+        if let Some(mode) = &self.mode
+            && let Err(err) = parse_mode(mode)
+        {
+            problems.add(at.key("mode"), err);
+        }
+        if self.group.as_deref() == Some("") {
+            problems.add(at.key("group"), "must name a group");
+        }
     }
 
     fn build(&self, env: &BuildEnv) -> Result<Arc<dyn Writer>, DeliveryError> {
         let path = Template::parse_path(&self.path)
             .map_err(|err| DeliveryError::new(ErrorKind::Config, err.to_string()))?;
+        let config_error = |msg: String| DeliveryError::new(ErrorKind::Config, msg);
+        let mode = self.mode.as_deref().map(parse_mode).transpose().map_err(config_error)?;
+        let group = self.group.as_deref().map(find_group).transpose()?;
         Ok(Arc::new(LocalWriter {
             path,
             root: env.base_dir.clone(),
             overwrite: self.overwrite,
+            mode,
+            group,
         }))
     }
 }
@@ -75,6 +96,8 @@ pub struct LocalWriter {
     path: Template,
     root: PathBuf,
     overwrite: bool,
+    mode: Option<u32>,
+    group: Option<nix::unistd::Gid>,
 }
 
 impl LocalWriter {
@@ -85,6 +108,8 @@ impl LocalWriter {
             path,
             root: PathBuf::new(),
             overwrite: true,
+            mode: None,
+            group: None,
         }
     }
 }
@@ -106,6 +131,57 @@ impl Drop for TempFile {
 
 /// How often a writing attempt makes its progress durable and records a checkpoint.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl LocalWriter {
+    /// Gives the finished file its `group` and `mode` (through the open file: never a
+    /// path that could have been swapped for a link), before it gets its final name.
+    async fn set_owner_and_mode(
+        &self,
+        file: &tokio::fs::File,
+        shown: &str,
+    ) -> Result<(), DeliveryError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Some(gid) = self.group {
+            nix::unistd::fchown(file, None, Some(gid)).map_err(|err| {
+                DeliveryError::io(format_args!("set the group of {shown}"), err.into())
+            })?;
+        }
+        if let Some(mode) = self.mode {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .await
+                .map_err(|err| DeliveryError::io(format_args!("set the mode of {shown}"), err))?;
+        }
+        Ok(())
+    }
+}
+
+/// `mode`: octal permission bits, at most `0777` (no set-id or sticky bits).
+fn parse_mode(mode: &str) -> Result<u32, String> {
+    match u32::from_str_radix(mode.trim_start_matches("0o"), 8) {
+        Ok(bits) if bits <= 0o777 => Ok(bits),
+        _ => Err(format!(
+            "{mode:?} is not a permission mode: octal digits up to 0777, e.g. \"0640\""
+        )),
+    }
+}
+
+/// `group`: a group name, or a number.
+fn find_group(group: &str) -> Result<nix::unistd::Gid, DeliveryError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(gid));
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(found)) => Ok(found.gid),
+        Ok(None) => Err(DeliveryError::new(
+            ErrorKind::Config,
+            format!("no group named {group:?} on this machine"),
+        )),
+        Err(err) => Err(DeliveryError::io(
+            format_args!("look up group {group:?}"),
+            err.into(),
+        )),
+    }
+}
 
 /// The temporary file of attempt `attempt` of run `run_id`, beside `target`.
 fn temp_path(target: &Path, run_id: &str, attempt: u32) -> PathBuf {
@@ -275,6 +351,7 @@ impl Writer for LocalWriter {
         file.flush()
             .await
             .map_err(|err| DeliveryError::io(format_args!("write {shown}"), err))?;
+        self.set_owner_and_mode(&file, &shown).await?;
         file.sync_all()
             .await
             .map_err(|err| DeliveryError::io(format_args!("fsync {shown}"), err))?;

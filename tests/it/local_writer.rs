@@ -218,3 +218,32 @@ retry = { max_attempts = 1 }
         show(&output)
     );
 }
+
+/// `mode` and `group` give deliveries the permissions their readers need, whatever the
+/// umask (the shipped unit's is 0077); a bad mode is refused at its key.
+#[tokio::test]
+async fn mode_and_group_are_set_on_the_delivered_file() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let ws = Workspace::new();
+    let gid = nix::unistd::getegid().as_raw();
+    let text = job(
+        r#"{ type = "inline", data = "shared" }"#,
+        &format!(
+            r#"{{ type = "local", path = "out/shared.txt", mode = "0604", group = "{gid}" }}"#
+        ),
+    );
+    let report = run_job(&ws, &text, "w").await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let meta = std::fs::metadata(ws.path().join("out/shared.txt")).expect("delivered");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o604);
+    assert_eq!(meta.gid(), gid);
+
+    let bad = job(
+        r#"{ type = "inline", data = "x" }"#,
+        r#"{ type = "local", path = "out/x", mode = "4755" }"#,
+    );
+    let errors = ferry::config::parse(&bad, "jobs.toml", ws.path().to_path_buf())
+        .expect_err("refused")
+        .to_string();
+    assert!(errors.contains("writers[0].mode"), "{errors}");
+}
