@@ -176,10 +176,12 @@ pub async fn run(
         events,
         ledger,
         notifications,
+        keep_history: config.daemon.keep_history.get(),
     };
     for job in jobs {
         daemon.insert(job).await;
     }
+    daemon.prune().await;
     daemon.resume_unfinished().await?;
     daemon.catch_up().await?;
     let armed = daemon.armed.values().filter(|a| a.next.is_some()).count();
@@ -251,7 +253,12 @@ struct Daemon {
     ledger: Ledger,
     /// Notifications on their way, waited for at shutdown.
     notifications: Notifications,
+    /// How long finished runs stay in the store.
+    keep_history: Duration,
 }
+
+/// How often finished runs older than `keep_history` are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// How long a run's claim holds without renewal (renewed at a third of it while it runs).
 const LEASE: Duration = Duration::from_secs(60);
@@ -354,10 +361,28 @@ impl Daemon {
         Ok(())
     }
 
+    /// Deletes finished runs older than `keep_history` (a failure is logged: the store
+    /// only grows until the next try).
+    async fn prune(&self) {
+        let keep = chrono::Duration::from_std(self.keep_history).unwrap_or(chrono::Duration::MAX);
+        let Some(before) = Utc::now().checked_sub_signed(keep) else {
+            return;
+        };
+        match self.ledger.store.prune(before).await {
+            Ok(0) => {}
+            Ok(runs) => {
+                tracing::info!(runs, keep_history = %humantime::format_duration(self.keep_history), "Old runs deleted from the store.")
+            }
+            Err(err) => tracing::warn!(error = %err, "Cannot delete old runs from the store."),
+        }
+    }
+
     async fn serve(&mut self, mut control: mpsc::Receiver<Control>) {
         // Ping the watchdog at half its interval, from this loop: a stuck loop gets restarted.
         let watchdog = sd_notify::watchdog_enabled().map(|interval| interval / 2);
         let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        prune.tick().await;
         let now = loop {
             tokio::select! {
                 due = self.timer.next_due() => {
@@ -371,6 +396,7 @@ impl Daemon {
                     Some(Control::ShutdownNow) => break true,
                 },
                 _ = ping.tick(), if watchdog.is_some() => systemd(&[sd_notify::NotifyState::Watchdog]),
+                _ = prune.tick() => self.prune().await,
             }
         };
         self.shutdown(control, now).await;
@@ -575,6 +601,7 @@ impl Daemon {
 
     async fn apply(&mut self, config: &Config, jobs: Vec<Job>) {
         self.shutdown_timeout = config.daemon.shutdown_timeout.get();
+        self.keep_history = config.daemon.keep_history.get();
         let mut removed: Vec<String> = self
             .armed
             .keys()

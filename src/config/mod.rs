@@ -81,6 +81,10 @@ pub struct DaemonConfig {
     /// cancelled (programs killed, progress kept for a resume) after it.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: ConfigDuration,
+    /// How long finished runs (and how their notifications went) stay in the store:
+    /// older ones are deleted at start-up and daily. Runs still going are always kept.
+    #[serde(default = "default_keep_history")]
+    pub keep_history: ConfigDuration,
     /// Where run history, checkpoints and cursors are kept: `state = "sqlite://PATH"` (one
     /// daemon; a relative path is taken from the job file's directory) or
     /// `"postgres://…"` (several daemons), or `state_env` / `state_file` for a URL that
@@ -113,6 +117,10 @@ fn default_timezone() -> String {
     "UTC".to_owned()
 }
 
+fn default_keep_history() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(90 * 24 * 3600))
+}
+
 fn default_shutdown_timeout() -> ConfigDuration {
     ConfigDuration(std::time::Duration::from_secs(30))
 }
@@ -122,6 +130,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             timezone: default_timezone(),
             shutdown_timeout: default_shutdown_timeout(),
+            keep_history: default_keep_history(),
             state: SecretField::default(),
         }
     }

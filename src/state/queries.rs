@@ -336,6 +336,27 @@ impl Store {
         Ok(row.map(|r| r.try_get("value")).transpose()?)
     }
 
+    /// Deletes finished runs that ended before `before`, with their notification records,
+    /// in one transaction; runs still going are kept whatever their age. How many runs
+    /// went.
+    pub async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM ferry_notifications WHERE run_id IN
+               (SELECT run_id FROM ferry_runs WHERE state <> 'running' AND finished_at < $1)",
+        )
+        .bind(millis(before))
+        .execute(&mut *tx)
+        .await?;
+        let done =
+            sqlx::query("DELETE FROM ferry_runs WHERE state <> 'running' AND finished_at < $1")
+                .bind(millis(before))
+                .execute(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
     /// Saves job `job`'s position.
     pub async fn set_cursor(&self, job: &str, value: &str) -> Result<(), StateError> {
         sqlx::query(

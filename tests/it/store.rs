@@ -406,3 +406,55 @@ async fn notification_outcomes_are_kept_and_replaced() {
         assert!(kept[0].sent && kept[0].attempts == 4, "{backend}: {kept:?}");
     }
 }
+
+/// Finished runs older than the cut-off go, with their notification records; a run still
+/// going stays whatever its age. (On a shared PostgreSQL only a cut-off that deletes
+/// nothing is used, so other tests' runs are left alone; the SQL is the same.)
+#[tokio::test]
+async fn old_finished_runs_are_pruned_and_running_ones_kept() {
+    for (backend, store, _dir) in stores().await {
+        let job = unique_job("prune");
+        let (done, going) = (
+            uuid::Uuid::new_v4().simple().to_string(),
+            uuid::Uuid::new_v4().simple().to_string(),
+        );
+        assert!(
+            store
+                .claim(&claim(&job, slot(1), &done, "d"))
+                .await
+                .expect("claim")
+        );
+        assert!(
+            store
+                .claim(&claim(&job, slot(2), &going, "d"))
+                .await
+                .expect("claim")
+        );
+        store
+            .finish(&done, &Outcome::failed(1, "boom"))
+            .await
+            .expect("finish");
+        store
+            .record_notification(&ferry::state::NotificationRecord {
+                run_id: &done,
+                notifier: "admin",
+                sent: true,
+                attempts: 1,
+                error: None,
+            })
+            .await
+            .expect("record");
+        let epoch = Utc.timestamp_opt(0, 0).single().expect("epoch");
+        assert_eq!(store.prune(epoch).await.expect("prune"), 0, "{backend}");
+        if backend != "sqlite" {
+            continue;
+        }
+        let later = Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(store.prune(later).await.expect("prune"), 1, "{backend}");
+        let left = store.history(Some(&job), 10).await.expect("history");
+        assert_eq!(left.len(), 1, "{left:#?}");
+        assert_eq!(left[0].run_id, going);
+        assert_eq!(left[0].state, RunState::Running);
+        assert!(store.notifications(&done).await.expect("read").is_empty());
+    }
+}
