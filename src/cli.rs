@@ -411,6 +411,21 @@ pub async fn notify_test(config: &Config, name: &str, failure: bool) -> Outcome 
     }
 }
 
+/// The first SIGTERM or SIGINT, by name (never, if the handlers cannot be installed).
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
 /// How long `trigger` waits for a run's notifications before exiting.
 const NOTIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
 
@@ -441,8 +456,8 @@ pub async fn trigger(config: &Config, name: &str, json: bool) -> Outcome {
         lease: std::time::Duration::from_secs(60),
     };
     let slot = job.now_slot();
-    let report = match job.run_claimed(&ledger, slot).await {
-        Ok(Some(report)) => report,
+    let ctx = match job.claim(&ledger, slot).await {
+        Ok(Some(ctx)) => ctx,
         Ok(None) => {
             return Outcome::fail(
                 1,
@@ -453,6 +468,21 @@ pub async fn trigger(config: &Config, name: &str, json: bool) -> Outcome {
             );
         }
         Err(err) => return Outcome::fail(1, format!("ferry: {err}\n")),
+    };
+    // SIGTERM or SIGINT stops the run (its program is killed), removes what it left and
+    // records it as failed: nothing is orphaned, and no daemon resumes it later.
+    let report = tokio::select! {
+        report = job.runner.run(ctx.clone()) => report,
+        signal = stop_signal() => {
+            let why = format!("cancelled: ferry trigger got {signal}");
+            if let Err(err) = job.abandon(&ctx, &why).await {
+                return Outcome::fail(1, format!("ferry: {name}: {why}; cannot record it: {err}\n"));
+            }
+            return Outcome::fail(
+                1,
+                format!("ferry: {name}: {why}; run {} recorded as failed\n", ctx.run_id),
+            );
+        }
     };
     let code = match report.status {
         RunStatus::Succeeded => 0,

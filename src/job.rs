@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use chrono_tz::Tz;
 
-use crate::activity::DeliveryActivity;
+use crate::activity::{Activity as _, DeliveryActivity};
 pub use crate::build_env::BuildEnv;
 use crate::config::{Config, ConfigDuration, JobConfig, Overlap};
 use crate::context::RunContext;
@@ -142,6 +142,19 @@ impl Job {
         ledger: &Ledger,
         slot: DateTime<Tz>,
     ) -> Result<Option<RunReport>, StateError> {
+        match self.claim(ledger, slot).await? {
+            Some(ctx) => Ok(Some(self.runner.run(ctx).await)),
+            None => Ok(None),
+        }
+    }
+
+    /// Claims `slot` in the store for a new run; its context, or `None` when the slot
+    /// already has a run (here or in another daemon). Run it with `runner.run`.
+    pub async fn claim(
+        &self,
+        ledger: &Ledger,
+        slot: DateTime<Tz>,
+    ) -> Result<Option<RunContext>, StateError> {
         let ctx = RunContext::new(&self.name, slot).with_ledger(ledger.clone());
         let uuid = ctx.uuid.to_string();
         let claimed = ledger
@@ -156,10 +169,26 @@ impl Job {
                 lease: ledger.lease,
             })
             .await?;
-        if !claimed {
-            return Ok(None);
+        Ok(claimed.then_some(ctx))
+    }
+
+    /// Closes `ctx`'s run after it was stopped before its end (its future dropped: the
+    /// attempt cancelled, its program killed): removes what its attempts left for a resume
+    /// and records it as failed, saying `why`, so that nothing resumes it later.
+    pub async fn abandon(&self, ctx: &RunContext, why: &str) -> Result<(), StateError> {
+        self.runner.activity().activity().discard(ctx).await;
+        if let Some(ledger) = &ctx.ledger {
+            let attempts = ledger
+                .store
+                .run_for(&self.name, ctx.slot.with_timezone(&Utc))
+                .await?
+                .map_or(0, |run| run.attempts);
+            ledger
+                .store
+                .finish(&ctx.run_id, &Outcome::failed(attempts, why))
+                .await?;
         }
-        Ok(Some(self.runner.run(ctx).await))
+        Ok(())
     }
 
     /// Resumes `record`, a run of this job left unfinished, from its checkpoints: same run

@@ -654,3 +654,86 @@ writers = [{{ type = "local", path = "out/a" }}]
         b"granted"
     );
 }
+
+/// SIGTERM to `ferry trigger` stops the run: its program (and what that started) is
+/// killed, its temporary file removed, and the run recorded as failed, so that no daemon
+/// resumes it later.
+#[tokio::test]
+async fn a_stopped_trigger_leaves_no_program_no_partial_and_no_running_run() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"[[jobs]]
+name = "slow"
+schedule = "@daily"
+enabled = false
+source = { type = "command", command = ["sh", "-c", "echo $$ > shell.pid; head -c 100000 /dev/zero; sleep 30"] }
+writers = [{ type = "local", path = "out/slow.bin" }]
+"#,
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["trigger", "slow", "--config", &config.display().to_string()])
+        .env("FERRY_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ferry trigger");
+    let partial = || {
+        ws.files()
+            .iter()
+            .any(|f| f.starts_with("out/slow.bin.partial-"))
+    };
+    crate::support::eventually(
+        "the program started writing",
+        std::time::Duration::from_secs(20),
+        || ws.path().join("shell.pid").exists() && partial(),
+    )
+    .await;
+    let shell: i32 = std::fs::read_to_string(ws.path().join("shell.pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    kill(
+        Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        Signal::SIGTERM,
+    )
+    .expect("signal");
+    let out = tokio::task::spawn_blocking(move || {
+        let status = child.wait().expect("wait");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read");
+        (status, stderr)
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.0.code(), Some(1), "{}", out.1);
+    assert!(
+        out.1.contains("cancelled: ferry trigger got SIGTERM"),
+        "{}",
+        out.1
+    );
+    crate::support::eventually(
+        "the program is gone",
+        std::time::Duration::from_secs(5),
+        || kill(Pid::from_raw(shell), None).is_err(),
+    )
+    .await;
+    assert!(!partial(), "{:?}", ws.files());
+    let history = ferry_with_env(
+        &[
+            "history",
+            "--json",
+            "--config",
+            &config.display().to_string(),
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert!(
+        text.contains("\"state\": \"failed\"") && text.contains("cancelled"),
+        "{text}"
+    );
+}
