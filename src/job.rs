@@ -21,6 +21,9 @@ use crate::runner::{ActivityRunner, RetryPolicy, RetryingActivity, RunReport};
 use crate::schedule::{Schedule, parse_timezone};
 use crate::state::{Claim, Ledger, Outcome, RunRecord, StateError};
 
+/// How long one attempt may take when neither the job nor `[defaults]` says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// A runnable job.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -72,10 +75,12 @@ impl Job {
             .clone()
             .unwrap_or_default()
             .or(&config.defaults.retry);
-        let timeout = job
-            .timeout
-            .or(config.defaults.timeout)
-            .map(ConfigDuration::get);
+        // An attempt never runs unbounded: a stuck server or program ends it eventually.
+        let timeout = Some(
+            job.timeout
+                .or(config.defaults.timeout)
+                .map_or(DEFAULT_TIMEOUT, ConfigDuration::get),
+        );
         let policy = RetryPolicy::from_config(&retry, timeout);
 
         let mut built: BTreeMap<&str, Arc<dyn Notifier>> = BTreeMap::new();

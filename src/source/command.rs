@@ -48,6 +48,9 @@ fn inherited_env() -> Vec<(&'static str, std::ffi::OsString)> {
     vars
 }
 
+/// How long what a program left running may keep its output open after it exited.
+const LEFTOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How much of a command's stderr is kept for its error message.
 const STDERR_TAIL: usize = 4096;
 
@@ -189,12 +192,28 @@ impl DataSource for CommandSource {
         let output = ReaderStream::with_capacity(stdout, CHUNK_SIZE).map_err(move |err| {
             DeliveryError::io(format_args!("read the output of `{name}`"), err).into_io()
         });
+        // The program is waited for on the side: once it has exited, what it left running
+        // in its group (a `cmd &` holding stdout open) gets LEFTOVER_GRACE, then is killed,
+        // so the output ends instead of hanging until a timeout.
+        let (exited, exit_status) = tokio::sync::oneshot::channel();
+        let leader = group.0;
+        let waiter = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let _ = exited.send(child.wait().await);
+            tokio::time::sleep(LEFTOVER_GRACE).await;
+            if let Some(pid) = leader.and_then(|pid| i32::try_from(pid).ok()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }));
         let name = program.clone();
         let exit = futures::stream::once(async move {
-            // Keep the group guard alive until the program has exited: dropping this
-            // future early (cancellation) kills the whole group.
+            // Keep the group guard and the waiter alive until the program has exited:
+            // dropping this future early (cancellation) kills the whole group.
             let _group = group;
-            let status = match child.wait().await {
+            let _waiter = waiter;
+            let waited = exit_status.await.unwrap_or_else(|_| {
+                Err(std::io::Error::other("the program's waiter went away"))
+            });
+            let status = match waited {
                 Ok(status) => status,
                 Err(err) => {
                     return Some(Err(DeliveryError::io(

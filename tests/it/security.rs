@@ -737,3 +737,35 @@ writers = [{ type = "local", path = "out/slow.bin" }]
         "{text}"
     );
 }
+
+/// A program that leaves something running with its output open (`cmd &`) does not hang
+/// the run: once the program has exited, what it left gets a short grace and is killed.
+#[tokio::test]
+async fn what_a_program_leaves_running_does_not_hold_the_run() {
+    let ws = Workspace::new();
+    let text = r#"[[jobs]]
+name = "bg"
+schedule = "@daily"
+timeout = "20s"
+retry = { max_attempts = 1 }
+source = { type = "command", command = ["sh", "-c", "sleep 30 & echo done"] }
+writers = [{ type = "local", path = "out/bg" }]
+"#;
+    let started = std::time::Instant::now();
+    let report = ws.job(text, "bg").run(crate::support::slot()).await;
+    assert_eq!(
+        report.status,
+        ferry::report::RunStatus::Succeeded,
+        "{report:#?}"
+    );
+    assert_eq!(
+        std::fs::read(ws.path().join("out/bg")).expect("delivered"),
+        b"done\n"
+    );
+    // Not a timing assertion on ferry's speed: the only alternative is the 20 s timeout.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
