@@ -101,15 +101,54 @@ impl DaemonConfig {
         if let Some(url) = self.state.resolve(base_dir)? {
             return Ok(url);
         }
-        Ok(Secret::new(match std::env::var_os("STATE_DIRECTORY") {
-            Some(dir) => {
-                // systemd may list several directories, separated by colons.
-                let dir = dir.to_string_lossy();
-                let first = dir.split(':').next().unwrap_or_default();
-                format!("sqlite://{first}/state.db")
-            }
-            None => "sqlite://ferry-state.db".to_owned(),
-        }))
+        let state_directory = std::env::var_os("STATE_DIRECTORY");
+        Ok(Secret::new(default_state_url(
+            state_directory
+                .as_deref()
+                .map(|dir| dir.to_string_lossy())
+                .as_deref(),
+            base_dir,
+        )))
+    }
+}
+
+/// Where the store is when `state` is not set: in systemd's `STATE_DIRECTORY` (the daemon
+/// under the unit); for the installed job file in `/etc/ferry`, in `/var/lib/ferry` (the
+/// unit's `StateDirectory=`), so that `ferry history` or `ferry trigger` run by hand use the
+/// daemon's store; else beside the job file.
+pub fn default_state_url(state_directory: Option<&str>, base_dir: &std::path::Path) -> String {
+    if let Some(dir) = state_directory {
+        // systemd may list several directories, separated by colons.
+        let first = dir.split(':').next().unwrap_or_default();
+        return format!("sqlite://{first}/state.db");
+    }
+    if base_dir == std::path::Path::new(INSTALLED_CONFIG_DIR) {
+        return format!("sqlite://{INSTALLED_STATE_DIR}/state.db");
+    }
+    "sqlite://ferry-state.db".to_owned()
+}
+
+/// The unit's `ConfigurationDirectory=` and `StateDirectory=`.
+const INSTALLED_CONFIG_DIR: &str = "/etc/ferry";
+const INSTALLED_STATE_DIR: &str = "/var/lib/ferry";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_store_is_the_daemons_for_the_installed_job_file() {
+        let etc = std::path::Path::new("/etc/ferry");
+        let repo = std::path::Path::new("/home/me/ferry/config");
+        assert_eq!(
+            default_state_url(Some("/var/lib/ferry"), repo),
+            "sqlite:///var/lib/ferry/state.db"
+        );
+        assert_eq!(
+            default_state_url(None, etc),
+            "sqlite:///var/lib/ferry/state.db"
+        );
+        assert_eq!(default_state_url(None, repo), "sqlite://ferry-state.db");
     }
 }
 
