@@ -769,3 +769,138 @@ writers = [{ type = "local", path = "out/bg" }]
         started.elapsed()
     );
 }
+
+/// Every kind that holds a secret, in one `ferry trigger` at `FERRY_LOG=trace`: a url
+/// source with a bearer token, S3 and FTP writers, a mail and a webhook (token in its URL
+/// and a header). None of the secrets, nor their base64 forms, appears in the output, the
+/// state store's files, `ferry history --json` or what the notifiers delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_of_any_kind_leaves_its_place() {
+    use crate::support::ftp::{PASSWORD, USER};
+    use crate::support::s3::{ACCESS_KEY, BUCKET, SECRET_KEY};
+    use crate::support::smtp::{SMTP_PASSWORD, SMTP_USER, SmtpServer, email_notifier};
+    use axum::http::{HeaderMap, StatusCode};
+    const BEARER: &str = "bearer-SECRET-41";
+    const HOOK_TOKEN: &str = "hook-url-SECRET-42";
+    const HOOK_HEADER: &str = "hook-header-SECRET-43";
+    let data = axum::Router::new().fallback(|headers: HeaderMap| async move {
+        match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+            Some(value) if value == format!("Bearer {BEARER}") => (StatusCode::OK, "payload\n"),
+            _ => (StatusCode::FORBIDDEN, "denied"),
+        }
+    });
+    let data = crate::support::serve(data).await;
+    let (hook, hook_seen) = redirecting(None).await;
+    let ws = Workspace::new();
+    let tls = crate::support::self_signed(ws.path());
+    let smtp = SmtpServer::start(Some(&tls), true);
+    let ftp_root = tempfile::tempdir().expect("ftp root");
+    let (ftp_port, _ftp) = crate::support::ftp::serve(ftp_root.path()).await;
+    let (s3, _s3_root) = crate::support::s3::server().await;
+    let secrets = [
+        ("bearer", BEARER),
+        ("ftp", PASSWORD),
+        ("s3", SECRET_KEY),
+        ("smtp", SMTP_PASSWORD),
+        ("hook-url", &format!("http://{hook}/hook/{HOOK_TOKEN}")),
+        ("hook-header", HOOK_HEADER),
+    ];
+    for (name, value) in secrets {
+        ws.secret(name, value);
+    }
+    let text = email_notifier(
+        "mail",
+        smtp.port,
+        &["ops@example.com"],
+        &format!(
+            "ca_file = \"server.pem\"\nusername = \"{SMTP_USER}\"\npassword_file = \"secrets/smtp\""
+        ),
+    ) + &format!(
+        r#"
+[notifiers.hook]
+type = "webhook"
+url_file = "secrets/hook-url"
+headers = {{ X-Token = {{ file = "secrets/hook-header" }} }}
+
+[[jobs]]
+name = "all"
+schedule = "@daily"
+on_success = ["mail", "hook"]
+source = {{ type = "url", url = "http://{data}/export", bearer_token_file = "secrets/bearer" }}
+writers = [
+  {{ type = "ftp", host = "127.0.0.1", port = {ftp_port}, username = "{USER}", password_file = "secrets/ftp", allow_plaintext_password = true, path = "/all.txt" }},
+  {{ type = "s3", bucket = "{BUCKET}", key = "all.txt", endpoint = "http://{addr}", path_style = true, region = "us-east-1", access_key_id = "{ACCESS_KEY}", secret_access_key_file = "secrets/s3" }},
+]
+
+[[jobs]]
+name = "cmd"
+schedule = "@daily"
+source = {{ type = "command", command = ["env"] }}
+writers = [{{ type = "local", path = "out/env.txt" }}]
+"#,
+        addr = s3.addr
+    );
+    let config = ws.job_file(&text).display().to_string();
+    let mut outputs = Vec::new();
+    for job in ["all", "cmd"] {
+        let config = config.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .args(["trigger", job, "--config", &config, "--log-format", "json"])
+                .env("FERRY_LOG", "trace")
+                .env("FERRY_TEST_HOOK_ENV_SECRET", HOOK_HEADER)
+                .output()
+                .expect("run ferry")
+        })
+        .await
+        .expect("join");
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        outputs.push(show(&out));
+    }
+    assert_eq!(
+        std::fs::read(ftp_root.path().join("all.txt")).expect("ftp"),
+        b"payload\n"
+    );
+    let history = ferry_with_env(&["history", "--json", "--config", &config], &[]);
+    assert_eq!(history.status.code(), Some(0), "{}", show(&history));
+    outputs.push(show(&history));
+    let mails = smtp.wait_for(1, std::time::Duration::from_secs(10)).await;
+    outputs.extend(mails.iter().map(|mail| mail.text()));
+    let hooks = hook_seen.lock().expect("seen").clone();
+    // The webhook's own server gets its URL and header, as it should; nothing else does.
+    assert_eq!(hooks.len(), 1, "the webhook was called");
+    assert!(hooks[0].0.contains(HOOK_TOKEN));
+    outputs.push(std::fs::read_to_string(ws.path().join("out/env.txt")).expect("env"));
+    for file in crate::support::files_under(ws.path()) {
+        if file.starts_with("ferry-state.db") {
+            let bytes = std::fs::read(ws.path().join(&file)).expect("store file");
+            outputs.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+    let smtp_plain = format!("\0{SMTP_USER}\0{SMTP_PASSWORD}");
+    let mut forbidden: Vec<String> = [
+        BEARER,
+        PASSWORD,
+        SECRET_KEY,
+        SMTP_PASSWORD,
+        HOOK_TOKEN,
+        HOOK_HEADER,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    forbidden.extend(
+        [BEARER, PASSWORD, SECRET_KEY, SMTP_PASSWORD, HOOK_TOKEN]
+            .iter()
+            .map(|s| base64(s.as_bytes())),
+    );
+    forbidden.push(base64(smtp_plain.as_bytes()));
+    for (i, output) in outputs.iter().enumerate() {
+        for secret in &forbidden {
+            assert!(
+                !output.contains(secret.as_str()),
+                "{secret} leaked in output {i}:\n{output}"
+            );
+        }
+    }
+}
