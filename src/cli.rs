@@ -334,6 +334,13 @@ pub fn list(config: &Config, now: DateTime<Utc>) -> String {
 
 /// Rows as left-aligned columns, the last one unpadded.
 fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    // Cells can hold text from outside (a server's error body): never let it drive the
+    // terminal.
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.clone().map(|cell| crate::error::printable(&cell)))
+        .collect();
+    let rows = rows.as_slice();
     let mut widths = [0usize; N];
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

@@ -220,6 +220,21 @@ pub fn chain_of(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
     out
 }
 
+/// `text` with control characters (terminal escape sequences, carriage returns, …) shown
+/// as `\u{1b}`-style escapes: text from outside (a server's error body) never drives a
+/// terminal it is printed on.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A chain of error messages rendered on one line: `outer: inner: root`.
 pub fn display_chain(chain: &[String]) -> String {
     chain.join(": ")

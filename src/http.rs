@@ -9,7 +9,7 @@
 
 use futures::StreamExt as _;
 
-use crate::error::{DeliveryError, ErrorKind};
+use crate::error::{DeliveryError, ErrorKind, printable};
 
 /// How much of an error response's body goes into the error message.
 pub const SNIPPET_CHARS: usize = 200;
@@ -57,7 +57,8 @@ async fn body_snippet(response: reqwest::Response) -> String {
     }
     let text = String::from_utf8_lossy(&body);
     let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let text: String = text.chars().take(SNIPPET_CHARS).collect();
+    // A server's text may hold terminal escape sequences: shown escaped, never replayed.
+    let text = printable(&text.chars().take(SNIPPET_CHARS).collect::<String>());
     if text.is_empty() {
         String::new()
     } else {

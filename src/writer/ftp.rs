@@ -74,10 +74,15 @@ pub struct FtpConfig {
     /// needed over IPv6) .
     #[serde(default)]
     pub mode: FtpMode,
-    /// Use the control connection's address for data connections when the server answers
-    /// PASV with a private one (servers behind NAT).
+    /// Kept for older job files: data connections always go to the control connection's
+    /// address now, whatever PASV answers (see `trust_pasv_address`).
     #[serde(default)]
     pub nat_workaround: bool,
+    /// Open data connections to the address the server's PASV reply names. Off by default,
+    /// as in curl: a server (or whoever tampers with the plain control connection) could
+    /// otherwise point ferry's data connection at another host.
+    #[serde(default)]
+    pub trust_pasv_address: bool,
     /// Whether an existing file under the final name is replaced (`true`, the default).
     #[serde(default = "default_overwrite")]
     pub overwrite: bool,
@@ -316,7 +321,7 @@ impl FtpWriter {
             FtpMode::Passive => Mode::Passive,
             FtpMode::ExtendedPassive => Mode::ExtendedPassive,
         });
-        ftp.set_passive_nat_workaround(self.settings.nat_workaround);
+        ftp.set_passive_nat_workaround(!self.settings.trust_pasv_address);
         let password = self.password.as_ref().map_or("", Secret::expose);
         let user = self.settings.username.as_str();
         self.within(&format!("log in as {user}"), ftp.login(user, password))

@@ -904,3 +904,74 @@ writers = [{{ type = "local", path = "out/env.txt" }}]
         }
     }
 }
+
+/// A PASV reply naming another host is not followed: data connections go to the control
+/// connection's address (127.0.0.2 here, which the server does not listen on, stands for
+/// "elsewhere"), as curl does.
+#[tokio::test]
+async fn a_pasv_reply_cannot_send_the_data_elsewhere() {
+    use crate::support::ftp::{FtpServer, PASSWORD, USER, free_port};
+    let root = tempfile::tempdir().expect("ftp root");
+    let port = free_port();
+    let _server = FtpServer::start_advertising(
+        root.path(),
+        port,
+        None,
+        Some(std::net::Ipv4Addr::new(127, 0, 0, 2)),
+    )
+    .await;
+    let ws = Workspace::new();
+    ws.secret("ftp", PASSWORD);
+    let text = format!(
+        r#"[[jobs]]
+name = "up"
+schedule = "@daily"
+retry = {{ max_attempts = 1 }}
+source = {{ type = "inline", data = "payload" }}
+writers = [{{ type = "ftp", host = "127.0.0.1", port = {port}, username = "{USER}", password_file = "secrets/ftp", allow_plaintext_password = true, path = "/up.txt" }}]
+"#
+    );
+    let report = ws.job(&text, "up").run(crate::support::slot()).await;
+    assert_eq!(
+        report.status,
+        ferry::report::RunStatus::Succeeded,
+        "{report:#?}"
+    );
+    assert_eq!(
+        std::fs::read(root.path().join("up.txt")).expect("delivered"),
+        b"payload"
+    );
+}
+
+/// An error body with terminal escape sequences is shown escaped by `ferry history`.
+#[tokio::test]
+async fn history_does_not_replay_a_servers_escape_sequences() {
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            "\u{1b}[2J\u{1b}[31mgotcha\u{1b}[0m",
+        )
+    });
+    let addr = crate::support::serve(app).await;
+    let ws = Workspace::new();
+    let config = ws.job_file(&format!(
+        "[[jobs]]\nname = \"esc\"\nschedule = \"@daily\"\nsource = {{ type = \"url\", url = \"http://{addr}/x\" }}\nwriters = [{{ type = \"local\", path = \"out/x\" }}]\n"
+    ));
+    let config = config.display().to_string();
+    let run = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            ferry_with_env(&["trigger", "esc", "--config", &config], &[])
+        })
+        .await
+        .expect("join")
+    };
+    assert_eq!(run.status.code(), Some(1), "{}", show(&run));
+    let history =
+        tokio::task::spawn_blocking(move || ferry_with_env(&["history", "--config", &config], &[]))
+            .await
+            .expect("join");
+    let shown = String::from_utf8_lossy(&history.stdout);
+    assert!(shown.contains("gotcha"), "{shown}");
+    assert!(!shown.contains('\u{1b}'), "{shown:?}");
+}

@@ -50,6 +50,16 @@ pub struct FtpServer {
 impl FtpServer {
     /// Serves `root` on `port`; waits until it accepts connections.
     pub async fn start(root: &Path, port: u16, tls: Option<&Tls>) -> FtpServer {
+        FtpServer::start_advertising(root, port, tls, None).await
+    }
+
+    /// Like [`FtpServer::start`], its PASV replies naming `passive_host` when given.
+    pub async fn start_advertising(
+        root: &Path,
+        port: u16,
+        tls: Option<&Tls>,
+        passive_host: Option<std::net::Ipv4Addr>,
+    ) -> FtpServer {
         let root = root.to_path_buf();
         let passive = free_port();
         let mut builder = libunftp::ServerBuilder::with_authenticator(
@@ -59,6 +69,9 @@ impl FtpServer {
             Arc::new(OneUser),
         )
         .passive_ports(passive..=passive.saturating_add(20));
+        if let Some(host) = passive_host {
+            builder = builder.passive_host(libunftp::options::PassiveHost::Ip(host));
+        }
         if let Some(tls) = tls {
             builder = builder
                 .ftps(tls.cert.clone(), tls.key.clone())
