@@ -161,6 +161,19 @@ impl NotifierSettings for WebhookConfig {
         let url = self.url.resolve_required(&env.base_dir)?;
         let host =
             check_url(url.expose()).map_err(|err| config(format!("notifier {name}: url {err}")))?;
+        let secret_headers = self
+            .headers
+            .values()
+            .any(|setting| matches!(setting, HeaderSetting::Secret { .. }));
+        if url.expose().starts_with("http://")
+            && (secret_headers || !matches!(self.url.source(), Some(SecretRef::Inline(_))))
+        {
+            tracing::warn!(
+                notifier = name,
+                %host,
+                "This webhook sends its secret URL or headers unencrypted over http://."
+            );
+        }
         let mut headers = HeaderMap::new();
         for (key, setting) in &self.headers {
             let value = match setting {

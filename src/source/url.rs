@@ -98,8 +98,15 @@ impl SourceSettings for UrlConfig {
             }),
             (None, None) => None,
         };
+        let credentials = auth.is_some() || !headers.is_empty();
+        if credentials && self.url.starts_with("http://") {
+            tracing::warn!(
+                url = %redact_query(&self.url),
+                "This url source sends credentials (authentication or headers) unencrypted over http://."
+            );
+        }
         Ok(Arc::new(UrlSource {
-            client: env.http_for(auth.is_some() || !headers.is_empty()),
+            client: env.http_for(credentials),
             url,
             headers,
             auth,

@@ -975,3 +975,42 @@ async fn history_does_not_replay_a_servers_escape_sequences() {
     assert!(shown.contains("gotcha"), "{shown}");
     assert!(!shown.contains('\u{1b}'), "{shown:?}");
 }
+
+/// Credentials over plain http:// are allowed (a service on localhost) but said loudly.
+#[test]
+fn credentials_over_plain_http_are_warned_about() {
+    let ws = Workspace::new();
+    ws.secret("token", "t0ken-SECRET-9");
+    let config = ws.job_file(
+        r#"[notifiers.hook]
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+attempts = 1
+headers = { Authorization = { file = "secrets/token", prefix = "Bearer " } }
+
+[[jobs]]
+name = "a"
+schedule = "@daily"
+on_failure = ["hook"]
+retry = { max_attempts = 1 }
+source = { type = "url", url = "http://127.0.0.1:9/x", bearer_token_file = "secrets/token" }
+writers = [{ type = "local", path = "out/a" }]
+"#,
+    );
+    let out = ferry_with_env(
+        &["trigger", "a", "--config", &config.display().to_string()],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unencrypted over http://"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stderr.matches("unencrypted over http://").count() >= 2,
+        "{}",
+        show(&out)
+    );
+    assert!(!stderr.contains("t0ken-SECRET-9"), "{}", show(&out));
+}
