@@ -565,7 +565,7 @@ impl Daemon {
                     }
                 }
                 () = abort.cancelled() => {
-                    tracing::warn!(%job, "Run cancelled: the shutdown deadline passed.");
+                    tracing::warn!(%job, "Run cancelled by the shutdown.");
                 }
             }
         });
@@ -667,20 +667,33 @@ impl Daemon {
         self.not_started.cancel();
         self.tracker.close();
         let mut cancelled = 0;
+        let mut why = "shutdown was asked twice";
         if !now {
             let deadline = tokio::time::sleep(self.shutdown_timeout);
             tokio::select! {
                 () = self.tracker.wait() => {}
-                () = deadline => {}
+                () = deadline => why = "the shutdown deadline passed",
                 // A second signal: stop waiting.
                 Some(Control::ShutdownNow | Control::Shutdown) = control.recv() => {}
             }
         }
         if !self.tracker.is_empty() {
             cancelled = self.tracker.len();
-            tracing::warn!(cancelled, "Cancelling the deliveries still running.");
+            tracing::warn!(
+                cancelled,
+                "Cancelling the deliveries still running ({why}); they keep their checkpoints and resume at the next start."
+            );
             self.abort.cancel();
             self.tracker.wait().await;
+        }
+        // Programs of cancelled runs got SIGTERM: let them end (SIGKILL after the grace).
+        let gone = tokio::task::spawn_blocking(|| {
+            crate::source::wait_for_terminations(crate::source::TERM_GRACE * 2)
+        })
+        .await
+        .unwrap_or(false);
+        if !gone {
+            tracing::warn!("A cancelled program's process group did not end.");
         }
         // Notifications of finished runs get what is left of the deadline.
         if self.notifications.pending() > 0 {

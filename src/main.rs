@@ -24,6 +24,10 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(ferry::cli::execute(&cli));
+    // Programs of cancelled runs got SIGTERM; see them gone (or SIGKILLed) before exiting.
+    if !ferry::source::wait_for_terminations(ferry::source::TERM_GRACE * 2) {
+        eprintln!("ferry: a cancelled program's process group did not end");
+    }
     print!("{}", outcome.stdout);
     eprint!("{}", outcome.stderr);
     outcome.exit_code()

@@ -4,7 +4,8 @@
 //! KiB) for the error message. A non-zero exit is a failure that arrives as the stream's
 //! last item, after every byte of output, so a writer never commits the output of a
 //! failed command. The program runs in its own process group; when the run is cancelled
-//! (a timeout, a failing writer, shutdown) the whole group is killed.
+//! (a timeout, a failing writer, shutdown) the whole group gets SIGTERM, then SIGKILL after
+//! a grace of five seconds.
 //!
 //! The program gets a clean environment: `PATH`, `HOME`, `LANG` and `TZ` as ferry has
 //! them, and the job's own `env`, nothing else. The daemon's environment holds every job's
@@ -157,8 +158,9 @@ impl DataSource for CommandSource {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            // Cancellation ends the whole group, politely first (ProcessGroup), so the
+            // child itself is not killed on drop.
+            .process_group(0);
         if let Some(dir) = &self.working_dir {
             command.current_dir(dir);
         }
@@ -247,14 +249,74 @@ impl DataSource for CommandSource {
     }
 }
 
-/// Kills a child's process group when dropped, unless the child was reaped first.
+/// Ends a child's process group when dropped (the attempt was cancelled): SIGTERM at once,
+/// SIGKILL after [`TERM_GRACE`] for whatever is still there. The wait happens on a thread
+/// of its own; [`wait_for_terminations`] lets a process that is about to exit see it
+/// through.
 struct ProcessGroup(Option<u32>);
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        if let Some(pid) = self.0.and_then(|pid| i32::try_from(pid).ok()) {
-            // The group may be gone already; there is nothing to do about an error here.
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let Some(group) = self.0.and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw) else {
+            return;
+        };
+        // The group may be gone already: then there is nothing to end.
+        if killpg(group, Signal::SIGTERM).is_err() {
+            return;
         }
+        let pending = Arc::clone(&TERMINATIONS);
+        pending.started();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + TERM_GRACE;
+            while std::time::Instant::now() < deadline {
+                if killpg(group, None).is_err() {
+                    pending.finished();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = killpg(group, Signal::SIGKILL);
+            pending.finished();
+        });
     }
+}
+
+/// How long a cancelled program's group has to exit after SIGTERM before SIGKILL.
+pub const TERM_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Process groups sent SIGTERM and not yet gone.
+static TERMINATIONS: std::sync::LazyLock<Arc<Terminations>> =
+    std::sync::LazyLock::new(|| Arc::new(Terminations::default()));
+
+#[derive(Default)]
+struct Terminations {
+    pending: std::sync::Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl Terminations {
+    fn started(&self) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
+    fn finished(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending = pending.saturating_sub(1);
+        self.changed.notify_all();
+    }
+}
+
+/// Waits (blocking, at most `limit`) until every cancelled program has exited or been
+/// killed; for a process about to exit, whose threads would die with it. Whether none is
+/// left.
+pub fn wait_for_terminations(limit: std::time::Duration) -> bool {
+    let pending = TERMINATIONS
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let (pending, _) = TERMINATIONS
+        .changed
+        .wait_timeout_while(pending, limit, |pending| *pending > 0)
+        .unwrap_or_else(|e| e.into_inner());
+    *pending == 0
 }

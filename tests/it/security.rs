@@ -1014,3 +1014,49 @@ writers = [{ type = "local", path = "out/a" }]
     );
     assert!(!stderr.contains("t0ken-SECRET-9"), "{}", show(&out));
 }
+
+/// A cancelled program gets SIGTERM first (and time to clean up), SIGKILL only after a grace.
+#[tokio::test]
+async fn a_cancelled_program_is_asked_to_stop_before_it_is_killed() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"[[jobs]]
+name = "polite"
+schedule = "@daily"
+source = { type = "command", command = ["sh", "-c", "trap 'echo got-term > term.txt; exit 0' TERM; echo started > started.txt; while :; do sleep 0.1; done"] }
+writers = [{ type = "local", path = "out/polite" }]
+"#,
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "trigger",
+            "polite",
+            "--config",
+            &config.display().to_string(),
+        ])
+        .env("FERRY_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ferry trigger");
+    crate::support::eventually(
+        "the program started",
+        std::time::Duration::from_secs(20),
+        || ws.path().join("started.txt").exists(),
+    )
+    .await;
+    kill(
+        Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        Signal::SIGTERM,
+    )
+    .expect("signal");
+    let status = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("term.txt")).expect("the program saw SIGTERM"),
+        "got-term\n"
+    );
+}
