@@ -16,15 +16,17 @@ use crate::build_env::BuildEnv;
 use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
 use crate::http;
-use crate::settings::{ByteSize, KeyPath, Problems, Secret, SecretField, keys};
+use crate::settings::{ByteSize, KeyPath, Problems, Secret, SecretField, SecretRef, keys};
 use crate::template::Template;
 
 /// Settings of a `url` source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UrlConfig {
-    /// The `http://` or `https://` URL to GET; a template.
-    pub url: String,
+    /// The `http://` or `https://` URL to GET, a template: `url`, or `url_env` / `url_file`
+    /// when it holds a token (messages then show its host only).
+    #[serde(flatten)]
+    pub url: SecretField<keys::Url>,
     /// Extra request headers. Put secrets in `bearer_token_env`/`_file` or `password_env`/`_file`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -45,18 +47,11 @@ pub struct UrlConfig {
 
 impl SourceSettings for UrlConfig {
     fn validate(&self, at: &KeyPath, problems: &mut Problems) {
-        match Template::parse(&self.url) {
-            Err(err) => problems.add(at.key("url"), err.to_string()),
-            Ok(template) if template.is_literal() => {
-                if let Err(err) = check_url(&self.url) {
-                    problems.add(at.key("url"), err);
-                }
-            }
-            Ok(_) => {
-                if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-                    problems.add(at.key("url"), "the URL must start with http:// or https://");
-                }
-            }
+        self.url.validate_required(at, problems);
+        if let Some(SecretRef::Inline(url)) = self.url.source()
+            && let Err(err) = check_template(&url)
+        {
+            problems.add(at.key("url"), err);
         }
         for (name, value) in &self.headers {
             if HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -80,7 +75,13 @@ impl SourceSettings for UrlConfig {
 
     fn build(&self, env: &BuildEnv) -> Result<Arc<dyn DataSource>, DeliveryError> {
         let config_error = |msg: String| DeliveryError::new(ErrorKind::Config, msg);
-        let url = Template::parse(&self.url).map_err(|err| config_error(err.to_string()))?;
+        let secret_url = !matches!(self.url.source(), Some(SecretRef::Inline(_)));
+        let text = self.url.resolve_required(&env.base_dir)?;
+        // A URL from a variable or file is checked now, without quoting it.
+        check_template(text.expose()).map_err(|_| {
+            config_error("the url from url_env / url_file is not a valid http(s) URL template".into())
+        })?;
+        let url = Template::parse(text.expose()).map_err(|err| config_error(err.to_string()))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
@@ -98,10 +99,10 @@ impl SourceSettings for UrlConfig {
             }),
             (None, None) => None,
         };
-        let credentials = auth.is_some() || !headers.is_empty();
-        if credentials && self.url.starts_with("http://") {
+        let credentials = auth.is_some() || !headers.is_empty() || secret_url;
+        if credentials && text.expose().starts_with("http://") {
             tracing::warn!(
-                url = %redact_query(&self.url),
+                url = %shown_url(text.expose(), secret_url),
                 "This url source sends credentials (authentication or headers) unencrypted over http://."
             );
         }
@@ -111,20 +112,28 @@ impl SourceSettings for UrlConfig {
             headers,
             auth,
             max_bytes: self.max_bytes.map(|size| size.0),
+            secret_url,
         }))
     }
 }
 
-fn check_url(url: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|err| format!("invalid URL {url:?}: {err}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!(
-            "the URL must be http:// or https://, not {}://",
-            parsed.scheme()
-        ));
+/// Checks a URL template: it parses as a template, is http(s), and carries no user or
+/// password in its authority (a literal one is fully checked as a URL). Never quotes it.
+fn check_template(url: &str) -> Result<(), String> {
+    let template = Template::parse(url).map_err(|err| err.to_string())?;
+    let Some(("http" | "https", rest)) = url.split_once("://") else {
+        return Err("the URL must start with http:// or https://".into());
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if authority.contains('@') {
+        return Err(
+            "put credentials in `username` and `password_env` (or the whole URL in `url_env` / \
+             `url_file`), not in `url`"
+                .into(),
+        );
     }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("put credentials in `username` and `password_env`, not in the URL".into());
+    if template.is_literal() {
+        reqwest::Url::parse(url).map_err(|err| format!("not a valid URL: {err}"))?;
     }
     Ok(())
 }
@@ -146,6 +155,8 @@ pub struct UrlSource {
     headers: HeaderMap,
     auth: Option<Auth>,
     max_bytes: Option<u64>,
+    /// The URL came from a variable or file: messages show its host only.
+    secret_url: bool,
 }
 
 impl UrlSource {
@@ -157,6 +168,7 @@ impl UrlSource {
             headers: HeaderMap::new(),
             auth: None,
             max_bytes: None,
+            secret_url: false,
         }
     }
 }
@@ -164,7 +176,7 @@ impl UrlSource {
 #[async_trait]
 impl DataSource for UrlSource {
     fn describe(&self) -> String {
-        format!("url {}", redact_query(self.url.as_str()))
+        format!("url {}", shown_url(self.url.as_str(), self.secret_url))
     }
 
     async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
@@ -197,7 +209,7 @@ impl UrlSource {
         from: Option<u64>,
     ) -> Result<(reqwest::Response, String), DeliveryError> {
         let url = self.url.render(ctx);
-        let shown = redact_query(&url);
+        let shown = shown_url(&url, self.secret_url);
         let mut request = self.client.get(&url).headers(self.headers.clone());
         if let Some(from) = from {
             request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
@@ -243,10 +255,20 @@ fn body_stream(response: reqwest::Response, shown: &str) -> SourceStream {
     }
 }
 
-/// The URL without its query string, which often carries tokens.
-fn redact_query(url: &str) -> String {
-    match url.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => url.to_owned(),
+/// `url` as messages, logs and the store may show it: without user, password and query
+/// (which often carry tokens), and when the URL itself is a secret, without its path.
+fn shown_url(url: &str, secret: bool) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL; not shown)".to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host = rest[..end].rsplit_once('@').map_or(&rest[..end], |(_, host)| host);
+    let path = &rest[end..];
+    if secret {
+        return format!("{scheme}://{host}/…");
+    }
+    match path.split_once(['?', '#']) {
+        Some((path, _)) => format!("{scheme}://{host}{path}?…"),
+        None => format!("{scheme}://{host}{path}"),
     }
 }

@@ -1060,3 +1060,48 @@ writers = [{ type = "local", path = "out/polite" }]
         "got-term\n"
     );
 }
+
+/// Credentials never ride in a url source's URL text: a templated URL with a user and
+/// password is refused (literal ones always were), and a URL with a token in its path
+/// comes from `url_file`, after which messages, logs and history show its host only.
+#[tokio::test]
+async fn tokens_in_url_paths_stay_out_of_messages() {
+    const TOKEN: &str = "path-SECRET-T0KEN-8";
+    let app = axum::Router::new().fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "no") });
+    let addr = crate::support::serve(app).await;
+    let ws = Workspace::new();
+    let templated = ws.job_file(
+        "[[jobs]]\nname = \"t\"\nschedule = \"@daily\"\nsource = { type = \"url\", url = \"https://user:pa55-SECRET@example.com/{job}.csv\" }\nwriters = [{ type = \"local\", path = \"out/t\" }]\n",
+    );
+    let out = ferry_with_env(
+        &["validate", "--config", &templated.display().to_string()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(show(&out).contains("jobs[0].source.url"), "{}", show(&out));
+    assert!(!show(&out).contains("pa55-SECRET"), "{}", show(&out));
+
+    ws.secret("url", &format!("http://{addr}/export/{TOKEN}/{{job}}.csv"));
+    let config = ws.job_file(
+        "[[jobs]]\nname = \"p\"\nschedule = \"@daily\"\nretry = { max_attempts = 1 }\nsource = { type = \"url\", url_file = \"secrets/url\" }\nwriters = [{ type = \"local\", path = \"out/p\" }]\n",
+    );
+    let config = config.display().to_string();
+    let run = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .args(["trigger", "p", "--config", &config])
+                .env("FERRY_LOG", "debug")
+                .output()
+                .expect("run ferry")
+        })
+        .await
+        .expect("join")
+    };
+    assert_eq!(run.status.code(), Some(1), "{}", show(&run));
+    assert!(show(&run).contains("404"), "{}", show(&run));
+    let history = ferry_with_env(&["history", "--json", "--config", &config], &[]);
+    for out in [&run, &history] {
+        assert!(!show(out).contains(TOKEN), "{}", show(out));
+    }
+}
