@@ -23,7 +23,7 @@ mod schema;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor as _};
+use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
 
 pub use records::{
     Checkpoint, Claim, NotificationOutcome, NotificationRecord, Outcome, RunRecord, RunState,
@@ -35,6 +35,9 @@ pub enum StateError {
     /// The `state` setting is not a URL the store understands.
     #[error("state {} must be sqlite://PATH or postgres://…", shown_url(.0))]
     Url(String),
+    /// The store could not be opened: unreachable, refused, or not a database.
+    #[error("cannot open the state store {0}: {1}")]
+    Open(String, #[source] sqlx::Error),
     /// The database could not be reached or answered an error.
     #[error("state store: {0}")]
     Database(#[from] sqlx::Error),
@@ -117,6 +120,11 @@ fn warn_if_plaintext(url: &str) {
     }
 }
 
+/// Every SQLite connection's settings: WAL (readers never wait for the writer), fsync at
+/// checkpoints only, and up to 10 s of waiting for a lock before an error.
+const SQLITE_SETUP: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;";
+
 /// This process as an owner of runs: host name and process id.
 pub fn owner_id() -> String {
     format!("{}/{}", crate::host_name(), std::process::id())
@@ -187,6 +195,19 @@ impl Store {
         } else {
             return Err(StateError::Url(url.to_owned()));
         };
+        // One connection first, outside the pool: a corrupt file or a refused connection is
+        // reported at once with its own words, where the pool would retry it until its
+        // acquire timeout and say only "pool timed out".
+        let unusable = |err| StateError::Open(shown_url(url), err);
+        let mut probe = AnyConnection::connect(&connect).await.map_err(unusable)?;
+        if backend == Backend::Sqlite {
+            probe.execute(SQLITE_SETUP).await.map_err(unusable)?;
+            probe
+                .execute("SELECT count(*) FROM sqlite_master")
+                .await
+                .map_err(unusable)?;
+        }
+        probe.close().await.map_err(unusable)?;
         let pool = AnyPoolOptions::new()
             // SQLite allows one writer at a time: more connections only queue on its lock.
             .max_connections(if backend == Backend::Sqlite { 1 } else { 8 })
@@ -194,10 +215,7 @@ impl Store {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;",
-                        )
-                        .await?;
+                        conn.execute(SQLITE_SETUP).await?;
                     }
                     Ok(())
                 })

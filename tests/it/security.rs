@@ -1105,3 +1105,55 @@ async fn tokens_in_url_paths_stay_out_of_messages() {
         assert!(!show(out).contains(TOKEN), "{}", show(out));
     }
 }
+
+/// An unusable store stops start-up at once with its own words: a corrupt SQLite file
+/// ("not a database"), an unreachable PostgreSQL (host, port and "refused"), not a 30 s wait
+/// ending in "pool timed out".
+#[test]
+fn an_unusable_store_says_why_at_once() {
+    let ws = Workspace::new();
+    let job = "[[jobs]]\nname = \"a\"\nschedule = \"@daily\"\nsource = { type = \"inline\", data = \"x\" }\nwriters = [{ type = \"local\", path = \"out/a\" }]\n";
+    crate::support::random_file(&ws.path().join("ferry-state.db"), 100_000);
+    let config = ws.job_file(job);
+    let closed = crate::support::ftp::free_port();
+    let unreachable = ws.path().join("pg.toml");
+    std::fs::write(
+        &unreachable,
+        format!(
+            "[daemon]\nstate = \"postgres://ferry:pw-SECRET@127.0.0.1:{closed}/ferry\"\n\n{job}"
+        ),
+    )
+    .expect("job file");
+    for (config, want) in [
+        (config, "file is not a database".to_owned()),
+        (unreachable, format!("127.0.0.1:{closed}")),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["run", "--config", &config.display().to_string()])
+            .env("FERRY_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start ferry run");
+        // 20 s: the old behaviour took 30 s; the point is the message, not the speed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("poll") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("ferry run did not give up on the store");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read");
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&want), "{stderr}");
+        assert!(
+            !stderr.contains("pool timed out") && !stderr.contains("pw-SECRET"),
+            "{stderr}"
+        );
+    }
+}
