@@ -64,20 +64,6 @@ fn signal(child: &Child, signal: Signal) {
     kill(Pid::from_raw(pid), signal).expect("send a signal");
 }
 
-fn wait_with_deadline(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("poll the child") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ferry did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn sighup_reloads_sigterm_exits_0_and_systemd_hears_each_step() {
     let ws = Workspace::new();
@@ -126,7 +112,7 @@ writers = [{ type = "local", path = "out/{scheduled:%H%M%S}" }]
     notify.wait_for_nth("READY=1", 2, Duration::from_secs(5));
 
     signal(&child, Signal::SIGTERM);
-    let status = wait_with_deadline(&mut child, Duration::from_secs(15));
+    let status = crate::support::wait_with_deadline(&mut child, Duration::from_secs(15));
     notify.wait_for("STOPPING=1", Duration::from_secs(2));
     let mut stderr = String::new();
     child

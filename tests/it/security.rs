@@ -1135,17 +1135,8 @@ fn an_unusable_store_says_why_at_once() {
             .spawn()
             .expect("start ferry run");
         // 20 s: the old behaviour took 30 s; the point is the message, not the speed.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("poll") {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("ferry run did not give up on the store");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
+        let status =
+            crate::support::wait_with_deadline(&mut child, std::time::Duration::from_secs(20));
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
             .expect("read");
