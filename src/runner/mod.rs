@@ -319,7 +319,11 @@ async fn record(ledger: &Ledger, report: &RunReport) {
         location: (!locations.is_empty()).then_some(locations.as_str()),
         error: error.as_deref(),
     };
-    if let Err(err) = ledger.store.finish(&report.run_id, &outcome).await {
-        tracing::error!(error = %err, "Cannot record the run's outcome in the state store.");
+    let finish = || ledger.store.finish(&report.run_id, &outcome);
+    if let Err(err) = crate::state::with_retries("record the run's outcome", finish).await {
+        tracing::error!(
+            error = %err,
+            "Cannot record the run's outcome in the state store; the run stays 'running' and is resumed at the next start."
+        );
     }
 }

@@ -125,6 +125,30 @@ fn warn_if_plaintext(url: &str) {
 const SQLITE_SETUP: &str =
     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;";
 
+/// How many times a store write that matters (a run's outcome) is tried.
+const STORE_TRIES: usize = 5;
+
+/// Runs `op` (a store write, `what` for logs) until it succeeds, up to [`STORE_TRIES`]
+/// times with backoff (1 s, 2 s, 4 s, … with jitter): a locked SQLite file or a PostgreSQL
+/// fail-over passes, and a run's outcome is not lost to one failed write.
+pub async fn with_retries<T, F, Fut>(what: &str, op: F) -> Result<T, StateError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StateError>>,
+{
+    use backon::Retryable as _;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .with_max_times(STORE_TRIES - 1)
+        .with_jitter();
+    op.retry(backoff)
+        .notify(|err: &StateError, wait: Duration| {
+            tracing::warn!(error = %err, retry_in = ?wait, "Cannot {what} in the state store; retrying.");
+        })
+        .await
+}
+
 /// This process as an owner of runs: host name and process id.
 pub fn owner_id() -> String {
     format!("{}/{}", crate::host_name(), std::process::id())
@@ -237,6 +261,29 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_is_tried_again_until_it_succeeds() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let result = with_retries("test", || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 | 1 => Err(StateError::Url("locked".into())),
+                _ => Ok(7),
+            }
+        })
+        .await;
+        assert_eq!(result.expect("third try"), 7);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "it waited between tries"
+        );
+        let always = with_retries("test", || async {
+            Err::<(), _>(StateError::Url("x".into()))
+        });
+        assert!(always.await.is_err(), "gives up after STORE_TRIES");
+    }
 
     #[test]
     fn a_shown_url_has_no_credentials() {
