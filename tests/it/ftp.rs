@@ -11,6 +11,7 @@ use ferry::state::Ledger;
 use crate::support::ftp::*;
 use crate::support::{
     Tls, Workspace, eventually, files_under, random_file, self_signed, sha256_file,
+    wait_for_attempt,
 };
 
 fn ftp_job(source: &str, port: u16, path: &str, extra: &str) -> String {
@@ -288,13 +289,14 @@ async fn a_cut_connection_resumes_where_the_server_left_off() {
 
     // Cut every connection once the server holds 40 MiB of the temporary file (after the
     // first checkpoint, two seconds in: what was in flight then has landed), and come back
-    // two seconds later on the same port.
+    // on the same port once ferry has gone on to its next attempt (refused while down).
     let watched = root.path().join("in");
     let root_path = root.path().to_path_buf();
+    let watcher = ledger.clone();
     let restarter = tokio::spawn(async move {
         wait_until_held(&watched, 40 << 20).await;
         server.stop();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        wait_for_attempt(&watcher, "ftp-job", 2, Duration::from_secs(60)).await;
         FtpServer::start(&root_path, port, None).await
     });
     let report = run_with(&ws, &text, Some(&ledger)).await;
@@ -620,10 +622,11 @@ async fn a_killed_proftpd_is_resumed_with_rest() {
     let text = resumable_job(server.port);
     let ledger = ws.ledger().await;
     let watched = server.root().join("in");
+    let watcher = ledger.clone();
     let killer = tokio::spawn(async move {
         wait_until_held(&watched, 36 << 20).await;
         server.kill();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        wait_for_attempt(&watcher, "ftp-job", 2, Duration::from_secs(60)).await;
         server.restart().await;
         server
     });

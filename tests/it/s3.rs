@@ -246,11 +246,12 @@ async fn an_interrupted_upload_resumes_from_its_finished_parts() {
     );
     let ledger = ws.ledger().await;
 
-    // Stop the server once six parts are in, and bring it back six seconds later: longer
-    // than the SDK's own retries of a request (three tries, a few seconds), so the attempt
-    // fails and the run's next attempt must resume.
+    // Stop the server once six parts are in, and bring it back once the attempt has failed
+    // (after the SDK's own retries of a request) and the run's next attempt has begun: it
+    // must resume.
     let watcher_parts = Arc::clone(&parts);
     let root_path = root.path().to_path_buf();
+    let watcher = ledger.clone();
     let restarter = tokio::spawn(async move {
         loop {
             if watcher_parts.lock().expect("lock").len() >= 6 {
@@ -259,7 +260,7 @@ async fn an_interrupted_upload_resumes_from_its_finished_parts() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         server.stop();
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        crate::support::wait_for_attempt(&watcher, "resumable", 2, Duration::from_secs(60)).await;
         S3Server::start(&root_path, addr, watcher_parts).await
     });
     let report = run(&ws, &text, Some(&ledger)).await;

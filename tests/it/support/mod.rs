@@ -254,3 +254,24 @@ pub fn wait_with_deadline(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Waits until the latest run of `job` in `ledger`'s store has started attempt `attempt`
+/// (an earlier one failed), failing the test after `limit`.
+pub async fn wait_for_attempt(ledger: &Ledger, job: &str, attempt: u32, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let runs = ledger
+            .store
+            .history(Some(job), 1)
+            .await
+            .expect("read the store");
+        if runs.first().is_some_and(|run| run.attempts >= attempt) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{job} did not reach attempt {attempt} within {limit:?}: {runs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
