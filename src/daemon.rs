@@ -544,10 +544,8 @@ impl Daemon {
                     }
                     report
                 }
-                Err(err) => {
-                    tracing::error!(job = %job.name, slot = %slot.to_rfc3339(), error = %err, "Cannot claim the slot; not running it.");
-                    None
-                }
+                // Logged and reported to the job's failure handlers by the claim.
+                Err(_) => None,
             }
         });
     }

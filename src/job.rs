@@ -21,6 +21,9 @@ use crate::runner::{ActivityRunner, RetryPolicy, RetryingActivity, RunReport};
 use crate::schedule::{Schedule, parse_timezone};
 use crate::state::{Claim, Ledger, Outcome, RunRecord, StateError};
 
+/// How many times a slot's claim is tried before the run is reported as not started.
+const CLAIM_TRIES: usize = 3;
+
 /// How long one attempt may take when neither the job nor `[defaults]` says.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -162,19 +165,37 @@ impl Job {
     ) -> Result<Option<RunContext>, StateError> {
         let ctx = RunContext::new(&self.name, slot).with_ledger(ledger.clone());
         let uuid = ctx.uuid.to_string();
-        let claimed = ledger
-            .store
-            .claim(&Claim {
-                job: &self.name,
-                slot: slot.with_timezone(&Utc),
-                slot_local: &slot.to_rfc3339(),
-                run_id: &ctx.run_id,
-                uuid: &uuid,
-                owner: &ledger.owner,
-                lease: ledger.lease,
-            })
-            .await?;
-        Ok(claimed.then_some(ctx))
+        let slot_local = slot.to_rfc3339();
+        let claim = Claim {
+            job: &self.name,
+            slot: slot.with_timezone(&Utc),
+            slot_local: &slot_local,
+            run_id: &ctx.run_id,
+            uuid: &uuid,
+            owner: &ledger.owner,
+            lease: ledger.lease,
+        };
+        // A few quick tries: a run waits seconds for a busy store, not minutes. (A claim
+        // whose answer was lost reads as "taken" on the next try: the row is ours, still
+        // `running`, and is resumed like any interrupted run.)
+        let claimed = crate::state::with_retries("claim the slot", CLAIM_TRIES, || {
+            ledger.store.claim(&claim)
+        })
+        .await;
+        match claimed {
+            Ok(claimed) => Ok(claimed.then_some(ctx)),
+            Err(err) => {
+                let failure = DeliveryError::new(
+                    ErrorKind::Io,
+                    format!(
+                        "the state store could not record the run, so it was not started: {err}"
+                    ),
+                );
+                tracing::error!(job = %self.name, slot = %slot_local, error = %err, "Cannot claim the slot; not running it.");
+                self.runner.report_not_run(&ctx, &failure).await;
+                Err(err)
+            }
+        }
     }
 
     /// Closes `ctx`'s run after it was stopped before its end (its future dropped: the

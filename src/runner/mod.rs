@@ -209,6 +209,34 @@ impl<A: Activity> ActivityRunner<A> {
         &self.notifications
     }
 
+    /// Reports a run that could not start (`error` says why, e.g. the state store refused
+    /// its claim): the failure handlers hear of it like any failed run, with no attempt
+    /// made, so an operator learns of skipped work from more than a log line.
+    pub async fn report_not_run(&self, ctx: &RunContext, error: &DeliveryError) -> RunReport {
+        let report = RunReport {
+            job: ctx.job.clone(),
+            run_id: ctx.run_id.clone(),
+            slot: ctx.slot.to_rfc3339(),
+            status: RunStatus::Failed,
+            attempts: 0,
+            started_at: Utc::now(),
+            duration: Duration::ZERO,
+            deliveries: Vec::new(),
+            resumed_from: 0,
+            error: Some(FailureReport {
+                kind: error.kind(),
+                chain: error.chain(),
+                gave_up: "the run could not be started".to_owned(),
+            }),
+        };
+        if let Err(err) = LogNotifier::default().notify(&report).await {
+            tracing::warn!(error = %display_chain(&err.chain()), "Cannot log the run.");
+        }
+        let shared = Arc::new(report);
+        self.notifications.send(&self.on_failure, &shared, None);
+        Arc::unwrap_or_clone(shared)
+    }
+
     /// Runs `ctx`'s run to its end, records it, and returns the report; the handlers are
     /// told in the background (see [`ActivityRunner::notifications`]), the log at once.
     pub async fn run(&self, ctx: RunContext) -> RunReport {
@@ -320,7 +348,13 @@ async fn record(ledger: &Ledger, report: &RunReport) {
         error: error.as_deref(),
     };
     let finish = || ledger.store.finish(&report.run_id, &outcome);
-    if let Err(err) = crate::state::with_retries("record the run's outcome", finish).await {
+    if let Err(err) = crate::state::with_retries(
+        "record the run's outcome",
+        crate::state::STORE_TRIES,
+        finish,
+    )
+    .await
+    {
         tracing::error!(
             error = %err,
             "Cannot record the run's outcome in the state store; the run stays 'running' and is resumed at the next start."

@@ -91,17 +91,35 @@ pub fn shown_url(url: &str) -> String {
     format!("{scheme}://{host}/{path}")
 }
 
-/// Warns when a PostgreSQL URL lets the connection fall back to plaintext: sqlx's default
-/// `sslmode=prefer` (and `allow`, `disable`) sends the password unencrypted to a server
-/// without TLS, or to anyone in the middle. Loopback hosts are exempt.
+/// Warns when a PostgreSQL URL lets the connection fall back to plaintext
+/// ([`plaintext_sslmode`]).
 fn warn_if_plaintext(url: &str) {
+    if let Some(mode) = plaintext_sslmode(url) {
+        tracing::warn!(
+            store = %shown_url(url),
+            sslmode = mode,
+            "The PostgreSQL connection may run without TLS (password and data readable on the way); add sslmode=verify-full to state."
+        );
+    }
+}
+
+/// The `sslmode` of a PostgreSQL URL when it lets the connection run without TLS to a host
+/// that is not this machine: sqlx's default `prefer` (and `allow`, `disable`) send the
+/// password unencrypted to a server without TLS, or to anyone in the middle.
+fn plaintext_sslmode(url: &str) -> Option<&str> {
     let shown = shown_url(url);
-    let host = shown
-        .split_once("://")
-        .map(|(_, rest)| rest.split(['/', ':']).next().unwrap_or_default())
-        .unwrap_or_default();
-    if matches!(host, "" | "localhost" | "127.0.0.1" | "[::1]") {
-        return;
+    let rest = shown.split_once("://").map_or("", |(_, rest)| rest);
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => rest.split(['/', ':']).next().unwrap_or_default(),
+    };
+    let loopback = host.is_empty()
+        || host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return None;
     }
     let mode = url
         .split_once('?')
@@ -111,13 +129,7 @@ fn warn_if_plaintext(url: &str) {
                 .find_map(|pair| pair.strip_prefix("sslmode="))
         })
         .unwrap_or("prefer");
-    if matches!(mode, "prefer" | "allow" | "disable") {
-        tracing::warn!(
-            store = %shown,
-            sslmode = mode,
-            "The PostgreSQL connection may run without TLS (password and data readable on the way); add sslmode=verify-full to state."
-        );
-    }
+    matches!(mode, "prefer" | "allow" | "disable").then_some(mode)
 }
 
 /// Every SQLite connection's settings: WAL (readers never wait for the writer), fsync at
@@ -126,12 +138,12 @@ const SQLITE_SETUP: &str =
     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;";
 
 /// How many times a store write that matters (a run's outcome) is tried.
-const STORE_TRIES: usize = 5;
+pub const STORE_TRIES: usize = 5;
 
-/// Runs `op` (a store write, `what` for logs) until it succeeds, up to [`STORE_TRIES`]
-/// times with backoff (1 s, 2 s, 4 s, … with jitter): a locked SQLite file or a PostgreSQL
-/// fail-over passes, and a run's outcome is not lost to one failed write.
-pub async fn with_retries<T, F, Fut>(what: &str, op: F) -> Result<T, StateError>
+/// Runs `op` (a store write, `what` for logs) until it succeeds, up to `tries` times with
+/// backoff (1 s, 2 s, 4 s, … with jitter): a locked SQLite file or a PostgreSQL fail-over
+/// passes, and a run's outcome is not lost to one failed write.
+pub async fn with_retries<T, F, Fut>(what: &str, tries: usize, op: F) -> Result<T, StateError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StateError>>,
@@ -140,7 +152,7 @@ where
     let backoff = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
         .with_max_delay(Duration::from_secs(30))
-        .with_max_times(STORE_TRIES - 1)
+        .with_max_times(tries.saturating_sub(1))
         .with_jitter();
     op.retry(backoff)
         .notify(|err: &StateError, wait: Duration| {
@@ -266,7 +278,7 @@ mod tests {
     async fn a_failed_write_is_tried_again_until_it_succeeds() {
         let calls = std::sync::atomic::AtomicUsize::new(0);
         let started = tokio::time::Instant::now();
-        let result = with_retries("test", || async {
+        let result = with_retries("test", STORE_TRIES, || async {
             match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
                 0 | 1 => Err(StateError::Url("locked".into())),
                 _ => Ok(7),
@@ -279,10 +291,36 @@ mod tests {
             started.elapsed() >= Duration::from_secs(2),
             "it waited between tries"
         );
-        let always = with_retries("test", || async {
+        let always = with_retries("test", STORE_TRIES, || async {
             Err::<(), _>(StateError::Url("x".into()))
         });
         assert!(always.await.is_err(), "gives up after STORE_TRIES");
+    }
+
+    #[test]
+    fn a_remote_postgres_without_required_tls_is_flagged() {
+        let remote = "postgres://ferry:pw@db.example.com:5432/ferry";
+        assert_eq!(plaintext_sslmode(remote), Some("prefer"));
+        assert_eq!(
+            plaintext_sslmode(&format!("{remote}?sslmode=disable")),
+            Some("disable")
+        );
+        assert_eq!(
+            plaintext_sslmode(&format!("{remote}?sslmode=verify-full")),
+            None
+        );
+        assert_eq!(
+            plaintext_sslmode(&format!("{remote}?sslmode=require")),
+            None
+        );
+        for local in [
+            "postgres://u@localhost/x",
+            "postgres://u@127.0.0.1:5432/x",
+            "postgres://u@127.0.1.1/x",
+            "postgres://u@[::1]:5432/x",
+        ] {
+            assert_eq!(plaintext_sslmode(local), None, "{local}");
+        }
     }
 
     #[test]

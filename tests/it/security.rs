@@ -1148,3 +1148,68 @@ fn an_unusable_store_says_why_at_once() {
         );
     }
 }
+
+/// A slot whose claim the store refuses (here a PostgreSQL role that may not INSERT runs)
+/// is not run, and the job's failure handlers hear of it, not only the log.
+#[tokio::test]
+async fn a_run_the_store_cannot_record_is_reported_to_the_failure_handlers() {
+    use sqlx::{Connection as _, Executor as _};
+    let Ok(admin) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+        eprintln!("not run: FERRY_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    // The schema exists (as the admin), then a role that can read and update it, not insert.
+    ferry::state::Store::open(&admin, std::path::Path::new("/"))
+        .await
+        .expect("the admin's store");
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&admin)
+        .await
+        .expect("connect as admin");
+    conn.execute(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ferry_noinsert') THEN
+             CREATE ROLE ferry_noinsert LOGIN;
+           END IF;
+         END $$;
+         GRANT USAGE, CREATE ON SCHEMA public TO ferry_noinsert;
+         GRANT SELECT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ferry_noinsert;
+         REVOKE INSERT ON ferry_runs FROM ferry_noinsert;",
+    )
+    .await
+    .expect("set up the role");
+    conn.close().await.expect("close");
+    let limited = admin.replacen("://postgres@", "://ferry_noinsert@", 1);
+    assert_ne!(limited, admin, "an admin URL with user postgres: {admin}");
+
+    let (hook, seen) = redirecting(None).await;
+    let ws = Workspace::new();
+    let config = ws.job_file(&format!(
+        r#"[daemon]
+state = "{limited}"
+
+[notifiers.ops]
+type = "webhook"
+url = "http://{hook}/ops"
+format = "text"
+body = "{{{{ job }}}} {{{{ status }}}}: {{{{ error.message }}}}"
+
+[[jobs]]
+name = "unrecorded-{pid}"
+schedule = "* * * * * *"
+on_failure = ["ops"]
+source = {{ type = "inline", data = "x" }}
+writers = [{{ type = "local", path = "out/x" }}]
+"#,
+        pid = std::process::id()
+    ));
+    let daemon = crate::support::daemon::boot(&config);
+    crate::support::eventually(
+        "the failure handler was told",
+        std::time::Duration::from_secs(30),
+        || !seen.lock().expect("seen").is_empty(),
+    )
+    .await;
+    daemon.stop().await;
+    assert!(ws.files().is_empty(), "nothing ran: {:?}", ws.files());
+}
