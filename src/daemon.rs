@@ -147,7 +147,7 @@ pub fn signals() -> std::io::Result<mpsc::Receiver<Control>> {
 /// READY=1, RELOADING=1, STOPPING=1 and watchdog pings when it started the daemon.
 pub async fn run(
     path: &Path,
-    control: mpsc::Receiver<Control>,
+    mut control: mpsc::Receiver<Control>,
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<(), DaemonError> {
     let config = config::load(path)?;
@@ -157,7 +157,10 @@ pub async fn run(
         .daemon
         .state_url(&config.base_dir)
         .map_err(DaemonError::Build)?;
-    let store = Store::open(url.expose(), &config.base_dir).await?;
+    let Some(store) = open_store(url.expose(), &config.base_dir, &mut control).await? else {
+        tracing::info!("Stopped while waiting for the state store.");
+        return Ok(());
+    };
     let ledger = Ledger {
         store,
         owner: owner_id(),
@@ -193,6 +196,38 @@ pub async fn run(
     daemon.emit(Event::Ready { armed });
     daemon.serve(control).await;
     Ok(())
+}
+
+/// Opens the store, waiting (with backoff, up to a minute between tries) while it cannot be
+/// reached: a PostgreSQL that is restarting or not up yet at boot is waited for, not turned
+/// into a crash loop. A store that answers but is unusable (not a database, refused
+/// credentials) is an error at once. `None` when asked to stop while waiting.
+async fn open_store(
+    url: &str,
+    base_dir: &Path,
+    control: &mut mpsc::Receiver<Control>,
+) -> Result<Option<Store>, DaemonError> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match Store::open(url, base_dir).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(err) if err.is_unreachable() => {
+                tracing::warn!(error = %err, retry_in = ?wait, "The state store cannot be reached; waiting for it.");
+                systemd(&[sd_notify::NotifyState::Status(
+                    "waiting for the state store",
+                )]);
+            }
+            Err(err) => return Err(err.into()),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            command = control.recv() => match command {
+                Some(Control::Reload) => {}
+                Some(Control::Shutdown | Control::ShutdownNow) | None => return Ok(None),
+            },
+        }
+        wait = (wait * 2).min(Duration::from_secs(60));
+    }
 }
 
 /// A job due at a slot, waiting for its timer.

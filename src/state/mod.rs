@@ -74,6 +74,19 @@ impl Ledger {
     }
 }
 
+impl StateError {
+    /// Whether the store could not be reached at all (refused, reset, timed out, a name
+    /// that does not resolve): worth waiting for, unlike a store that answered with an
+    /// error.
+    pub fn is_unreachable(&self) -> bool {
+        let cause = match self {
+            StateError::Open(_, err) | StateError::Database(err) => err,
+            _ => return false,
+        };
+        matches!(cause, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
+    }
+}
+
 /// A store URL as logs and messages may show it: a PostgreSQL URL without its user,
 /// password and parameters (`postgres://db.example.com:5432/ferry`); a SQLite one whole.
 pub fn shown_url(url: &str) -> String {

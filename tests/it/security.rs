@@ -1106,15 +1106,18 @@ async fn tokens_in_url_paths_stay_out_of_messages() {
     }
 }
 
-/// An unusable store stops start-up at once with its own words: a corrupt SQLite file
-/// ("not a database"), an unreachable PostgreSQL (host, port and "refused"), not a 30 s wait
-/// ending in "pool timed out".
+/// An unusable store stops start-up at once with its own words (a corrupt SQLite file:
+/// "not a database"), not after a 30 s wait ending in "pool timed out"; an unreachable
+/// PostgreSQL is waited for, saying so with its host, port and "refused", and SIGTERM still
+/// stops ferry: no crash loop either way.
 #[test]
-fn an_unusable_store_says_why_at_once() {
+fn an_unusable_store_says_why_and_an_unreachable_one_is_waited_for() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
     let ws = Workspace::new();
     let job = "[[jobs]]\nname = \"a\"\nschedule = \"@daily\"\nsource = { type = \"inline\", data = \"x\" }\nwriters = [{ type = \"local\", path = \"out/a\" }]\n";
     crate::support::random_file(&ws.path().join("ferry-state.db"), 100_000);
-    let config = ws.job_file(job);
+    let corrupt = ws.job_file(job);
     let closed = crate::support::ftp::free_port();
     let unreachable = ws.path().join("pg.toml");
     std::fs::write(
@@ -1124,29 +1127,76 @@ fn an_unusable_store_says_why_at_once() {
         ),
     )
     .expect("job file");
-    for (config, want) in [
-        (config, "file is not a database".to_owned()),
-        (unreachable, format!("127.0.0.1:{closed}")),
-    ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["run", "--config", &config.display().to_string()])
+    let start = |config: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "run",
+                "--config",
+                &config.display().to_string(),
+                "--log-format",
+                "json",
+            ])
             .env("FERRY_LOG", "warn")
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .expect("start ferry run");
-        // 20 s: the old behaviour took 30 s; the point is the message, not the speed.
-        let status =
-            crate::support::wait_with_deadline(&mut child, std::time::Duration::from_secs(20));
+            .expect("start ferry run")
+    };
+    let stderr_of = |child: &mut std::process::Child| {
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
             .expect("read");
-        assert_eq!(status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains(&want), "{stderr}");
+        stderr
+    };
+
+    let mut child = start(&corrupt);
+    // 20 s: the old behaviour took 30 s; the point is the message, not the speed.
+    let status = crate::support::wait_with_deadline(&mut child, std::time::Duration::from_secs(20));
+    let stderr = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("file is not a database"), "{stderr}");
+    assert!(!stderr.contains("pool timed out"), "{stderr}");
+
+    let mut child = start(&unreachable);
+    // Read its log as it comes; stop it once it has said twice that it is waiting.
+    let pipe = child.stderr.take().expect("stderr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut seen = seen.lock().expect("seen");
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while seen.lock().expect("seen").matches("waiting for it").count() < 2 {
         assert!(
-            !stderr.contains("pool timed out") && !stderr.contains("pw-SECRET"),
-            "{stderr}"
+            std::time::Instant::now() < deadline,
+            "{}",
+            seen.lock().expect("seen")
         );
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "it keeps waiting for the store"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    kill(
+        Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        Signal::SIGTERM,
+    )
+    .expect("signal");
+    let status = crate::support::wait_with_deadline(&mut child, std::time::Duration::from_secs(10));
+    reader.join().expect("reader");
+    let stderr = seen.lock().expect("seen").clone();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("waiting for it"), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{closed}")), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+    assert!(!stderr.contains("pw-SECRET"), "{stderr}");
 }
 
 /// A slot whose claim the store refuses (here a PostgreSQL role that may not INSERT runs)
