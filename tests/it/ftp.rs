@@ -550,6 +550,38 @@ async fn a_server_that_offers_hash_confirms_the_sha256() {
     );
 }
 
+/// A 48 MiB resumable upload to a fresh ProFTPD (`None` when ProFTPD is not configured).
+struct Resumable {
+    server: ProFtpd,
+    ws: Workspace,
+    input: PathBuf,
+    text: String,
+    ledger: Ledger,
+    /// The server's upload directory.
+    watched: PathBuf,
+}
+
+impl Resumable {
+    async fn start() -> Option<Resumable> {
+        let binary = proftpd()?;
+        let server = ProFtpd::start(&binary).await;
+        let ws = Workspace::new();
+        let input = ws.path().join("input.bin");
+        random_file(&input, 48 << 20);
+        let text = resumable_job(server.port);
+        let ledger = ws.ledger().await;
+        let watched = server.root().join("in");
+        Some(Resumable {
+            server,
+            ws,
+            input,
+            text,
+            ledger,
+            watched,
+        })
+    }
+}
+
 /// The other half of the sha256 check: a server whose file differs from the data (here a
 /// byte of the partial file flipped while the server was down, so a resumed upload hashes
 /// right on ferry's side and wrong on the server's) fails the attempt, the corrupt file
@@ -557,16 +589,17 @@ async fn a_server_that_offers_hash_confirms_the_sha256() {
 #[tokio::test]
 async fn a_server_sha256_that_disagrees_fails_the_attempt() {
     use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
-    let Some(binary) = proftpd() else {
+    let Some(Resumable {
+        mut server,
+        ws,
+        input,
+        text,
+        ledger,
+        watched,
+    }) = Resumable::start().await
+    else {
         return;
     };
-    let mut server = ProFtpd::start(&binary).await;
-    let ws = Workspace::new();
-    let input = ws.path().join("input.bin");
-    random_file(&input, 48 << 20);
-    let text = resumable_job(server.port);
-    let ledger = ws.ledger().await;
-    let watched = server.root().join("in");
     let corrupter = tokio::spawn(async move {
         // Past the first checkpoint (one every two seconds at 12 MiB/s).
         wait_until_held(&watched, 36 << 20).await;
@@ -612,16 +645,17 @@ async fn a_server_sha256_that_disagrees_fails_the_attempt() {
 
 #[tokio::test]
 async fn a_killed_proftpd_is_resumed_with_rest() {
-    let Some(binary) = proftpd() else {
+    let Some(Resumable {
+        mut server,
+        ws,
+        input,
+        text,
+        ledger,
+        watched,
+    }) = Resumable::start().await
+    else {
         return;
     };
-    let mut server = ProFtpd::start(&binary).await;
-    let ws = Workspace::new();
-    let input = ws.path().join("input.bin");
-    random_file(&input, 48 << 20);
-    let text = resumable_job(server.port);
-    let ledger = ws.ledger().await;
-    let watched = server.root().join("in");
     let watcher = ledger.clone();
     let killer = tokio::spawn(async move {
         wait_until_held(&watched, 36 << 20).await;

@@ -43,24 +43,11 @@ fn plain_setup(port: u16, source: &str) -> String {
         + &job(source)
 }
 
-/// Runs the first job with a ledger and waits for its notifications.
+/// Runs the first job with a ledger (the SMTP password in `secrets/smtp`) and waits for its
+/// notifications.
 async fn run_and_settle(ws: &Workspace, text: &str) -> (RunReport, Ledger) {
     ws.secret("smtp", SMTP_PASSWORD);
-    let ledger = ws.ledger().await;
-    let job = ws.jobs(text).swap_remove(0);
-    let report = job
-        .run_claimed(&ledger, job.now_slot())
-        .await
-        .expect("store")
-        .expect("claimed");
-    assert!(
-        job.runner
-            .notifications()
-            .settle(Duration::from_secs(60))
-            .await,
-        "notifications finish"
-    );
-    (report, ledger)
+    ws.run_and_settle(text).await
 }
 
 async fn notification_outcomes(ledger: &Ledger, report: &RunReport) -> Vec<NotificationOutcome> {

@@ -551,20 +551,7 @@ source = {{ type = "inline", data = "x" }}
 writers = [{{ type = "local", path = "out/a" }}]
 "#
     );
-    let ledger = ws.ledger().await;
-    let job = ws.job(&text, "a");
-    let report = job
-        .run_claimed(&ledger, job.now_slot())
-        .await
-        .expect("store")
-        .expect("claimed");
-    assert!(
-        job.runner
-            .notifications()
-            .settle(std::time::Duration::from_secs(30))
-            .await,
-        "the notification ended"
-    );
+    let (report, ledger) = ws.run_and_settle(&text).await;
     let outcomes = ledger
         .store
         .notifications(&report.run_id)

@@ -91,6 +91,26 @@ impl Workspace {
         jobs.swap_remove(index.expect("the job exists"))
     }
 
+    /// Runs the first job of `text` once, now, recorded in this workspace's store, and waits
+    /// (a minute at most) for its notifications to finish.
+    pub async fn run_and_settle(&self, text: &str) -> (RunReport, Ledger) {
+        let ledger = self.ledger().await;
+        let job = self.jobs(text).swap_remove(0);
+        let report = job
+            .run_claimed(&ledger, job.now_slot())
+            .await
+            .expect("store")
+            .expect("claimed");
+        assert!(
+            job.runner
+                .notifications()
+                .settle(Duration::from_secs(60))
+                .await,
+            "notifications finish"
+        );
+        (report, ledger)
+    }
+
     /// Runs the first job of `text` once, now, claiming the run in `ledger` when given.
     pub async fn run_first(&self, text: &str, ledger: Option<&Ledger>) -> RunReport {
         let job = self.jobs(text).swap_remove(0);
