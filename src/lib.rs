@@ -65,6 +65,7 @@ pub mod http;
 pub mod job;
 mod kinds;
 pub mod notify;
+pub mod partition;
 pub mod report;
 pub mod runner;
 pub mod schedule;
