@@ -56,7 +56,8 @@ impl Activity for Scripted {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         assert_eq!(ctx.attempt as usize, call, "the context counts attempts");
         if self.hang {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            // Stuck for good: only the attempt's timeout ends it.
+            std::future::pending::<()>().await;
         }
         let next = self.failures.lock().expect("lock").pop_front();
         match next {
@@ -304,7 +305,8 @@ impl Notifier for Broken {
 
     async fn notify(&self, _report: &RunReport) -> Result<(), DeliveryError> {
         if self.hang {
-            tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+            // Stuck for good: only the notification's timeout ends it.
+            std::future::pending::<()>().await;
         }
         Err(DeliveryError::new(ErrorKind::Network, "mail server down"))
     }

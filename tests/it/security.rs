@@ -17,6 +17,14 @@ fn ferry_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         .expect("run the ferry binary")
 }
 
+/// `ferry validate` of the job file at `config`.
+fn validate(config: &std::path::Path) -> std::process::Output {
+    ferry_with_env(
+        &["validate", "--config", &config.display().to_string()],
+        &[],
+    )
+}
+
 /// A command source's program gets PATH, HOME, LANG, TZ and the job's own `env`, nothing
 /// else: the daemon's environment holds every job's secrets.
 #[test]
@@ -332,10 +340,7 @@ username = "ferry"
 password = 987654321
 "#,
     );
-    let out = ferry_with_env(
-        &["validate", "--config", &config.display().to_string()],
-        &[],
-    );
+    let out = validate(&config);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let all = show(&out);
     assert!(all.contains("notifiers.hook.url_env"), "{all}");
@@ -365,10 +370,7 @@ fn absurd_schedules_and_jitter_are_refused_at_their_keys() {
         + &job("twice", "@hourly", "")
         + &job("twice", "@hourly", "");
     let config = ws.job_file(&text);
-    let out = ferry_with_env(
-        &["validate", "--config", &config.display().to_string()],
-        &[],
-    );
+    let out = validate(&config);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -446,10 +448,7 @@ writers = [{{ type = "ftp", host = "ftp.example.com", username = "u", password =
         )
     };
     let config = ws.job_file(&text(""));
-    let out = ferry_with_env(
-        &["validate", "--config", &config.display().to_string()],
-        &[],
-    );
+    let out = validate(&config);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("jobs[0].writers[0].password"), "{stderr}");
@@ -460,10 +459,7 @@ writers = [{{ type = "ftp", host = "ftp.example.com", username = "u", password =
     );
 
     let config = ws.job_file(&text("allow_plaintext_password = true"));
-    let out = ferry_with_env(
-        &["validate", "--config", &config.display().to_string()],
-        &[],
-    );
+    let out = validate(&config);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
 }
 
@@ -1060,10 +1056,7 @@ async fn tokens_in_url_paths_stay_out_of_messages() {
     let templated = ws.job_file(
         "[[jobs]]\nname = \"t\"\nschedule = \"@daily\"\nsource = { type = \"url\", url = \"https://user:pa55-SECRET@example.com/{job}.csv\" }\nwriters = [{ type = \"local\", path = \"out/t\" }]\n",
     );
-    let out = ferry_with_env(
-        &["validate", "--config", &templated.display().to_string()],
-        &[],
-    );
+    let out = validate(&templated);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert!(show(&out).contains("jobs[0].source.url"), "{}", show(&out));
     assert!(!show(&out).contains("pa55-SECRET"), "{}", show(&out));
