@@ -54,6 +54,11 @@ pub enum Control {
 /// What the daemon did, for tests and tools that watch it.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// The HTTP API listens (`[api] listen`), on this address.
+    Listening {
+        /// The address (the port chosen, when `listen` asked for port 0).
+        address: std::net::SocketAddr,
+    },
     /// Every enabled job is armed; the daemon is ready.
     Ready {
         /// Jobs armed.
@@ -166,6 +171,9 @@ pub async fn run(
         owner: owner_id(),
         lease: LEASE,
     };
+    let api = crate::api::start(&config.api, &config.base_dir, ledger.store.clone())
+        .await
+        .map_err(DaemonError::Build)?;
     let timer = Timer::start().await.map_err(DaemonError::Scheduler)?;
     let mut daemon = Daemon {
         path: path.to_path_buf(),
@@ -180,7 +188,14 @@ pub async fn run(
         ledger,
         notifications,
         keep_history: config.daemon.keep_history.get(),
+        api_config: config.api.clone(),
+        api,
     };
+    if let Some(api) = &daemon.api {
+        daemon.emit(Event::Listening {
+            address: api.address,
+        });
+    }
     for job in jobs {
         daemon.insert(job).await;
     }
@@ -290,6 +305,10 @@ struct Daemon {
     notifications: Notifications,
     /// How long finished runs stay in the store.
     keep_history: Duration,
+    /// `[api]` as the API was started with (a reload does not restart it).
+    api_config: crate::api::ApiConfig,
+    /// The HTTP API, when `[api] listen` is set.
+    api: Option<crate::api::Api>,
 }
 
 /// How often finished runs older than `keep_history` are deleted.
@@ -635,6 +654,11 @@ impl Daemon {
     async fn apply(&mut self, config: &Config, jobs: Vec<Job>) {
         self.shutdown_timeout = config.daemon.shutdown_timeout.get();
         self.keep_history = config.daemon.keep_history.get();
+        if format!("{:?}", config.api) != format!("{:?}", self.api_config) {
+            tracing::warn!(
+                "[api] changed: restart the daemon to apply it; the API keeps its settings until then."
+            );
+        }
         let mut removed: Vec<String> = self
             .armed
             .keys()
@@ -738,6 +762,9 @@ impl Daemon {
                     "Notifications still unsent at the shutdown deadline are dropped."
                 );
             }
+        }
+        if let Some(api) = self.api.take() {
+            api.stop().await;
         }
         tracing::info!(cancelled, "Stopped.");
         self.emit(Event::Stopped { cancelled });

@@ -55,6 +55,7 @@
 //! sources and writers; see `examples/custom_writer.rs`.
 
 pub mod activity;
+pub mod api;
 pub mod build_env;
 pub mod cli;
 pub mod config;

@@ -33,6 +33,8 @@ pub struct Lock {
     pub since: DateTime<Utc>,
     /// The ferry run writing it, when a ferry job locked it.
     pub run_id: Option<String>,
+    /// Why it stays locked, when its writer failed for good.
+    pub reason: Option<String>,
 }
 
 /// Whether a source is ready over an interval, and if not, why.
@@ -64,6 +66,108 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         matches!(self, Readiness::Ready)
     }
+
+    /// The answer in words, for `source` over `[start, end)`: what the readiness API calls
+    /// `message`.
+    pub fn message(&self, source: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> String {
+        let interval = |start: &DateTime<Utc>, end: &DateTime<Utc>| {
+            format!("[{}, {})", start.to_rfc3339(), end.to_rfc3339())
+        };
+        match self {
+            Readiness::Ready => format!("{source} is ready over {}", interval(&start, &end)),
+            Readiness::Uncovered { start, end } => format!(
+                "{source} is not ready: no partition covers {}",
+                interval(start, end)
+            ),
+            Readiness::Locked { start, end, lock } => {
+                let mut text = format!(
+                    "{source} is not ready: partition {} is locked by {} since {}",
+                    interval(start, end),
+                    lock.by,
+                    lock.since.to_rfc3339()
+                );
+                if let Some(run_id) = &lock.run_id {
+                    text.push_str(&format!(" (run {run_id})"));
+                }
+                if let Some(reason) = &lock.reason {
+                    text.push_str(&format!(": {reason}"));
+                }
+                text
+            }
+        }
+    }
+}
+
+/// Why a timestamp was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a timestamp (expected e.g. 2000-01-01T00:00:00Z, \"2000-01-01 00:00:00+00:00\" or 2000-01-01; without a zone it is UTC)"
+)]
+pub struct BadInstant(pub String);
+
+/// A timestamp as the registry accepts it, like the seed's service: RFC 3339 with `T` or a
+/// space between date and time (Python's `str(datetime)`), fractional seconds optional, a
+/// zone `Z`/`±HH:MM`/`±HHMM`/`±HH` or none (then UTC), or a bare date (midnight UTC). A
+/// space where the zone's `+` was is taken as `+`: an unencoded `+` in a query string
+/// arrives as a space.
+pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, BadInstant> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    let bad = || BadInstant(text.chars().take(64).collect());
+    let trimmed = text.trim();
+    if trimmed.len() > 64 {
+        return Err(bad());
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(trimmed, "%Y-%m-%d") {
+        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    // Split off the zone: `Z`, or a sign (or a space standing for `+`) after the time.
+    let (local, zone) = match trimmed.strip_suffix(['Z', 'z']) {
+        Some(rest) => (rest, Some("+00:00".to_owned())),
+        None => match trimmed
+            .get(10..)
+            .and_then(|time| time.rfind(['+', '-', ' ']))
+        {
+            Some(at) if at > 3 => {
+                let at = at + 10;
+                let zone = &trimmed[at + 1..];
+                let sign = if trimmed[at..].starts_with('-') {
+                    '-'
+                } else {
+                    '+'
+                };
+                (&trimmed[..at], Some(format!("{sign}{zone}")))
+            }
+            _ => (trimmed, None),
+        },
+    };
+    let naive = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|format| NaiveDateTime::parse_from_str(local, format).ok())
+    .ok_or_else(bad)?;
+    let Some(zone) = zone else {
+        return Ok(naive.and_utc());
+    };
+    let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
+    let (hours, minutes) = match digits.len() {
+        2 => (&digits[..2], "00"),
+        4 => (&digits[..2], &digits[2..]),
+        _ => return Err(bad()),
+    };
+    let (Ok(hours), Ok(minutes)) = (hours.parse::<i32>(), minutes.parse::<i32>()) else {
+        return Err(bad());
+    };
+    let seconds = (hours * 3600 + minutes * 60) * if zone.starts_with('-') { -1 } else { 1 };
+    let offset = chrono::FixedOffset::east_opt(seconds).ok_or_else(bad)?;
+    naive
+        .and_local_timezone(offset)
+        .single()
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(bad)
 }
 
 /// Readiness over `[start, end)` given the source's partitions (any order; those not
@@ -123,6 +227,7 @@ mod tests {
                 by: "provider".into(),
                 since: at(0),
                 run_id: None,
+                reason: None,
             }),
         }
     }
@@ -147,6 +252,44 @@ mod tests {
         // The locked partition does not overlap [0, 60): ready there.
         assert!(readiness(&locked, at(0), at(60)).is_ready());
         assert!(readiness(&[], at(5), at(5)).is_ready());
+    }
+
+    #[test]
+    fn timestamps_are_read_as_the_seed_reads_them() {
+        let midnight = Utc
+            .with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
+            .single()
+            .expect("date");
+        for text in [
+            "2000-01-01 00:00:00+00:00",
+            "2000-01-01T00:00:00Z",
+            "2000-01-01T00:00:00",
+            "2000-01-01 00:00:00",
+            "2000-01-01T00:00:00.000+00:00",
+            "2000-01-01T00:00:00 00:00",
+            "2000-01-01T01:00:00+0100",
+            "2000-01-01T01:00:00+01",
+            "1999-12-31T19:00:00-05:00",
+            "2000-01-01",
+            "2000-01-01T00:00",
+        ] {
+            assert_eq!(parse_instant(text), Ok(midnight), "{text}");
+        }
+        for text in [
+            "",
+            "yesterday",
+            "2000-13-01",
+            "2000-01-01T00:00:00+25:00",
+            "2000-01-01T00:00:00+1",
+        ] {
+            assert!(parse_instant(text).is_err(), "{text}");
+        }
+        let long = "9".repeat(10_000);
+        let err = parse_instant(&long).expect_err("too long");
+        assert!(
+            err.to_string().len() < 300,
+            "the error quotes a bounded prefix"
+        );
     }
 
     /// Brute force on a minute grid: every minute covered by some partition, and no

@@ -99,6 +99,7 @@ pub fn parse(text: &str, origin: &str, base_dir: PathBuf) -> Result<Config, Conf
         origin: origin.to_owned(),
         base_dir,
         daemon: Default::default(),
+        api: Default::default(),
         defaults: Default::default(),
         notifiers: Default::default(),
         jobs: Vec::new(),
@@ -112,6 +113,11 @@ pub fn parse(text: &str, origin: &str, base_dir: PathBuf) -> Result<Config, Conf
             "daemon" => {
                 if let Some(daemon) = report.section(value, "daemon") {
                     config.daemon = daemon;
+                }
+            }
+            "api" => {
+                if let Some(api) = report.section(value, "api") {
+                    config.api = api;
                 }
             }
             "defaults" => {
@@ -150,7 +156,7 @@ pub fn parse(text: &str, origin: &str, base_dir: PathBuf) -> Result<Config, Conf
             other => report.at_span(
                 Some(key.span()),
                 format!(
-                    "unknown top-level key `{other}`, expected one of `daemon`, `defaults`, `notifiers`, `jobs`"
+                    "unknown top-level key `{other}`, expected one of `daemon`, `api`, `defaults`, `notifiers`, `jobs`"
                 ),
             ),
         }

@@ -7,7 +7,7 @@
 //! [`crate::job::Job::build`]'s business.
 //!
 //! Each source, writer and notifier kind keeps its own settings struct in its own file; this
-//! module holds the file's frame: `[daemon]`, `[defaults]`, `[notifiers.NAME]`, `[[jobs]]`.
+//! module holds the file's frame: `[daemon]`, `[api]`, `[defaults]`, `[notifiers.NAME]`, `[[jobs]]`.
 
 mod load;
 mod validate;
@@ -23,6 +23,7 @@ pub use crate::settings::{
     ByteRate, ByteSize, ConfigDuration, KeyPath, Problems, Secret, SecretRef,
 };
 
+pub use crate::api::ApiConfig;
 use crate::error::DeliveryError;
 use crate::notify::NotifierConfig;
 use crate::runner::RetryConfig;
@@ -41,6 +42,8 @@ pub struct Config {
     pub base_dir: PathBuf,
     /// `[daemon]`: settings of the daemon as a whole.
     pub daemon: DaemonConfig,
+    /// `[api]`: the HTTP API (partition registry), off unless `listen` is set.
+    pub api: ApiConfig,
     /// `[defaults]`: settings every job inherits unless it sets its own.
     pub defaults: Defaults,
     /// `[notifiers.NAME]`: named success and failure handlers jobs refer to.

@@ -38,6 +38,7 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
     }
     let daemon = root.key("daemon");
     config.daemon.state.validate(&daemon, &mut problems);
+    config.api.validate(&root.key("api"), &mut problems);
     if let Some(SecretRef::Inline(state)) = config.daemon.state.source() {
         let known = ["sqlite://", "postgres://", "postgresql://"];
         if !known.iter().any(|prefix| state.starts_with(prefix)) || state == "sqlite://" {

@@ -92,6 +92,18 @@ pub mod keys {
         State = "state"
     );
     secret_key!(
+        /// `read_token`, `read_token_env`, `read_token_file` (`[api]`).
+        ReadToken = "read_token"
+    );
+    secret_key!(
+        /// `admin_token`, `admin_token_env`, `admin_token_file` (`[api]`).
+        AdminToken = "admin_token"
+    );
+    secret_key!(
+        /// `token`, `token_env`, `token_file` (a registry's access token).
+        Token = "token"
+    );
+    secret_key!(
         /// `secret_access_key`, `secret_access_key_env`, `secret_access_key_file`.
         SecretAccessKey = "secret_access_key"
     );

@@ -12,12 +12,16 @@
 //!   bytes it has made durable), read back when the run is retried or resumed after a crash.
 //! * A **cursor** is a job's saved position, for incremental sources.
 //!
+//! * The **partition registry** (seed 003): sources, providers, partitions and their
+//!   events ([`registry`]).
+//!
 //! [`records`] holds the types, [`schema`] the migrations, [`queries`] the statements; this
 //! file opens the store and holds the rules that depend on the backend (who may take over an
 //! unfinished run).
 
 mod queries;
 mod records;
+mod registry;
 mod schema;
 
 use std::time::Duration;
@@ -27,6 +31,9 @@ use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
 
 pub use records::{
     Checkpoint, Claim, NotificationOutcome, NotificationRecord, Outcome, RunRecord, RunState,
+};
+pub use registry::{
+    Change, PartitionRecord, ProviderRecord, RegistryError, SourceRecord, new_token,
 };
 
 /// Why the store failed.

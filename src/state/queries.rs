@@ -13,11 +13,11 @@ use super::{
     RunState, StateError, Store,
 };
 
-fn millis(t: DateTime<Utc>) -> i64 {
+pub(super) fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-fn instant(ms: i64) -> DateTime<Utc> {
+pub(super) fn instant(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 

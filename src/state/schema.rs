@@ -56,6 +56,54 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
             PRIMARY KEY (run_id, notifier)
         );",
     ),
+    (
+        3,
+        "partition registry",
+        // `longest_ms` is the longest partition a source has had: readiness over [a, b)
+        // reads the partitions starting in [a - longest, b), one range of the index.
+        // `locked` and the lock's columns are the partition's latest event, so readiness
+        // needs no join; the events are the history.
+        "CREATE TABLE ferry_sources (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            longest_ms BIGINT NOT NULL DEFAULT 0,
+            created_at BIGINT NOT NULL
+        );
+        CREATE TABLE ferry_providers (
+            source TEXT NOT NULL REFERENCES ferry_sources (name),
+            name TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (source, name)
+        );
+        CREATE TABLE ferry_partitions (
+            id TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            start_ms BIGINT NOT NULL,
+            end_ms BIGINT NOT NULL,
+            locked BIGINT NOT NULL DEFAULT 0,
+            locked_by TEXT,
+            locked_since BIGINT,
+            run_id TEXT,
+            reason TEXT,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            UNIQUE (source, provider, start_ms, end_ms),
+            FOREIGN KEY (source, provider) REFERENCES ferry_providers (source, name)
+        );
+        CREATE INDEX ferry_partitions_range ON ferry_partitions (source, start_ms);
+        CREATE TABLE ferry_partition_events (
+            id TEXT PRIMARY KEY,
+            partition_id TEXT NOT NULL REFERENCES ferry_partitions (id),
+            event TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            run_id TEXT,
+            reason TEXT,
+            at BIGINT NOT NULL
+        );
+        CREATE INDEX ferry_partition_events_partition ON ferry_partition_events (partition_id, at);",
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {

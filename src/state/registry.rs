@@ -1,0 +1,575 @@
+//! The partition registry's statements (seed 003): sources with their access tokens,
+//! providers, partitions with their latest lock state, and each partition's event log.
+//!
+//! Every change is one transaction: a partition's row and its event are written together or
+//! not at all. Access tokens are stored only as their SHA-256 and compared in constant time.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+use subtle::ConstantTimeEq as _;
+
+use super::queries::{instant, millis};
+use super::{StateError, Store};
+use crate::partition::{Lock, Partition, Readiness, readiness};
+
+/// A registered source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceRecord {
+    /// Its name (`shop.orders`).
+    pub name: String,
+    /// Who answers for it.
+    pub owner: String,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A registered provider of a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderRecord {
+    /// Its name.
+    pub name: String,
+    /// The source it writes.
+    pub source: String,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A registered partition and its latest state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionRecord {
+    /// The source.
+    pub source: String,
+    /// The provider that registered it.
+    pub provider: String,
+    /// Inclusive start.
+    pub start: DateTime<Utc>,
+    /// Exclusive end.
+    pub end: DateTime<Utc>,
+    /// `locked` or `unlocked` (a registered partition is unlocked until locked).
+    pub state: &'static str,
+    /// The lock, when locked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<Lock>,
+    /// When its state last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A change to a partition's lock.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// Locked by `actor`, for ferry run `run_id` when a job locks it, with `reason` when it
+    /// stays locked because its run failed.
+    Lock {
+        /// The ferry run writing it.
+        run_id: Option<&'a str>,
+        /// Why it stays locked.
+        reason: Option<&'a str>,
+    },
+    /// Unlocked: the data is complete.
+    Unlock,
+}
+
+/// What a registry call could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No such source.
+    #[error("no source named {0:?} is registered")]
+    UnknownSource(String),
+    /// No such provider of the source.
+    #[error("no provider named {provider:?} is registered for source {source_name:?}")]
+    UnknownProvider {
+        /// The source.
+        source_name: String,
+        /// The provider.
+        provider: String,
+    },
+    /// No such partition.
+    #[error(
+        "no partition [{start}, {end}) of source {source_name:?} by provider {provider:?} is registered"
+    )]
+    UnknownPartition {
+        /// The source.
+        source_name: String,
+        /// The provider.
+        provider: String,
+        /// Its start.
+        start: String,
+        /// Its end.
+        end: String,
+    },
+    /// The token is not the source's (or no source has it).
+    #[error("the access token is not valid for this source")]
+    BadToken,
+    /// Already registered.
+    #[error("{0} is already registered")]
+    Exists(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StateError),
+}
+
+impl From<sqlx::Error> for RegistryError {
+    fn from(err: sqlx::Error) -> RegistryError {
+        RegistryError::Store(StateError::Database(err))
+    }
+}
+
+/// A fresh access token: 256 random bits, hex.
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// What the store keeps of a token.
+fn token_hash(token: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn partition_from_row(row: &AnyRow) -> Result<PartitionRecord, sqlx::Error> {
+    let locked = row.try_get::<i64, _>("locked")? != 0;
+    let lock = if locked {
+        Some(Lock {
+            by: row
+                .try_get::<Option<String>, _>("locked_by")?
+                .unwrap_or_default(),
+            since: instant(
+                row.try_get::<Option<i64>, _>("locked_since")?
+                    .unwrap_or_default(),
+            ),
+            run_id: row.try_get("run_id")?,
+            reason: row.try_get("reason")?,
+        })
+    } else {
+        None
+    };
+    Ok(PartitionRecord {
+        source: row.try_get("source")?,
+        provider: row.try_get("provider")?,
+        start: instant(row.try_get("start_ms")?),
+        end: instant(row.try_get("end_ms")?),
+        state: if locked { "locked" } else { "unlocked" },
+        lock,
+        updated_at: instant(row.try_get("updated_at")?),
+    })
+}
+
+/// `SELECT` of every partition column, as a literal (queries must be static strings).
+macro_rules! select_partitions {
+    ($rest:literal) => {
+        concat!(
+            "SELECT source, provider, start_ms, end_ms, locked, locked_by, locked_since, run_id, reason, updated_at FROM ferry_partitions ",
+            $rest
+        )
+    };
+}
+
+impl Store {
+    /// Registers source `name`, whose access token is `token`. `Exists` when the name is
+    /// taken: a second registration gets no token.
+    pub async fn register_source(
+        &self,
+        name: &str,
+        owner: &str,
+        token: &str,
+    ) -> Result<SourceRecord, RegistryError> {
+        let now = Utc::now();
+        let done = sqlx::query(
+            "INSERT INTO ferry_sources (name, owner, token_hash, longest_ms, created_at)
+             VALUES ($1, $2, $3, 0, $4) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(token_hash(token))
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::Exists(format!("source {name:?}")));
+        }
+        Ok(SourceRecord {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            created_at: instant(millis(now)),
+        })
+    }
+
+    /// Gives source `name` a new access token (the old one stops working).
+    pub async fn rotate_token(&self, name: &str, token: &str) -> Result<(), RegistryError> {
+        let done = sqlx::query("UPDATE ferry_sources SET token_hash = $1 WHERE name = $2")
+            .bind(token_hash(token))
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        match done.rows_affected() {
+            0 => Err(RegistryError::UnknownSource(name.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Source `name`, if registered.
+    pub async fn source(&self, name: &str) -> Result<Option<SourceRecord>, RegistryError> {
+        let row = sqlx::query("SELECT name, owner, created_at FROM ferry_sources WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| -> Result<SourceRecord, sqlx::Error> {
+            Ok(SourceRecord {
+                name: row.try_get("name")?,
+                owner: row.try_get("owner")?,
+                created_at: instant(row.try_get("created_at")?),
+            })
+        })
+        .transpose()
+        .map_err(RegistryError::from)
+    }
+
+    /// The source whose access token is `token`.
+    pub async fn source_of_token(&self, token: &str) -> Result<String, RegistryError> {
+        let row = sqlx::query("SELECT name FROM ferry_sources WHERE token_hash = $1")
+            .bind(token_hash(token))
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(row.try_get("name")?),
+            None => Err(RegistryError::BadToken),
+        }
+    }
+
+    /// Checks that `token` is source `name`'s (in constant time): `UnknownSource` or
+    /// `BadToken` otherwise.
+    pub async fn check_token(&self, name: &str, token: &str) -> Result<(), RegistryError> {
+        let row = sqlx::query("SELECT token_hash FROM ferry_sources WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Err(RegistryError::UnknownSource(name.to_owned()));
+        };
+        let stored: String = row.try_get("token_hash")?;
+        match bool::from(stored.as_bytes().ct_eq(token_hash(token).as_bytes())) {
+            true => Ok(()),
+            false => Err(RegistryError::BadToken),
+        }
+    }
+
+    /// Registers provider `name` of `source`. `Exists` when it already is.
+    pub async fn register_provider(
+        &self,
+        source: &str,
+        name: &str,
+    ) -> Result<ProviderRecord, RegistryError> {
+        let now = instant(millis(Utc::now()));
+        let done = sqlx::query(
+            "INSERT INTO ferry_providers (source, name, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (source, name) DO NOTHING",
+        )
+        .bind(source)
+        .bind(name)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::Exists(format!(
+                "provider {name:?} of source {source:?}"
+            )));
+        }
+        Ok(ProviderRecord {
+            name: name.to_owned(),
+            source: source.to_owned(),
+            created_at: now,
+        })
+    }
+
+    /// Registers the partition `[start, end)` of `source` by `provider` (both registered).
+    /// `Exists` when it already is.
+    pub async fn register_partition(
+        &self,
+        source: &str,
+        provider: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<PartitionRecord, RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        let known = sqlx::query("SELECT 1 FROM ferry_providers WHERE source = $1 AND name = $2")
+            .bind(source)
+            .bind(provider)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if known.is_none() {
+            // SQLite's pool has one connection: give it back before asking which is unknown.
+            drop(tx);
+            return Err(self.unknown_provider(source, provider).await);
+        }
+        let now = Utc::now();
+        let id = uuid::Uuid::now_v7().to_string();
+        let done = sqlx::query(
+            "INSERT INTO ferry_partitions (id, source, provider, start_ms, end_ms, locked, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $6)
+             ON CONFLICT (source, provider, start_ms, end_ms) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(source)
+        .bind(provider)
+        .bind(millis(start))
+        .bind(millis(end))
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::Exists(format!(
+                "partition [{}, {}) of source {source:?} by provider {provider:?}",
+                start.to_rfc3339(),
+                end.to_rfc3339()
+            )));
+        }
+        sqlx::query("UPDATE ferry_sources SET longest_ms = $1 WHERE name = $2 AND longest_ms < $1")
+            .bind(millis(end) - millis(start))
+            .bind(source)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, &id, "registered", provider, None, None, now).await?;
+        tx.commit().await?;
+        Ok(PartitionRecord {
+            source: source.to_owned(),
+            provider: provider.to_owned(),
+            start,
+            end,
+            state: "unlocked",
+            lock: None,
+            updated_at: instant(millis(now)),
+        })
+    }
+
+    /// Locks or unlocks a registered partition, recording the event.
+    pub async fn change_partition(
+        &self,
+        source: &str,
+        provider: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        change: Change<'_>,
+    ) -> Result<PartitionRecord, RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT id FROM ferry_partitions WHERE source = $1 AND provider = $2 AND start_ms = $3 AND end_ms = $4",
+        )
+        .bind(source)
+        .bind(provider)
+        .bind(millis(start))
+        .bind(millis(end))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            drop(tx);
+            self.check_provider(source, provider).await?;
+            return Err(RegistryError::UnknownPartition {
+                source_name: source.to_owned(),
+                provider: provider.to_owned(),
+                start: start.to_rfc3339(),
+                end: end.to_rfc3339(),
+            });
+        };
+        let id: String = row.try_get("id")?;
+        let now = Utc::now();
+        let (event, run_id, reason) = match change {
+            Change::Lock { run_id, reason } => ("locked", run_id, reason),
+            Change::Unlock => ("unlocked", None, None),
+        };
+        let locked = matches!(change, Change::Lock { .. });
+        sqlx::query(
+            "UPDATE ferry_partitions SET locked = $1, locked_by = $2, locked_since = $3, run_id = $4, reason = $5, updated_at = $6
+             WHERE id = $7",
+        )
+        .bind(i64::from(locked))
+        .bind(locked.then_some(provider))
+        .bind(locked.then_some(millis(now)))
+        .bind(run_id)
+        .bind(reason)
+        .bind(millis(now))
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, &id, event, provider, run_id, reason, now).await?;
+        tx.commit().await?;
+        let since = instant(millis(now));
+        Ok(PartitionRecord {
+            source: source.to_owned(),
+            provider: provider.to_owned(),
+            start,
+            end,
+            state: if locked { "locked" } else { "unlocked" },
+            lock: locked.then(|| Lock {
+                by: provider.to_owned(),
+                since,
+                run_id: run_id.map(str::to_owned),
+                reason: reason.map(str::to_owned),
+            }),
+            updated_at: since,
+        })
+    }
+
+    /// A ferry job's partition for a run: source, provider and partition are registered if
+    /// need be (a source created here gets a token nobody holds, until `ferry sources
+    /// register --rotate`), then locked for `run_id`.
+    pub async fn lock_for_run(
+        &self,
+        source: &str,
+        job: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        run_id: &str,
+    ) -> Result<PartitionRecord, RegistryError> {
+        let owner = format!("ferry job {job}");
+        match self.register_source(source, &owner, &new_token()).await {
+            Ok(_) | Err(RegistryError::Exists(_)) => {}
+            Err(err) => return Err(err),
+        }
+        match self.register_provider(source, job).await {
+            Ok(_) | Err(RegistryError::Exists(_)) => {}
+            Err(err) => return Err(err),
+        }
+        match self.register_partition(source, job, start, end).await {
+            Ok(_) | Err(RegistryError::Exists(_)) => {}
+            Err(err) => return Err(err),
+        }
+        let lock = Change::Lock {
+            run_id: Some(run_id),
+            reason: None,
+        };
+        self.change_partition(source, job, start, end, lock).await
+    }
+
+    /// Readiness of `source` over `[start, end)`: one range of the index, one pass.
+    pub async fn readiness(
+        &self,
+        source: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<Readiness, RegistryError> {
+        let row = sqlx::query("SELECT longest_ms FROM ferry_sources WHERE name = $1")
+            .bind(source)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Err(RegistryError::UnknownSource(source.to_owned()));
+        };
+        let longest: i64 = row.try_get("longest_ms")?;
+        let rows = sqlx::query(
+            "SELECT start_ms, end_ms, locked, locked_by, locked_since, run_id, reason FROM ferry_partitions
+             WHERE source = $1 AND start_ms >= $2 AND start_ms < $3 AND end_ms > $4
+             ORDER BY start_ms",
+        )
+        .bind(source)
+        .bind(millis(start).saturating_sub(longest))
+        .bind(millis(end))
+        .bind(millis(start))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut partitions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let locked = row.try_get::<i64, _>("locked")? != 0;
+            partitions.push(Partition {
+                start: instant(row.try_get("start_ms")?),
+                end: instant(row.try_get("end_ms")?),
+                lock: match locked {
+                    false => None,
+                    true => Some(Lock {
+                        by: row
+                            .try_get::<Option<String>, _>("locked_by")?
+                            .unwrap_or_default(),
+                        since: instant(
+                            row.try_get::<Option<i64>, _>("locked_since")?
+                                .unwrap_or_default(),
+                        ),
+                        run_id: row.try_get("run_id")?,
+                        reason: row.try_get("reason")?,
+                    }),
+                },
+            });
+        }
+        Ok(readiness(&partitions, start, end))
+    }
+
+    /// The latest `limit` partitions (by start), of `source` or of every source.
+    pub async fn partitions(
+        &self,
+        source: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PartitionRecord>, RegistryError> {
+        let rows = match source {
+            Some(source) => {
+                sqlx::query(select_partitions!(
+                    "WHERE source = $1 ORDER BY start_ms DESC, provider LIMIT $2"
+                ))
+                .bind(source)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(select_partitions!(
+                    "ORDER BY start_ms DESC, source, provider LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(partition_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(RegistryError::from)
+    }
+
+    async fn check_provider(&self, source: &str, provider: &str) -> Result<(), RegistryError> {
+        let known = sqlx::query("SELECT 1 FROM ferry_providers WHERE source = $1 AND name = $2")
+            .bind(source)
+            .bind(provider)
+            .fetch_optional(&self.pool)
+            .await?;
+        match known {
+            Some(_) => Ok(()),
+            None => Err(self.unknown_provider(source, provider).await),
+        }
+    }
+
+    /// Which of `source` and `provider` is unknown.
+    async fn unknown_provider(&self, source: &str, provider: &str) -> RegistryError {
+        match self.source(source).await {
+            Ok(None) => RegistryError::UnknownSource(source.to_owned()),
+            Err(err) => err,
+            Ok(Some(_)) => RegistryError::UnknownProvider {
+                source_name: source.to_owned(),
+                provider: provider.to_owned(),
+            },
+        }
+    }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    partition_id: &str,
+    event: &str,
+    actor: &str,
+    run_id: Option<&str>,
+    reason: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ferry_partition_events (id, partition_id, event, actor, run_id, reason, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(partition_id)
+    .bind(event)
+    .bind(actor)
+    .bind(run_id)
+    .bind(reason)
+    .bind(millis(at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

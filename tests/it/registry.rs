@@ -1,0 +1,746 @@
+//! The partition registry (seed 003): the store's registry on SQLite and PostgreSQL, and
+//! the HTTP API of `[api]` against real clients (reqwest, and the seed's own Python
+//! examples with `requests`).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use ferry::daemon::{Control, Event};
+use ferry::partition::Readiness;
+use ferry::state::{Change, RegistryError, Store};
+use serde_json::Value;
+
+use crate::support::Workspace;
+use crate::support::daemon::boot;
+
+/// Every store to test: a fresh SQLite file, and PostgreSQL when configured.
+async fn stores() -> Vec<(&'static str, Store, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = Store::open("sqlite://ferry.db", dir.path())
+        .await
+        .expect("open SQLite");
+    let mut out = vec![("sqlite", sqlite, dir)];
+    match postgres_url() {
+        Some(url) => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let pg = Store::open(&url, dir.path())
+                .await
+                .unwrap_or_else(|err| panic!("FERRY_TEST_POSTGRES_URL is set but unusable: {err}"));
+            out.push(("postgres", pg, dir));
+        }
+        None => eprintln!("PostgreSQL registry tests not run: FERRY_TEST_POSTGRES_URL is not set"),
+    }
+    out
+}
+
+fn postgres_url() -> Option<String> {
+    std::env::var("FERRY_TEST_POSTGRES_URL").ok()
+}
+
+/// A source name no other test (or earlier run on a shared database) uses.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+fn hour(n: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
+        .single()
+        .expect("instant")
+        + chrono::Duration::hours(n)
+}
+
+#[tokio::test]
+async fn the_registry_answers_alike_on_every_store() {
+    for (backend, store, _dir) in stores().await {
+        let source = unique("shop.orders");
+        store
+            .register_source(&source, "data@example.com", "t0ken")
+            .await
+            .expect("register");
+        let again = store
+            .register_source(&source, "someone else", "other")
+            .await;
+        assert!(
+            matches!(again, Err(RegistryError::Exists(_))),
+            "{backend}: {again:?}"
+        );
+        // The first token still works, the second never did.
+        store.check_token(&source, "t0ken").await.expect("token");
+        assert!(matches!(
+            store.check_token(&source, "other").await,
+            Err(RegistryError::BadToken)
+        ));
+        assert_eq!(
+            store.source_of_token("t0ken").await.expect("source"),
+            source
+        );
+
+        // Nothing is written for an unknown provider.
+        let orphan = store
+            .register_partition(&source, "nobody", hour(0), hour(1))
+            .await;
+        assert!(
+            matches!(orphan, Err(RegistryError::UnknownProvider { .. })),
+            "{backend}: {orphan:?}"
+        );
+        assert!(
+            store
+                .partitions(Some(&source), 10)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+
+        store
+            .register_provider(&source, "loader")
+            .await
+            .expect("provider");
+        for h in 0..24 {
+            store
+                .register_partition(&source, "loader", hour(h), hour(h + 1))
+                .await
+                .expect("partition");
+        }
+        assert!(
+            store
+                .readiness(&source, hour(0), hour(24))
+                .await
+                .expect("ready")
+                .is_ready(),
+            "{backend}"
+        );
+        assert_eq!(
+            store
+                .readiness(&source, hour(20), hour(30))
+                .await
+                .expect("gap"),
+            Readiness::Uncovered {
+                start: hour(24),
+                end: hour(30)
+            },
+            "{backend}"
+        );
+        let lock = Change::Lock {
+            run_id: Some("run-7"),
+            reason: None,
+        };
+        store
+            .change_partition(&source, "loader", hour(5), hour(6), lock)
+            .await
+            .expect("lock");
+        let answer = store
+            .readiness(&source, hour(0), hour(24))
+            .await
+            .expect("locked");
+        let message = answer.message(&source, hour(0), hour(24));
+        assert!(!answer.is_ready(), "{backend}");
+        assert!(
+            message.contains("locked by loader") && message.contains("run-7"),
+            "{backend}: {message}"
+        );
+        // Outside the locked hour the data is ready.
+        assert!(
+            store
+                .readiness(&source, hour(6), hour(24))
+                .await
+                .expect("ready")
+                .is_ready()
+        );
+        store
+            .change_partition(&source, "loader", hour(5), hour(6), Change::Unlock)
+            .await
+            .expect("unlock");
+        assert!(
+            store
+                .readiness(&source, hour(0), hour(24))
+                .await
+                .expect("ready")
+                .is_ready()
+        );
+        // A partition that was never registered cannot be locked.
+        let missing = store
+            .change_partition(&source, "loader", hour(30), hour(31), Change::Unlock)
+            .await;
+        assert!(
+            matches!(missing, Err(RegistryError::UnknownPartition { .. })),
+            "{backend}: {missing:?}"
+        );
+        let unknown = store.readiness(&unique("nope"), hour(0), hour(1)).await;
+        assert!(
+            matches!(unknown, Err(RegistryError::UnknownSource(_))),
+            "{backend}: {unknown:?}"
+        );
+
+        let listed = store.partitions(Some(&source), 3).await.expect("list");
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[0].start, hour(23), "newest first");
+    }
+}
+
+#[tokio::test]
+async fn a_long_partition_far_back_still_counts() {
+    // Readiness reads the partitions starting within the source's longest partition before
+    // the interval: a year-long one registered first must still cover a day inside it.
+    for (backend, store, _dir) in stores().await {
+        let source = unique("yearly");
+        store
+            .register_source(&source, "o", &unique("t"))
+            .await
+            .expect("source");
+        store
+            .register_provider(&source, "p")
+            .await
+            .expect("provider");
+        store
+            .register_partition(&source, "p", hour(0), hour(24 * 365))
+            .await
+            .expect("year");
+        store
+            .register_partition(&source, "p", hour(100), hour(101))
+            .await
+            .expect("hour");
+        let day = store
+            .readiness(&source, hour(24 * 200), hour(24 * 201))
+            .await
+            .expect("answer");
+        assert!(day.is_ready(), "{backend}: {day:?}");
+    }
+}
+
+/// A daemon in this process with `[api]` on a free port, and its API's base URL.
+async fn api_daemon(
+    ws: &Workspace,
+    api: &str,
+    state: Option<&str>,
+) -> (crate::support::daemon::Booted, String) {
+    let state = state.map_or_else(String::new, |url| format!("[daemon]\nstate = {url:?}\n"));
+    let config = ws.job_file(&format!("{state}[api]\nlisten = \"127.0.0.1:0\"\n{api}\n"));
+    let mut daemon = boot(&config);
+    let (event, _) = daemon
+        .until(Duration::from_secs(30), |e| {
+            matches!(e, Event::Listening { .. })
+        })
+        .await;
+    let Event::Listening { address } = event else {
+        unreachable!()
+    };
+    (daemon, base(address, "http"))
+}
+
+fn base(address: SocketAddr, scheme: &str) -> String {
+    format!("{scheme}://{address}")
+}
+
+async fn json(response: reqwest::Response) -> (u16, String, Value) {
+    let status = response.status().as_u16();
+    let kind = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.text().await.expect("body");
+    let value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    (status, kind, value)
+}
+
+#[tokio::test]
+async fn bad_requests_get_problem_details_and_change_nothing() {
+    let ws = Workspace::new();
+    let (daemon, url) = api_daemon(&ws, "", None).await;
+    let http = reqwest::Client::new();
+    let post =
+        |path: &str, query: &[(&str, &str)]| http.post(format!("{url}{path}")).query(query).send();
+
+    let (status, _, created) = json(
+        post("/sources/register", &[("source_name", "s"), ("owner", "o")])
+            .await
+            .expect("register"),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let token = created["registered_object"]["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let (status, _, _) = json(
+        post(
+            "/providers/register",
+            &[("provider_name", "p"), ("access_token", &token)],
+        )
+        .await
+        .expect("provider"),
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    let partition = |start: &'static str, end: &'static str, token: Option<&str>| {
+        let mut query = vec![
+            ("start", start.to_owned()),
+            ("end", end.to_owned()),
+            ("source_name", "s".to_owned()),
+            ("provider_name", "p".to_owned()),
+        ];
+        if let Some(token) = token {
+            query.push(("access_token", token.to_owned()));
+        }
+        http.post(format!("{url}/partitions/register"))
+            .query(&query)
+            .send()
+    };
+    let cases: Vec<(&str, reqwest::Response, u16, &str)> = vec![
+        (
+            "end before start",
+            partition("2000-01-02", "2000-01-01", Some(&token))
+                .await
+                .expect("send"),
+            422,
+            "must be after start",
+        ),
+        (
+            "end equal to start",
+            partition("2000-01-01", "2000-01-01", Some(&token))
+                .await
+                .expect("send"),
+            422,
+            "must be after start",
+        ),
+        (
+            "not a time",
+            partition("yesterday", "2000-01-01", Some(&token))
+                .await
+                .expect("send"),
+            422,
+            "start: \"yesterday\" is not a timestamp",
+        ),
+        (
+            "no token",
+            partition("2000-01-01", "2000-01-02", None)
+                .await
+                .expect("send"),
+            401,
+            "access token is required",
+        ),
+        (
+            "wrong token",
+            partition("2000-01-01", "2000-01-02", Some("f00"))
+                .await
+                .expect("send"),
+            403,
+            "not valid",
+        ),
+        (
+            "missing parameter",
+            post("/partitions/lock", &[("start", "2000-01-01")])
+                .await
+                .expect("send"),
+            422,
+            "missing field",
+        ),
+        (
+            "unknown source",
+            http.get(format!(
+                "{url}/sources/nope/check_readiness?start=2000-01-01&end=2000-01-02"
+            ))
+            .send()
+            .await
+            .expect("send"),
+            404,
+            "no source named \"nope\"",
+        ),
+        (
+            "unregistered partition",
+            http.post(format!("{url}/partitions/lock"))
+                .query(&[
+                    ("start", "2000-01-01"),
+                    ("end", "2000-01-02"),
+                    ("source_name", "s"),
+                    ("provider_name", "p"),
+                ])
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("send"),
+            404,
+            "no partition",
+        ),
+        (
+            "unknown endpoint",
+            http.get(format!("{url}/nothing"))
+                .send()
+                .await
+                .expect("send"),
+            404,
+            "no such endpoint",
+        ),
+        (
+            "huge query",
+            http.get(format!(
+                "{url}/sources/s/check_readiness?start={}",
+                "9".repeat(10_000)
+            ))
+            .send()
+            .await
+            .expect("send"),
+            414,
+            "longer than",
+        ),
+    ];
+    for (what, response, want, detail) in cases {
+        let unauthorized = response.headers().get("www-authenticate").is_some();
+        let (status, kind, problem) = json(response).await;
+        assert_eq!(status, want, "{what}: {problem}");
+        assert_eq!(kind, "application/problem+json", "{what}");
+        assert_eq!(problem["status"], want, "{what}");
+        assert_eq!(problem["status_code"], want, "{what}");
+        assert!(
+            problem["title"].is_string() && problem["type"] == "about:blank",
+            "{what}: {problem}"
+        );
+        let text = problem["detail"].as_str().expect("detail");
+        assert!(text.contains(detail), "{what}: {text}");
+        assert_eq!(
+            unauthorized,
+            want == 401,
+            "{what}: WWW-Authenticate only on 401"
+        );
+    }
+    // Nothing was registered by the refused calls.
+    let (_, _, listed) = json(
+        http.get(format!("{url}/partitions?source_name=s"))
+            .send()
+            .await
+            .expect("list"),
+    )
+    .await;
+    assert_eq!(listed["partitions"], serde_json::json!([]), "{listed}");
+    // Zone-less times are UTC; a bearer token works as well as access_token.
+    let (status, _, registered) = json(
+        http.post(format!("{url}/partitions/register"))
+            .query(&[
+                ("start", "2000-01-01 00:00:00"),
+                ("end", "2000-01-01T02:00:00+01:00"),
+                ("source_name", "s"),
+                ("provider_name", "p"),
+            ])
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("register"),
+    )
+    .await;
+    assert_eq!(status, 201, "{registered}");
+    assert_eq!(
+        registered["registered_object"]["end"], "2000-01-01T01:00:00Z",
+        "{registered}"
+    );
+    let _ = daemon.control.send(Control::Shutdown).await;
+    let _ = (status, daemon);
+}
+
+#[tokio::test]
+async fn the_openapi_description_lists_every_endpoint() {
+    let ws = Workspace::new();
+    let (_daemon, url) = api_daemon(&ws, "", None).await;
+    let http = reqwest::Client::new();
+    let (status, kind, doc) = json(
+        http.get(format!("{url}/openapi.json"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!((status, kind.as_str()), (200, "application/json"));
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for method in item.as_object().expect("operations").keys() {
+            let concrete = path.replace("{source_name}", "s");
+            let request = match method.as_str() {
+                "get" => http.get(format!("{url}{concrete}")),
+                "post" => http.post(format!("{url}{concrete}")),
+                other => panic!("unexpected method {other}"),
+            };
+            let response = request.send().await.expect("send");
+            let status = response.status();
+            let body = response.text().await.expect("body");
+            // Served (maybe refused for a missing parameter), never "no such endpoint".
+            assert!(
+                !body.contains("no such endpoint") && status != 405,
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+    for expected in [
+        "/sources/register",
+        "/providers/register",
+        "/partitions/register",
+        "/partitions/lock",
+        "/partitions/unlock",
+        "/sources/{source_name}/check_readiness",
+    ] {
+        assert!(paths.contains_key(expected), "{expected} missing");
+    }
+}
+
+#[tokio::test]
+async fn read_and_admin_tokens_guard_their_calls() {
+    let ws = Workspace::new();
+    let read = ws.secret("read", "r3ad");
+    let admin = ws.secret("admin", "adm1n");
+    let (_daemon, url) = api_daemon(
+        &ws,
+        &format!("read_token_file = {read:?}\nadmin_token_file = {admin:?}"),
+        None,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let register = |token: Option<&str>| {
+        let request = http
+            .post(format!("{url}/sources/register"))
+            .query(&[("source_name", "s"), ("owner", "o")]);
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+        .send()
+    };
+    assert_eq!(register(None).await.expect("send").status(), 401);
+    assert_eq!(register(Some("r3ad")).await.expect("send").status(), 403);
+    assert_eq!(register(Some("adm1n")).await.expect("send").status(), 201);
+    let readiness = format!("{url}/sources/s/check_readiness?start=2000-01-01&end=2000-01-02");
+    assert_eq!(
+        http.get(&readiness).send().await.expect("send").status(),
+        401
+    );
+    assert_eq!(
+        http.get(&readiness)
+            .bearer_auth("adm1n")
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        403
+    );
+    let (status, _, answer) = json(
+        http.get(&readiness)
+            .bearer_auth("r3ad")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["is_ready"], false, "{answer}");
+    assert_eq!(
+        http.get(format!("{url}/partitions"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn the_api_serves_https_with_the_configured_certificate() {
+    let ws = Workspace::new();
+    let tls = crate::support::self_signed(ws.path());
+    let settings = format!(
+        "tls_cert_file = {:?}\ntls_key_file = {:?}",
+        tls.cert, tls.key
+    );
+    let (_daemon, url) = api_daemon(&ws, &settings, None).await;
+    let https = url.replace("http://", "https://");
+    let cert =
+        reqwest::Certificate::from_pem(&std::fs::read(&tls.cert).expect("cert")).expect("pem");
+    let client = reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .build()
+        .expect("client");
+    let response = client
+        .get(format!("{https}/healthz"))
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(response.status(), 200);
+    // Plain HTTP on the TLS port gets no answer, and a client that does not trust the
+    // certificate is refused.
+    assert!(
+        reqwest::get(format!("{url}/healthz")).await.is_err(),
+        "plaintext refused"
+    );
+    assert!(
+        reqwest::get(format!("{https}/healthz")).await.is_err(),
+        "untrusted certificate refused"
+    );
+    // A stalled handshake holds up nobody.
+    let _stalled = tokio::net::TcpStream::connect(https.trim_start_matches("https://"))
+        .await
+        .expect("connect");
+    let again = client
+        .get(format!("{https}/healthz"))
+        .send()
+        .await
+        .expect("https while another stalls");
+    assert_eq!(again.status(), 200);
+}
+
+#[tokio::test]
+async fn two_daemons_on_postgres_share_one_registry() {
+    let Some(pg) = postgres_url() else {
+        eprintln!("not run: FERRY_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let (ws_a, ws_b) = (Workspace::new(), Workspace::new());
+    let (_a, url_a) = api_daemon(&ws_a, "", Some(&pg)).await;
+    let (_b, url_b) = api_daemon(&ws_b, "", Some(&pg)).await;
+    let http = reqwest::Client::new();
+    let source = unique("shared");
+    let (_, _, created) = json(
+        http.post(format!("{url_a}/sources/register"))
+            .query(&[("source_name", source.as_str()), ("owner", "o")])
+            .send()
+            .await
+            .expect("register"),
+    )
+    .await;
+    let token = created["registered_object"]["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    // The source is known through B: a second registration there gets no token.
+    let again = http
+        .post(format!("{url_b}/sources/register"))
+        .query(&[("source_name", source.as_str()), ("owner", "o")])
+        .send()
+        .await
+        .expect("again");
+    assert_eq!(again.status(), 409);
+    let write = |url: &str, path: &str| {
+        http.post(format!("{url}{path}"))
+            .query(&[
+                ("start", "2000-01-01"),
+                ("end", "2000-01-02"),
+                ("source_name", source.as_str()),
+                ("provider_name", "p"),
+            ])
+            .bearer_auth(&token)
+            .send()
+    };
+    let provider = http
+        .post(format!("{url_b}/providers/register"))
+        .query(&[("provider_name", "p")])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("provider");
+    assert_eq!(provider.status(), 201);
+    assert_eq!(
+        write(&url_a, "/partitions/register")
+            .await
+            .expect("register")
+            .status(),
+        201
+    );
+    assert_eq!(
+        write(&url_a, "/partitions/lock")
+            .await
+            .expect("lock")
+            .status(),
+        200
+    );
+    let readiness = |url: &str| {
+        http.get(format!(
+            "{url}/sources/{source}/check_readiness?start=2000-01-01&end=2000-01-02"
+        ))
+        .send()
+    };
+    let (_, _, through_b) = json(readiness(&url_b).await.expect("B")).await;
+    assert_eq!(
+        through_b["is_ready"], false,
+        "locked through A, not ready through B: {through_b}"
+    );
+    assert!(
+        through_b["message"]
+            .as_str()
+            .expect("message")
+            .contains("locked by p")
+    );
+    assert_eq!(
+        write(&url_b, "/partitions/unlock")
+            .await
+            .expect("unlock")
+            .status(),
+        200
+    );
+    let (_, _, through_a) = json(readiness(&url_a).await.expect("A")).await;
+    assert_eq!(
+        through_a["is_ready"], true,
+        "unlocked through B, ready through A: {through_a}"
+    );
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the program under test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_seeds_python_examples_pass_against_ferry_run() {
+    let Some(python) = std::env::var_os("FERRY_TEST_PYTHON") else {
+        eprintln!("not run: FERRY_TEST_PYTHON (a python3 with requests and dateutil) is not set");
+        return;
+    };
+    let ws = Workspace::new();
+    let port = free_port();
+    let config = ws.job_file(&format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config", &config.display().to_string()])
+        .env("FERRY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ferry run");
+    let _running = Running(child);
+    let url = format!("http://127.0.0.1:{port}/");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{url}healthz")).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ferry run's API did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/seed003_examples.py"
+    );
+    let output = Command::new(python)
+        .arg(script)
+        .env("WEB_SERVICE_URL", &url)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("all seed examples passed"), "{stdout}");
+    assert_eq!(stdout.matches("ok: ").count(), 10, "{stdout}");
+}
