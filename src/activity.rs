@@ -18,6 +18,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
+use crate::gate::Gate;
 use crate::source::{ByteStream, DataSource};
 use crate::state::Checkpoint;
 use crate::transform::Transform;
@@ -45,8 +46,17 @@ pub trait Activity: Send + Sync {
         progress: &mut Progress,
     ) -> Result<Vec<Delivery>, DeliveryError>;
 
+    /// Before each attempt, outside its timeout: wait for what the run needs (a required
+    /// source's readiness) and claim what it produces (its partition).
+    async fn prepare(&self, _ctx: &RunContext) -> Result<(), DeliveryError> {
+        Ok(())
+    }
+
     /// The run failed for good: remove what its attempts kept for a resume.
     async fn discard(&self, _ctx: &RunContext) {}
+
+    /// The run failed for good with `error` (after [`Activity::discard`]).
+    async fn failed(&self, _ctx: &RunContext, _error: &DeliveryError) {}
 }
 
 #[async_trait]
@@ -59,8 +69,16 @@ impl<A: Activity + ?Sized> Activity for Arc<A> {
         (**self).start(ctx, progress).await
     }
 
+    async fn prepare(&self, ctx: &RunContext) -> Result<(), DeliveryError> {
+        (**self).prepare(ctx).await
+    }
+
     async fn discard(&self, ctx: &RunContext) {
         (**self).discard(ctx).await;
+    }
+
+    async fn failed(&self, ctx: &RunContext, error: &DeliveryError) {
+        (**self).failed(ctx, error).await;
     }
 }
 
@@ -71,6 +89,7 @@ pub struct DeliveryActivity {
     transform: Option<Transform>,
     rate_limit: Option<u64>,
     writers: Vec<Arc<dyn Writer>>,
+    gate: Option<Arc<Gate>>,
 }
 
 impl DeliveryActivity {
@@ -81,7 +100,14 @@ impl DeliveryActivity {
             transform: None,
             rate_limit: None,
             writers,
+            gate: None,
         }
+    }
+
+    /// Locks the run's partition and waits for what it requires ([`Gate`]).
+    pub fn with_gate(mut self, gate: Option<Gate>) -> DeliveryActivity {
+        self.gate = gate.map(Arc::new);
+        self
     }
 
     /// Limits how fast the source is read, in bytes per second.
@@ -120,7 +146,23 @@ impl Activity for DeliveryActivity {
         if !pending.is_empty() {
             self.deliver(ctx, &pending, progress).await?;
         }
+        if let Some(gate) = &self.gate {
+            gate.delivered(ctx).await?;
+        }
         Ok(progress.delivered.values().cloned().collect())
+    }
+
+    async fn prepare(&self, ctx: &RunContext) -> Result<(), DeliveryError> {
+        match &self.gate {
+            Some(gate) => gate.before(ctx).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn failed(&self, ctx: &RunContext, error: &DeliveryError) {
+        if let Some(gate) = &self.gate {
+            gate.failed(ctx, error).await;
+        }
     }
 
     async fn discard(&self, ctx: &RunContext) {

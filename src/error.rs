@@ -40,11 +40,13 @@ pub enum ErrorKind {
     Config,
     /// The data failed a check: a short read, a size or checksum mismatch.
     Integrity,
+    /// A source the run requires was not ready over its interval within `wait`.
+    NotReady,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order (for documentation and error messages).
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::Network,
         ErrorKind::Timeout,
         ErrorKind::Server,
@@ -57,6 +59,7 @@ impl ErrorKind {
         ErrorKind::Rejected,
         ErrorKind::Config,
         ErrorKind::Integrity,
+        ErrorKind::NotReady,
     ];
 
     /// Whether this kind is retried when a job does not choose its own set.
@@ -89,6 +92,7 @@ impl ErrorKind {
             ErrorKind::Rejected => "rejected",
             ErrorKind::Config => "config",
             ErrorKind::Integrity => "integrity",
+            ErrorKind::NotReady => "not_ready",
         }
     }
 

@@ -69,9 +69,19 @@ impl Job {
             .map(|writer| writer.settings().build(env))
             .collect::<Result<Vec<_>, _>>()
             .map_err(in_job)?;
+        let gate = crate::gate::Gate::build(
+            &job.name,
+            &schedule,
+            job.partition.as_ref(),
+            &job.requires,
+            env.http_for(job.requires.iter().any(|r| r.token.is_given())),
+            &env.base_dir,
+        )
+        .map_err(in_job)?;
         let activity = DeliveryActivity::new(source, writers)
             .with_transform(job.transform)
-            .with_rate_limit(job.rate_limit.map(|rate| rate.0));
+            .with_rate_limit(job.rate_limit.map(|rate| rate.0))
+            .with_gate(gate);
 
         let retry = job
             .retry

@@ -62,6 +62,7 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod job;
 mod kinds;

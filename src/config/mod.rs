@@ -25,6 +25,7 @@ pub use crate::settings::{
 
 pub use crate::api::ApiConfig;
 use crate::error::DeliveryError;
+pub use crate::gate::{PartitionConfig, RequireConfig};
 use crate::notify::NotifierConfig;
 use crate::runner::RetryConfig;
 pub use crate::schedule::Overlap;
@@ -253,6 +254,14 @@ pub struct JobConfig {
     /// Whether the job is scheduled; a disabled job can still be triggered by hand.
     #[serde(default = "default_enabled")]
     pub enabled: bool,
+    /// The partition each run produces: `{ source = "shop.orders" }` (locked while the run
+    /// writes, unlocked when every writer has delivered).
+    #[serde(default)]
+    pub partition: Option<PartitionConfig>,
+    /// Sources that must be ready over the run's interval before it writes:
+    /// `[{ source = "erp.customers", wait = "2h" }]`.
+    #[serde(default)]
+    pub requires: Vec<RequireConfig>,
 }
 
 fn default_enabled() -> bool {

@@ -85,6 +85,8 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
             }
         }
 
+        crate::gate::validate(job.partition.as_ref(), &job.requires, &at, &mut problems);
+
         let timezone = match &job.timezone {
             Some(name) => parse_timezone(name).map_err(|msg| {
                 problems.add(at.key("timezone"), msg);

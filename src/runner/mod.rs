@@ -141,6 +141,7 @@ impl<A: Activity> RetryingActivity<A> {
         ctx: &RunContext,
         progress: &mut Progress,
     ) -> Result<Vec<Delivery>, DeliveryError> {
+        self.activity.prepare(ctx).await?;
         let work = self.activity.start(ctx, progress);
         match self.policy.attempt_timeout {
             None => work.await,
@@ -261,8 +262,9 @@ impl<A: Activity> ActivityRunner<A> {
                     never = keep_lease(ledger, &ctx.run_id) => match never {},
                 },
             };
-            if attempted.result.is_err() {
+            if let Err(err) = &attempted.result {
                 self.activity.activity().discard(&ctx).await;
+                self.activity.activity().failed(&ctx, err).await;
             }
             let (status, deliveries, error) = match attempted.result {
                 Ok(deliveries) => (RunStatus::Succeeded, deliveries, None),

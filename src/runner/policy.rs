@@ -37,7 +37,8 @@ pub struct RetryConfig {
     pub max_elapsed: Option<ConfigDuration>,
     /// The error kinds that are retried. By default the transient ones: `network`,
     /// `timeout`, `server`, `throttled`, `io`, `storage_full`, `command`, `integrity`.
-    /// The others are `auth`, `not_found`, `rejected` and `config`.
+    /// The others are `auth`, `not_found`, `rejected`, `config` and `not_ready` (a run
+    /// already waited `wait` for what it requires).
     #[serde(default)]
     pub retry_on: Option<Vec<ErrorKind>>,
 }

@@ -191,6 +191,9 @@ pub fn owner_id() -> String {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Woken when a partition is locked or unlocked through this store (this process):
+    /// runs waiting for readiness look again at once instead of at their next poll.
+    changes: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Which database is behind a [`Store`].
@@ -281,12 +284,21 @@ impl Store {
         if create {
             schema::migrator().run(&pool).await?;
         }
-        Ok(Some(Store { pool, backend }))
+        Ok(Some(Store {
+            pool,
+            backend,
+            changes: Default::default(),
+        }))
     }
 
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Woken whenever a partition is locked or unlocked through this store (or a clone).
+    pub fn partition_changes(&self) -> &tokio::sync::Notify {
+        &self.changes
     }
 }
 

@@ -394,6 +394,7 @@ impl Store {
         .await?;
         insert_event(&mut tx, &id, event, provider, run_id, reason, now).await?;
         tx.commit().await?;
+        self.changes.notify_waiters();
         let since = instant(millis(now));
         Ok(PartitionRecord {
             source: source.to_owned(),

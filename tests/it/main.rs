@@ -9,6 +9,7 @@ mod ftp;
 mod local_writer;
 mod notify;
 mod process;
+mod readiness;
 mod registry;
 mod resume;
 mod retry;
