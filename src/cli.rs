@@ -1,4 +1,5 @@
-//! The command line: `ferry run | validate | list | trigger JOB | history | notify-test NAME`,
+//! The command line: `ferry run | validate | list | trigger JOB | history | notify-test NAME |
+//! sources register NAME | partitions [SOURCE] | partitions lock|unlock … | ready SOURCE START END`,
 //! each with `--config PATH`.
 //!
 //! Each command is a function returning what to print and the exit code, so tests can call
@@ -85,6 +86,37 @@ pub enum Command {
         #[arg(long)]
         failure: bool,
     },
+    /// The partition registry's sources: `ferry sources register NAME --owner WHO`.
+    Sources {
+        /// What to do with sources.
+        #[command(subcommand)]
+        command: SourcesCommand,
+    },
+    /// List the latest partitions (of SOURCE, or of every source), or lock and unlock one.
+    #[command(args_conflicts_with_subcommands = true)]
+    Partitions {
+        /// Lock or unlock a partition.
+        #[command(subcommand)]
+        command: Option<PartitionsCommand>,
+        /// Only this source's partitions.
+        source: Option<String>,
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether SOURCE is ready over [START, END): exit 0 when it is, 1 when not, with the
+    /// reason on standard error.
+    Ready {
+        /// The source.
+        source: String,
+        /// Inclusive start (RFC 3339, `YYYY-MM-DD HH:MM:SS`, or a date; UTC without a zone).
+        start: String,
+        /// Exclusive end.
+        end: String,
+    },
     /// Show recent runs from the state store, newest first.
     History {
         /// Only this job's runs.
@@ -96,6 +128,48 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `ferry sources …`.
+#[derive(Debug, Subcommand)]
+pub enum SourcesCommand {
+    /// Register a source and print its access token, once (it is stored only as a hash).
+    Register {
+        /// The source's name, e.g. `shop.orders`.
+        name: String,
+        /// Who answers for it.
+        #[arg(long)]
+        owner: String,
+        /// Give an existing source a new token (the old one stops working).
+        #[arg(long)]
+        rotate: bool,
+    },
+}
+
+/// `ferry partitions lock|unlock …`, for operators (no token: the store is the authority).
+#[derive(Debug, Subcommand)]
+pub enum PartitionsCommand {
+    /// Lock a registered partition: the source is not ready over it.
+    Lock(PartitionArgs),
+    /// Unlock a registered partition: its data is complete.
+    Unlock(PartitionArgs),
+}
+
+/// Which partition.
+#[derive(Debug, clap::Args)]
+pub struct PartitionArgs {
+    /// The source.
+    pub source: String,
+    /// The partition's start.
+    pub start: String,
+    /// The partition's end.
+    pub end: String,
+    /// The provider that registered it (a ferry job's partitions: the job's name).
+    #[arg(long)]
+    pub provider: String,
+    /// Why it is locked, shown by readiness checks.
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 /// What a command printed and how it ends.
@@ -152,6 +226,26 @@ pub async fn execute(cli: &Cli) -> Outcome {
             Ok(config) => notify_test(&config, notifier, *failure).await,
             Err(outcome) => outcome,
         },
+        Command::Sources { command } => match load(cli) {
+            Ok(config) => sources(&config, command).await,
+            Err(outcome) => outcome,
+        },
+        Command::Partitions {
+            command,
+            source,
+            limit,
+            json,
+        } => match load(cli) {
+            Ok(config) => match command {
+                Some(command) => change_partition(&config, command).await,
+                None => partitions(&config, source.as_deref(), *limit, *json).await,
+            },
+            Err(outcome) => outcome,
+        },
+        Command::Ready { source, start, end } => match load(cli) {
+            Ok(config) => ready(&config, source, start, end).await,
+            Err(outcome) => outcome,
+        },
         Command::History { job, limit, json } => match load(cli) {
             Ok(config) => history(&config, job.as_deref(), *limit, *json).await,
             Err(outcome) => outcome,
@@ -169,6 +263,197 @@ async fn open_store(config: &Config) -> Result<Store, Outcome> {
     Store::open(url.expose(), &config.base_dir)
         .await
         .map_err(|err| fail(err.to_string()))
+}
+
+/// `ferry sources register`: the new source's token on standard output, once.
+pub async fn sources(config: &Config, command: &SourcesCommand) -> Outcome {
+    let SourcesCommand::Register {
+        name,
+        owner,
+        rotate,
+    } = command;
+    let store = match open_store(config).await {
+        Ok(store) => store,
+        Err(outcome) => return outcome,
+    };
+    let token = crate::state::new_token();
+    let done = match rotate {
+        false => store.register_source(name, owner, &token).await.map(|_| ()),
+        true => store.rotate_token(name, &token).await,
+    };
+    match done {
+        Ok(()) => Outcome {
+            stdout: format!("{token}\n"),
+            stderr: format!(
+                "ferry: source {name:?} {}; its access token is on standard output and is not shown again\n",
+                if *rotate {
+                    "has a new token"
+                } else {
+                    "registered"
+                }
+            ),
+            code: 0,
+        },
+        Err(crate::state::RegistryError::Exists(_)) => Outcome::fail(
+            1,
+            format!(
+                "ferry: source {name:?} is already registered; no token is given (--rotate issues a new one)\n"
+            ),
+        ),
+        Err(err) => Outcome::fail(1, format!("ferry: {err}\n")),
+    }
+}
+
+/// The store for a command that only reads the registry; `Err` with the outcome to give
+/// when there is none.
+async fn existing_store(
+    config: &Config,
+    empty: impl FnOnce(String) -> Outcome,
+) -> Result<Store, Outcome> {
+    let url = config.daemon.state_url(&config.base_dir).map_err(|err| {
+        Outcome::fail(
+            1,
+            format!("ferry: {}\n", crate::error::display_chain(&err.chain())),
+        )
+    })?;
+    match Store::open_existing(url.expose(), &config.base_dir).await {
+        Ok(Some(store)) => Ok(store),
+        Ok(None) => Err(empty(crate::state::shown_url(url.expose()))),
+        Err(err) => Err(Outcome::fail(1, format!("ferry: {err}\n"))),
+    }
+}
+
+/// `ferry partitions [SOURCE]`: the latest partitions, newest start first.
+pub async fn partitions(config: &Config, source: Option<&str>, limit: u32, json: bool) -> Outcome {
+    let store = match existing_store(config, |shown| match json {
+        true => Outcome::ok("[]\n".to_owned()),
+        false => Outcome::ok(format!(
+            "no partitions: the state store ({shown}) does not exist yet\n"
+        )),
+    })
+    .await
+    {
+        Ok(store) => store,
+        Err(outcome) => return outcome,
+    };
+    let listed = match store.partitions(source, limit).await {
+        Ok(listed) => listed,
+        Err(err) => return Outcome::fail(1, format!("ferry: {err}\n")),
+    };
+    if json {
+        return match serde_json::to_string_pretty(&listed) {
+            Ok(text) => Outcome::ok(text + "\n"),
+            Err(err) => Outcome::fail(1, format!("ferry: cannot render the partitions: {err}\n")),
+        };
+    }
+    let mut rows = vec![
+        [
+            "SOURCE", "START", "END", "PROVIDER", "STATE", "SINCE", "DETAIL",
+        ]
+        .map(str::to_owned),
+    ];
+    for p in &listed {
+        let detail = p.lock.as_ref().map_or_else(String::new, |lock| {
+            let run = lock
+                .run_id
+                .as_deref()
+                .map_or_else(String::new, |id| format!("run {id}"));
+            match &lock.reason {
+                Some(reason) => format!("{run}: {reason}"),
+                None => run,
+            }
+        });
+        rows.push([
+            p.source.clone(),
+            p.start.to_rfc3339(),
+            p.end.to_rfc3339(),
+            p.provider.clone(),
+            p.state.to_owned(),
+            p.updated_at.to_rfc3339(),
+            detail,
+        ]);
+    }
+    Outcome::ok(table(&rows))
+}
+
+/// `ferry partitions lock|unlock SOURCE START END --provider P`.
+pub async fn change_partition(config: &Config, command: &PartitionsCommand) -> Outcome {
+    let (args, change) = match command {
+        PartitionsCommand::Lock(args) => (
+            args,
+            crate::state::Change::Lock {
+                run_id: None,
+                reason: args.reason.as_deref(),
+            },
+        ),
+        PartitionsCommand::Unlock(args) => (args, crate::state::Change::Unlock),
+    };
+    let (start, end) = match interval(&args.start, &args.end) {
+        Ok(interval) => interval,
+        Err(outcome) => return outcome,
+    };
+    let store = match open_store(config).await {
+        Ok(store) => store,
+        Err(outcome) => return outcome,
+    };
+    match store
+        .change_partition(&args.source, &args.provider, start, end, change)
+        .await
+    {
+        Ok(record) => Outcome::ok(format!(
+            "{} [{}, {}) by {}: {}\n",
+            record.source,
+            record.start.to_rfc3339(),
+            record.end.to_rfc3339(),
+            record.provider,
+            record.state
+        )),
+        Err(err) => Outcome::fail(1, format!("ferry: {err}\n")),
+    }
+}
+
+/// START and END of a command line, or the outcome of bad ones (exit 2).
+fn interval(start: &str, end: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), Outcome> {
+    let parse = |text: &str, which: &str| {
+        crate::partition::parse_instant(text)
+            .map_err(|err| Outcome::fail(2, format!("ferry: {which}: {err}\n")))
+    };
+    let (start, end) = (parse(start, "START")?, parse(end, "END")?);
+    if end <= start {
+        return Err(Outcome::fail(
+            2,
+            "ferry: END must be after START\n".to_owned(),
+        ));
+    }
+    Ok((start, end))
+}
+
+/// `ferry ready SOURCE START END`: exit 0 when ready, 1 when not; the answer on standard
+/// error.
+pub async fn ready(config: &Config, source: &str, start: &str, end: &str) -> Outcome {
+    let (start, end) = match interval(start, end) {
+        Ok(interval) => interval,
+        Err(outcome) => return outcome,
+    };
+    let store = match existing_store(config, |shown| {
+        Outcome::fail(
+            1,
+            format!("ferry: {source} is not ready: the state store ({shown}) does not exist yet\n"),
+        )
+    })
+    .await
+    {
+        Ok(store) => store,
+        Err(outcome) => return outcome,
+    };
+    match store.readiness(source, start, end).await {
+        Ok(readiness) => Outcome {
+            stdout: String::new(),
+            stderr: format!("{}\n", readiness.message(source, start, end)),
+            code: if readiness.is_ready() { 0 } else { 1 },
+        },
+        Err(err) => Outcome::fail(1, format!("ferry: {err}\n")),
+    }
 }
 
 /// Recent runs, as `ferry history` prints them.

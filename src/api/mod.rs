@@ -188,7 +188,7 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// Refuses an oversized query string, bounds the time to answer, and logs each request by
+/// Refuses an oversized query string or body, bounds the time to answer, and logs each request by
 /// method and path only.
 async fn bounded(request: Request, next: Next) -> Response {
     let method = request.method().clone();
@@ -200,6 +200,18 @@ async fn bounded(request: Request, next: Next) -> Response {
         return Problem::new(
             StatusCode::URI_TOO_LONG,
             format!("the query string is longer than {MAX_QUERY} bytes"),
+        )
+        .into_response();
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {MAX_BODY} bytes"),
         )
         .into_response();
     }

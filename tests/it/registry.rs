@@ -55,27 +55,25 @@ fn hour(n: i64) -> DateTime<Utc> {
 async fn the_registry_answers_alike_on_every_store() {
     for (backend, store, _dir) in stores().await {
         let source = unique("shop.orders");
+        // Tokens are unique in the store (random 256 bits in use); the shared PostgreSQL
+        // keeps earlier runs' rows, so the test's tokens are fresh too.
+        let (token, other) = (unique("t0ken"), unique("other"));
         store
-            .register_source(&source, "data@example.com", "t0ken")
+            .register_source(&source, "data@example.com", &token)
             .await
             .expect("register");
-        let again = store
-            .register_source(&source, "someone else", "other")
-            .await;
+        let again = store.register_source(&source, "someone else", &other).await;
         assert!(
             matches!(again, Err(RegistryError::Exists(_))),
             "{backend}: {again:?}"
         );
         // The first token still works, the second never did.
-        store.check_token(&source, "t0ken").await.expect("token");
+        store.check_token(&source, &token).await.expect("token");
         assert!(matches!(
-            store.check_token(&source, "other").await,
+            store.check_token(&source, &other).await,
             Err(RegistryError::BadToken)
         ));
-        assert_eq!(
-            store.source_of_token("t0ken").await.expect("source"),
-            source
-        );
+        assert_eq!(store.source_of_token(&token).await.expect("source"), source);
 
         // Nothing is written for an unknown provider.
         let orphan = store
@@ -743,4 +741,162 @@ async fn the_seeds_python_examples_pass_against_ferry_run() {
     );
     assert!(stdout.contains("all seed examples passed"), "{stdout}");
     assert_eq!(stdout.matches("ok: ").count(), 10, "{stdout}");
+}
+
+#[test]
+fn operators_register_list_check_and_lock_from_the_command_line() {
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"
+[[jobs]]
+name = "ingest"
+schedule = "0 * * * *"
+partition = { source = "shop.orders", period = "1h" }
+source = { type = "inline", data = "id,total\n" }
+writers = [{ type = "local", path = "out/orders.csv" }]
+"#,
+    );
+    let config = config.display().to_string();
+    let ferry = |args: &[&str]| {
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        crate::support::ferry(&all)
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    // Before anything ran: no store, nothing ready, nothing listed.
+    let early = ferry(&["ready", "shop.orders", "2000-01-01", "2000-01-02"]);
+    assert_eq!(
+        early.status.code(),
+        Some(1),
+        "{}",
+        crate::support::show(&early)
+    );
+    assert_eq!(text(&ferry(&["partitions", "--json"]).stdout), "[]\n");
+
+    let registered = ferry(&[
+        "sources",
+        "register",
+        "erp.customers",
+        "--owner",
+        "erp@example.com",
+    ]);
+    assert_eq!(
+        registered.status.code(),
+        Some(0),
+        "{}",
+        crate::support::show(&registered)
+    );
+    let token = text(&registered.stdout);
+    assert_eq!(token.trim().len(), 64, "one token on stdout: {token}");
+    assert!(
+        !text(&registered.stderr).contains(token.trim()),
+        "the token is printed once"
+    );
+    let again = ferry(&["sources", "register", "erp.customers", "--owner", "x"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(again.stdout.is_empty(), "no token the second time");
+    assert!(
+        text(&again.stderr).contains("already registered"),
+        "{}",
+        crate::support::show(&again)
+    );
+    let rotated = ferry(&[
+        "sources",
+        "register",
+        "erp.customers",
+        "--owner",
+        "x",
+        "--rotate",
+    ]);
+    assert_eq!(rotated.status.code(), Some(0));
+    assert_ne!(text(&rotated.stdout), token, "a new token");
+
+    let run = ferry(&["trigger", "ingest"]);
+    assert_eq!(run.status.code(), Some(0), "{}", crate::support::show(&run));
+    let listed: Value =
+        serde_json::from_slice(&ferry(&["partitions", "shop.orders", "--json"]).stdout)
+            .expect("JSON");
+    let partition = &listed[0];
+    assert_eq!(partition["state"], "unlocked", "{listed}");
+    assert_eq!(partition["provider"], "ingest");
+    let (start, end) = (
+        partition["start"].as_str().expect("start").to_owned(),
+        partition["end"].as_str().expect("end").to_owned(),
+    );
+    let table = text(&ferry(&["partitions"]).stdout);
+    assert!(
+        table.starts_with("SOURCE") && table.contains("shop.orders") && table.contains("unlocked"),
+        "{table}"
+    );
+
+    let ready = ferry(&["ready", "shop.orders", &start, &end]);
+    assert_eq!(
+        ready.status.code(),
+        Some(0),
+        "{}",
+        crate::support::show(&ready)
+    );
+    assert!(text(&ready.stderr).contains("is ready"));
+    let lock = ferry(&[
+        "partitions",
+        "lock",
+        "shop.orders",
+        &start,
+        &end,
+        "--provider",
+        "ingest",
+        "--reason",
+        "re-loading after a bad export",
+    ]);
+    assert_eq!(
+        lock.status.code(),
+        Some(0),
+        "{}",
+        crate::support::show(&lock)
+    );
+    let not_ready = ferry(&["ready", "shop.orders", &start, &end]);
+    assert_eq!(not_ready.status.code(), Some(1));
+    assert!(
+        text(&not_ready.stderr).contains("re-loading after a bad export"),
+        "{}",
+        crate::support::show(&not_ready)
+    );
+    let unlock = ferry(&[
+        "partitions",
+        "unlock",
+        "shop.orders",
+        &start,
+        &end,
+        "--provider",
+        "ingest",
+    ]);
+    assert_eq!(unlock.status.code(), Some(0));
+    assert_eq!(
+        ferry(&["ready", "shop.orders", &start, &end]).status.code(),
+        Some(0)
+    );
+
+    // Bad input: exit 2 naming the argument; an unknown partition: exit 1.
+    let backwards = ferry(&["ready", "shop.orders", &end, &start]);
+    assert_eq!(backwards.status.code(), Some(2));
+    assert!(text(&backwards.stderr).contains("END must be after START"));
+    let garbage = ferry(&["ready", "shop.orders", "soon", &end]);
+    assert_eq!(garbage.status.code(), Some(2));
+    assert!(text(&garbage.stderr).contains("START: \"soon\" is not a timestamp"));
+    let unknown = ferry(&[
+        "partitions",
+        "lock",
+        "shop.orders",
+        "2000-01-01",
+        "2000-01-02",
+        "--provider",
+        "ingest",
+    ]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        text(&unknown.stderr).contains("no partition"),
+        "{}",
+        crate::support::show(&unknown)
+    );
 }
