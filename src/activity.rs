@@ -146,10 +146,23 @@ impl Activity for DeliveryActivity {
         if !pending.is_empty() {
             self.deliver(ctx, &pending, progress).await?;
         }
+        let deliveries: Vec<Delivery> = progress.delivered.values().cloned().collect();
         if let Some(gate) = &self.gate {
+            if let Some(marker) = gate.marker() {
+                // Only now, every writer having delivered: the marker says "complete".
+                let content = gate.marker_content(ctx, &deliveries)?;
+                let source = Arc::new(crate::source::InlineSource::new(content));
+                let writing = DeliveryActivity::new(source, marker.writers.clone());
+                // Its own small delivery, kept apart from the run's checkpoints.
+                let alone = RunContext {
+                    ledger: None,
+                    ..ctx.clone()
+                };
+                writing.start(&alone, &mut Progress::default()).await?;
+            }
             gate.delivered(ctx).await?;
         }
-        Ok(progress.delivered.values().cloned().collect())
+        Ok(deliveries)
     }
 
     async fn prepare(&self, ctx: &RunContext) -> Result<(), DeliveryError> {

@@ -78,13 +78,99 @@ pub struct RequireConfig {
     pub token: SecretField<keys::Token>,
 }
 
-/// Records the problems of a job's `partition`, `requires` and the interval they need.
+/// `marker = "_SUCCESS"` or `marker = { name = "_manifest.json", format = "manifest" }` on a
+/// partitioned job: a file written beside each writer's delivery once every writer has
+/// delivered, before the partition is unlocked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MarkerConfig {
+    /// An empty file of this name.
+    Name(String),
+    /// A file of this name, empty or a manifest.
+    Table(MarkerTable),
+}
+
+/// `marker = { name, format }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkerTable {
+    /// The marker's file name.
+    pub name: String,
+    /// What it holds.
+    #[serde(default)]
+    pub format: MarkerFormat,
+}
+
+/// What a completion marker holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkerFormat {
+    /// Nothing (Hadoop's `_SUCCESS`).
+    #[default]
+    Empty,
+    /// JSON: the job, run, interval, and each delivery's location, size and sha256.
+    Manifest,
+}
+
+impl MarkerConfig {
+    /// The marker's file name.
+    pub fn name(&self) -> &str {
+        match self {
+            MarkerConfig::Name(name) => name,
+            MarkerConfig::Table(table) => &table.name,
+        }
+    }
+
+    /// What it holds.
+    pub fn format(&self) -> MarkerFormat {
+        match self {
+            MarkerConfig::Name(_) => MarkerFormat::Empty,
+            MarkerConfig::Table(table) => table.format,
+        }
+    }
+}
+
+/// A job's completion marker, built: its content's format and a writer per destination.
+#[derive(Debug, Clone)]
+pub struct Marker {
+    /// What it holds.
+    pub format: MarkerFormat,
+    /// Where it goes: beside each writer's delivery.
+    pub writers: Vec<std::sync::Arc<dyn crate::writer::Writer>>,
+}
+
+/// Records the problems of a job's `partition`, `requires`, `marker`.
 pub fn validate(
     partition: Option<&PartitionConfig>,
     requires: &[RequireConfig],
+    marker: Option<&MarkerConfig>,
     at: &KeyPath,
     problems: &mut Problems,
 ) {
+    if let Some(marker) = marker {
+        let name = marker.name();
+        let at = match marker {
+            MarkerConfig::Name(_) => at.key("marker"),
+            MarkerConfig::Table(_) => at.key("marker").key("name"),
+        };
+        if partition.is_none() {
+            problems.add(
+                at.clone(),
+                "a marker needs `partition` on the job (it marks a partition complete)",
+            );
+        }
+        if name.is_empty()
+            || name.contains(['/', '\\', '{', '}'])
+            || name == "."
+            || name == ".."
+            || name.chars().any(char::is_control)
+        {
+            problems.add(
+                at,
+                "must be a plain file name such as \"_SUCCESS\" (no '/', no template)",
+            );
+        }
+    }
     if let Some(partition) = partition {
         let at = at.key("partition");
         check_name(&partition.source, &at.key("source"), problems);
@@ -121,6 +207,7 @@ pub struct Gate {
     period: Option<(Duration, Align)>,
     partition: Option<String>,
     requires: Vec<Requirement>,
+    marker: Option<Marker>,
     http: reqwest::Client,
 }
 
@@ -138,6 +225,7 @@ impl Gate {
         schedule: &Schedule,
         partition: Option<&PartitionConfig>,
         requires: &[RequireConfig],
+        marker: Option<Marker>,
         http: reqwest::Client,
         base_dir: &Path,
     ) -> Result<Option<Gate>, DeliveryError> {
@@ -167,6 +255,7 @@ impl Gate {
             period: partition.and_then(|p| p.period.map(|period| (period.get(), p.align))),
             partition: partition.map(|p| p.source.clone()),
             requires,
+            marker,
             http,
         }))
     }
@@ -194,6 +283,48 @@ impl Gate {
             self.wait_for(ctx, require, start, end).await?;
         }
         Ok(())
+    }
+
+    /// The completion marker, when the job has one.
+    pub fn marker(&self) -> Option<&Marker> {
+        self.marker.as_ref()
+    }
+
+    /// The marker's content for `ctx`'s run, given every writer's receipt.
+    pub fn marker_content(
+        &self,
+        ctx: &RunContext,
+        deliveries: &[crate::report::Delivery],
+    ) -> Result<bytes::Bytes, DeliveryError> {
+        let Some(marker) = &self.marker else {
+            return Ok(bytes::Bytes::new());
+        };
+        if marker.format == MarkerFormat::Empty {
+            return Ok(bytes::Bytes::new());
+        }
+        let (start, end) = self.interval(ctx.slot.with_timezone(&Utc))?;
+        let manifest = serde_json::json!({
+            "job": self.job,
+            "run_id": ctx.run_id,
+            "slot": ctx.slot.to_rfc3339(),
+            "source": self.partition,
+            "start": start.to_rfc3339(),
+            "end": end.to_rfc3339(),
+            "deliveries": deliveries.iter().map(|d| serde_json::json!({
+                "writer": d.writer,
+                "location": d.location,
+                "bytes": d.bytes,
+                "sha256": d.sha256,
+            })).collect::<Vec<_>>(),
+        });
+        let mut text = serde_json::to_vec_pretty(&manifest).map_err(|err| {
+            DeliveryError::new(
+                ErrorKind::Config,
+                format!("cannot render the manifest: {err}"),
+            )
+        })?;
+        text.push(b'\n');
+        Ok(bytes::Bytes::from(text))
     }
 
     /// Every writer delivered: unlock the run's partition.

@@ -69,11 +69,34 @@ impl Job {
             .map(|writer| writer.settings().build(env))
             .collect::<Result<Vec<_>, _>>()
             .map_err(in_job)?;
+        let marker = match &job.marker {
+            None => None,
+            Some(marker) => {
+                let mut writers = Vec::with_capacity(job.writers.len());
+                for writer in &job.writers {
+                    let settings = writer.settings().marker(marker.name()).ok_or_else(|| {
+                        in_job(DeliveryError::new(
+                            ErrorKind::Config,
+                            format!(
+                                "a {} writer cannot write a completion marker",
+                                writer.kind()
+                            ),
+                        ))
+                    })?;
+                    writers.push(settings.build(env).map_err(in_job)?);
+                }
+                Some(crate::gate::Marker {
+                    format: marker.format(),
+                    writers,
+                })
+            }
+        };
         let gate = crate::gate::Gate::build(
             &job.name,
             &schedule,
             job.partition.as_ref(),
             &job.requires,
+            marker,
             env.http_for(job.requires.iter().any(|r| r.token.is_given())),
             &env.base_dir,
         )

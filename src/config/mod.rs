@@ -25,7 +25,7 @@ pub use crate::settings::{
 
 pub use crate::api::ApiConfig;
 use crate::error::DeliveryError;
-pub use crate::gate::{PartitionConfig, RequireConfig};
+pub use crate::gate::{MarkerConfig, PartitionConfig, RequireConfig};
 use crate::notify::NotifierConfig;
 use crate::runner::RetryConfig;
 pub use crate::schedule::Overlap;
@@ -262,6 +262,10 @@ pub struct JobConfig {
     /// `[{ source = "erp.customers", wait = "2h" }]`.
     #[serde(default)]
     pub requires: Vec<RequireConfig>,
+    /// A completion marker written beside each delivery once all writers delivered:
+    /// `"_SUCCESS"` (empty) or `{ name = "_manifest.json", format = "manifest" }`.
+    #[serde(default)]
+    pub marker: Option<MarkerConfig>,
 }
 
 fn default_enabled() -> bool {

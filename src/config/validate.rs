@@ -85,7 +85,26 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
             }
         }
 
-        crate::gate::validate(job.partition.as_ref(), &job.requires, &at, &mut problems);
+        crate::gate::validate(
+            job.partition.as_ref(),
+            &job.requires,
+            job.marker.as_ref(),
+            &at,
+            &mut problems,
+        );
+        if job.marker.is_some() {
+            for (i, writer) in job.writers.iter().enumerate() {
+                if writer.settings().marker("_").is_none() {
+                    problems.add(
+                        at.key("writers").index(i),
+                        format!(
+                            "a {} writer cannot write a completion marker",
+                            writer.kind()
+                        ),
+                    );
+                }
+            }
+        }
 
         let timezone = match &job.timezone {
             Some(name) => parse_timezone(name).map_err(|msg| {

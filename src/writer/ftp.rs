@@ -185,6 +185,14 @@ impl WriterSettings for FtpConfig {
                 .map_or(Duration::from_secs(30), ConfigDuration::get),
         }))
     }
+
+    fn marker(&self, name: &str) -> Option<Box<dyn WriterSettings>> {
+        Some(Box::new(FtpConfig {
+            path: super::beside(&self.path, name),
+            overwrite: true,
+            ..self.clone()
+        }))
+    }
 }
 
 /// A writer to a file on an FTP server.

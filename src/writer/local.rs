@@ -88,6 +88,14 @@ impl WriterSettings for LocalConfig {
             group,
         }))
     }
+
+    fn marker(&self, name: &str) -> Option<Box<dyn WriterSettings>> {
+        Some(Box::new(LocalConfig {
+            path: super::beside(&self.path, name),
+            overwrite: true,
+            ..self.clone()
+        }))
+    }
 }
 
 /// A writer to a local file.

@@ -80,6 +80,22 @@ pub trait WriterSettings: fmt::Debug + Send + Sync {
 
     /// Builds the writer: reads secrets, prepares clients.
     fn build(&self, env: &BuildEnv) -> Result<Arc<dyn Writer>, DeliveryError>;
+
+    /// The same destination for a completion marker: the file `name` beside the delivered
+    /// one (the path's last segment replaced), always overwritten. `None` when the kind
+    /// cannot write one.
+    fn marker(&self, _name: &str) -> Option<Box<dyn WriterSettings>> {
+        None
+    }
+}
+
+/// `path` with its last segment replaced by `name`: `out/{scheduled:%F}/data.csv` →
+/// `out/{scheduled:%F}/_SUCCESS`.
+pub fn beside(path: &str, name: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{name}"),
+        None => name.to_owned(),
+    }
 }
 
 /// Large settings structs are boxed in the kinds enum; they are still settings.
@@ -90,6 +106,10 @@ impl<T: WriterSettings + ?Sized> WriterSettings for Box<T> {
 
     fn build(&self, env: &BuildEnv) -> Result<Arc<dyn Writer>, DeliveryError> {
         (**self).build(env)
+    }
+
+    fn marker(&self, name: &str) -> Option<Box<dyn WriterSettings>> {
+        (**self).marker(name)
     }
 }
 

@@ -318,3 +318,35 @@ format = "chat"
 "#;
     assert_one(text, 1, 1, "give `url`, `url_env` or `url_file`");
 }
+
+#[test]
+fn partition_requires_and_marker_keys_are_checked_where_they_are() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+marker = "../_SUCCESS"
+requires = [{ source = "", url = "ftp://x" }]
+partition = { source = "s", period = "0s" }
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out" }]
+"#;
+    let errors = ferry::config::parse(text, "jobs.toml", std::path::PathBuf::from("."))
+        .expect_err("invalid")
+        .to_string();
+    for expected in [
+        "jobs.toml:4:10: jobs[0].marker: must be a plain file name",
+        "jobs.toml:5:24: jobs[0].requires[0].source: must be 1 to 256 characters",
+        "jobs.toml:5:34: jobs[0].requires[0].url: must be an http:// or https:// URL",
+        "jobs.toml:6:38: jobs[0].partition.period: must be longer than zero",
+    ] {
+        assert!(errors.contains(expected), "{expected}\n---\n{errors}");
+    }
+    let orphan = "[[jobs]]\nname = \"a\"\nschedule = \"@hourly\"\nmarker = \"_SUCCESS\"\nsource = { type = \"inline\", data = \"x\" }\nwriters = [{ type = \"local\", path = \"out\" }]\n";
+    let errors = ferry::config::parse(orphan, "jobs.toml", std::path::PathBuf::from("."))
+        .expect_err("a marker needs a partition")
+        .to_string();
+    assert!(
+        errors.contains("jobs.toml:4:10: jobs[0].marker: a marker needs `partition`"),
+        "{errors}"
+    );
+}

@@ -172,3 +172,91 @@ async fn export_fails_not_ready_when_ingest_fails_and_the_admin_is_mailed_once()
     assert!(mails[0].text().contains("export"), "{}", mails[0].text());
     assert!(mails[0].text().contains("not_ready"), "{}", mails[0].text());
 }
+
+#[tokio::test]
+async fn a_marker_is_written_beside_every_delivery_once_all_delivered() {
+    let ws = Workspace::new();
+    let ledger = ws.ledger().await;
+    let text = r#"
+[[jobs]]
+name = "daily"
+schedule = "0 0 * * *"
+partition = { source = "shop.daily" }
+marker = { name = "_manifest.json", format = "manifest" }
+source = { type = "inline", data = "id,total\n1,9.99\n" }
+writers = [
+  { type = "local", path = "a/{scheduled:%F}/orders.csv" },
+  { type = "local", path = "b/orders-{scheduled:%F}.csv" },
+]
+"#;
+    let report = ws.run_first(text, Some(&ledger)).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let day = report.slot[..10].to_owned();
+    for manifest in [
+        format!("a/{day}/_manifest.json"),
+        "b/_manifest.json".to_owned(),
+    ] {
+        let text = std::fs::read_to_string(ws.path().join(&manifest)).expect("the manifest");
+        let manifest: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(manifest["job"], "daily");
+        assert_eq!(manifest["source"], "shop.daily");
+        assert_eq!(manifest["run_id"], report.run_id.as_str());
+        let deliveries = manifest["deliveries"].as_array().expect("deliveries");
+        assert_eq!(deliveries.len(), 2, "{manifest}");
+        for (delivery, receipt) in deliveries.iter().zip(&report.deliveries) {
+            assert_eq!(delivery["sha256"], receipt.sha256.as_str());
+            assert_eq!(delivery["bytes"], receipt.bytes);
+            assert_eq!(delivery["location"], receipt.location.as_str());
+        }
+    }
+    // Not counted as deliveries of the run.
+    assert_eq!(report.deliveries.len(), 2);
+
+    // `marker = "_SUCCESS"`: an empty file; and none at all when a writer fails.
+    let ws = Workspace::new();
+    std::fs::write(
+        ws.path().join("blocked"),
+        "a file where a directory should be",
+    )
+    .expect("file");
+    let text = r#"
+[[jobs]]
+name = "daily"
+schedule = "0 0 * * *"
+partition = { source = "shop.daily" }
+marker = "_SUCCESS"
+retry = { max_attempts = 1 }
+source = { type = "inline", data = "x" }
+writers = [
+  { type = "local", path = "ok/data.csv" },
+  { type = "local", path = "blocked/data.csv" },
+]
+"#;
+    let ledger = ws.ledger().await;
+    let job = ws.job(text, "daily");
+    let at = |day: u32| {
+        chrono_tz::UTC
+            .with_ymd_and_hms(2026, 11, day, 0, 0, 0)
+            .single()
+            .expect("slot")
+    };
+    let run = |day| job.run_claimed(&ledger, at(day));
+    let failed = run(23).await.expect("store").expect("claimed");
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert!(
+        ws.path().join("ok/data.csv").exists(),
+        "the first writer delivered"
+    );
+    assert!(
+        !ws.path().join("ok/_SUCCESS").exists(),
+        "no marker before every writer delivered"
+    );
+    std::fs::remove_file(ws.path().join("blocked")).expect("unblock");
+    let fixed = run(24).await.expect("store").expect("claimed");
+    assert_eq!(fixed.status, RunStatus::Succeeded, "{fixed:#?}");
+    assert_eq!(
+        std::fs::read(ws.path().join("ok/_SUCCESS")).expect("marker"),
+        b""
+    );
+    assert!(ws.path().join("blocked/_SUCCESS").exists());
+}

@@ -267,6 +267,14 @@ impl WriterSettings for S3Config {
             client: Arc::new(OnceCell::new()),
         }))
     }
+
+    fn marker(&self, name: &str) -> Option<Box<dyn WriterSettings>> {
+        Some(Box::new(S3Config {
+            key: crate::writer::beside(&self.key, name),
+            content_type: None,
+            ..self.clone()
+        }))
+    }
 }
 
 /// A writer to an S3 object.
