@@ -900,3 +900,97 @@ writers = [{ type = "local", path = "out/orders.csv" }]
         crate::support::show(&unknown)
     );
 }
+
+#[tokio::test]
+async fn a_job_waits_for_a_source_in_another_registry() {
+    // Registry A (another ferry's API) holds `erp.customers`; a job here requires it by URL.
+    let remote = Workspace::new();
+    let read = remote.secret("read", "r3ad-t0ken");
+    let (_daemon, url) = api_daemon(&remote, &format!("read_token_file = {read:?}"), None).await;
+    let http = reqwest::Client::new();
+    let (_, _, created) = json(
+        http.post(format!("{url}/sources/register"))
+            .query(&[("source_name", "erp.customers"), ("owner", "erp")])
+            .send()
+            .await
+            .expect("register"),
+    )
+    .await;
+    let token = created["registered_object"]["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let call = |path: &str| {
+        http.post(format!("{url}{path}"))
+            .query(&[
+                ("source_name", "erp.customers"),
+                ("provider_name", "erp"),
+                ("start", "2026-11-23T11:00:00Z"),
+                ("end", "2026-11-23T12:00:00Z"),
+            ])
+            .bearer_auth(&token)
+            .send()
+    };
+    http.post(format!("{url}/providers/register"))
+        .query(&[("provider_name", "erp")])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("provider");
+    assert_eq!(
+        call("/partitions/register")
+            .await
+            .expect("register")
+            .status(),
+        201
+    );
+    assert_eq!(call("/partitions/lock").await.expect("lock").status(), 200);
+
+    let ws = Workspace::new();
+    let secret = ws.secret("remote-read", "r3ad-t0ken");
+    let text = format!(
+        r#"
+[[jobs]]
+name = "export"
+schedule = "0 * * * *"
+requires = [{{ source = "erp.customers", wait = "20s", url = "{url}", token_file = {secret:?} }}]
+source = {{ type = "inline", data = "x" }}
+writers = [{{ type = "local", path = "out/x" }}]
+"#
+    );
+    let job = ws.job(&text, "export");
+    let ledger = ws.ledger().await;
+    let slot = |hour: u32| {
+        chrono_tz::UTC
+            .with_ymd_and_hms(2026, 11, 23, hour, 0, 0)
+            .single()
+            .expect("slot")
+    };
+    // Unlocked remotely after a second: the job, polling, proceeds.
+    let unlock = async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        call("/partitions/unlock").await.expect("unlock").status()
+    };
+    let (report, unlocked) = tokio::join!(job.run_claimed(&ledger, slot(12)), unlock);
+    assert_eq!(unlocked, 200);
+    let report = report.expect("store").expect("claimed");
+    assert_eq!(
+        report.status,
+        ferry::runner::RunStatus::Succeeded,
+        "{report:#?}"
+    );
+
+    // An interval the remote registry does not cover: not_ready after `wait`, with its words.
+    let short = text.replace("wait = \"20s\"", "wait = \"2s\"");
+    let job = ws.job(&short, "export");
+    let report = job
+        .run_claimed(&ledger, slot(14))
+        .await
+        .expect("store")
+        .expect("claimed");
+    let failure = report.error.as_ref().expect("failed");
+    assert_eq!(failure.kind, ferry::error::ErrorKind::NotReady);
+    let text = ferry::error::display_chain(&failure.chain);
+    assert!(text.contains("no partition covers"), "{text}");
+    assert!(!text.contains("r3ad-t0ken"), "{text}");
+}
