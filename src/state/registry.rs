@@ -128,23 +128,27 @@ fn token_hash(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
-fn partition_from_row(row: &AnyRow) -> Result<PartitionRecord, sqlx::Error> {
-    let locked = row.try_get::<i64, _>("locked")? != 0;
-    let lock = if locked {
-        Some(Lock {
-            by: row
-                .try_get::<Option<String>, _>("locked_by")?
+/// A partition row's lock, when its latest event is a lock.
+fn lock_from_row(row: &AnyRow) -> Result<Option<Lock>, sqlx::Error> {
+    if row.try_get::<i64, _>("locked")? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Lock {
+        by: row
+            .try_get::<Option<String>, _>("locked_by")?
+            .unwrap_or_default(),
+        since: instant(
+            row.try_get::<Option<i64>, _>("locked_since")?
                 .unwrap_or_default(),
-            since: instant(
-                row.try_get::<Option<i64>, _>("locked_since")?
-                    .unwrap_or_default(),
-            ),
-            run_id: row.try_get("run_id")?,
-            reason: row.try_get("reason")?,
-        })
-    } else {
-        None
-    };
+        ),
+        run_id: row.try_get("run_id")?,
+        reason: row.try_get("reason")?,
+    }))
+}
+
+fn partition_from_row(row: &AnyRow) -> Result<PartitionRecord, sqlx::Error> {
+    let lock = lock_from_row(row)?;
+    let locked = lock.is_some();
     Ok(PartitionRecord {
         source: row.try_get("source")?,
         provider: row.try_get("provider")?,
@@ -471,24 +475,10 @@ impl Store {
         .await?;
         let mut partitions = Vec::with_capacity(rows.len());
         for row in &rows {
-            let locked = row.try_get::<i64, _>("locked")? != 0;
             partitions.push(Partition {
                 start: instant(row.try_get("start_ms")?),
                 end: instant(row.try_get("end_ms")?),
-                lock: match locked {
-                    false => None,
-                    true => Some(Lock {
-                        by: row
-                            .try_get::<Option<String>, _>("locked_by")?
-                            .unwrap_or_default(),
-                        since: instant(
-                            row.try_get::<Option<i64>, _>("locked_since")?
-                                .unwrap_or_default(),
-                        ),
-                        run_id: row.try_get("run_id")?,
-                        reason: row.try_get("reason")?,
-                    }),
-                },
+                lock: lock_from_row(row)?,
             });
         }
         Ok(readiness(&partitions, start, end))
