@@ -281,14 +281,16 @@ impl Store {
             })
             .connect(&connect)
             .await?;
-        if create {
-            schema::migrator().run(&pool).await?;
-        }
-        Ok(Some(Store {
+        let store = Store {
             pool,
             backend,
             changes: Default::default(),
-        }))
+        };
+        if create {
+            schema::migrator().run(&store.pool).await?;
+            store.backfill_coverage().await?;
+        }
+        Ok(Some(store))
     }
 
     /// Which database this is.

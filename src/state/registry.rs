@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq as _;
 
 use super::queries::{instant, millis};
 use super::{StateError, Store};
-use crate::partition::{Lock, Partition, Readiness, readiness};
+use crate::partition::{Lock, Readiness};
 
 /// A registered source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -334,6 +334,7 @@ impl Store {
             .bind(source)
             .execute(&mut *tx)
             .await?;
+        extend_coverage(&mut tx, source, millis(start), millis(end)).await?;
         insert_event(&mut tx, &id, "registered", provider, None, None, now).await?;
         tx.commit().await?;
         Ok(PartitionRecord {
@@ -447,41 +448,130 @@ impl Store {
         self.change_partition(source, job, start, end, lock).await
     }
 
-    /// Readiness of `source` over `[start, end)`: one range of the index, one pass.
+    /// Readiness of `source` over `[start, end)`, from two short index ranges whatever the
+    /// interval's length: the covered stretch that reaches `start` (and the one after it),
+    /// and the first locked partition overlapping the interval. Answers as
+    /// [`crate::partition::readiness`] does over the same partitions (property-tested).
     pub async fn readiness(
         &self,
         source: &str,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<Readiness, RegistryError> {
+        let mut conn = self.pool.acquire().await?;
         let row = sqlx::query("SELECT longest_ms FROM ferry_sources WHERE name = $1")
             .bind(source)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
         let Some(row) = row else {
             return Err(RegistryError::UnknownSource(source.to_owned()));
         };
+        if end <= start {
+            return Ok(Readiness::Ready);
+        }
         let longest: i64 = row.try_get("longest_ms")?;
-        let rows = sqlx::query(
-            "SELECT start_ms, end_ms, locked, locked_by, locked_since, run_id, reason FROM ferry_partitions
-             WHERE source = $1 AND start_ms >= $2 AND start_ms < $3 AND end_ms > $4
-             ORDER BY start_ms",
+        let (from, until) = (millis(start), millis(end));
+        // The first two covered stretches ending after `start` (disjoint, so in order).
+        let stretches = sqlx::query(
+            "SELECT start_ms, end_ms FROM ferry_coverage WHERE source = $1 AND end_ms > $2
+             ORDER BY end_ms LIMIT 2",
         )
         .bind(source)
-        .bind(millis(start).saturating_sub(longest))
-        .bind(millis(end))
-        .bind(millis(start))
-        .fetch_all(&self.pool)
+        .bind(from)
+        .fetch_all(&mut *conn)
         .await?;
-        let mut partitions = Vec::with_capacity(rows.len());
-        for row in &rows {
-            partitions.push(Partition {
+        let mut stretches = stretches
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<i64, _>("start_ms")?,
+                    row.try_get::<i64, _>("end_ms")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+            .into_iter();
+        // The first uncovered instant in [start, end), and where that gap ends.
+        let gap = match stretches.next() {
+            None => Some((from, until)),
+            Some((s, _)) if s > from => Some((from, s.min(until))),
+            Some((_, e)) if e >= until => None,
+            Some((_, e)) => Some((e, stretches.next().map_or(until, |(s, _)| s.min(until)))),
+        };
+        // A locked partition overlapping the interval, and starting no later than the gap
+        // (a later one is behind the gap, which is the earlier problem).
+        let locked = sqlx::query(
+            "SELECT start_ms, end_ms, locked, locked_by, locked_since, run_id, reason FROM ferry_partitions
+             WHERE source = $1 AND locked = 1 AND start_ms >= $2 AND start_ms <= $3 AND start_ms < $4 AND end_ms > $5
+             ORDER BY start_ms, end_ms LIMIT 1",
+        )
+        .bind(source)
+        .bind(from.saturating_sub(longest))
+        .bind(gap.map_or(until, |(g, _)| g))
+        .bind(until)
+        .bind(from)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = locked
+            && let Some(lock) = lock_from_row(&row)?
+        {
+            return Ok(Readiness::Locked {
                 start: instant(row.try_get("start_ms")?),
                 end: instant(row.try_get("end_ms")?),
-                lock: lock_from_row(row)?,
+                lock,
             });
         }
-        Ok(readiness(&partitions, start, end))
+        Ok(match gap {
+            Some((g, e)) => Readiness::Uncovered {
+                start: instant(g),
+                end: instant(e),
+            },
+            None => Readiness::Ready,
+        })
+    }
+
+    /// Builds the coverage of partitions registered before migration 4 added it: a no-op
+    /// (two counts) once it exists.
+    pub(super) async fn backfill_coverage(&self) -> Result<(), StateError> {
+        let count = |sql: &'static str| async move {
+            let row = sqlx::query(sql).fetch_one(&self.pool).await?;
+            row.try_get::<i64, _>(0)
+        };
+        if count("SELECT count(*) FROM ferry_coverage").await? > 0
+            || count("SELECT count(*) FROM ferry_partitions").await? == 0
+        {
+            return Ok(());
+        }
+        let rows = sqlx::query(
+            "SELECT source, start_ms, end_ms FROM ferry_partitions ORDER BY source, start_ms",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stretches: Vec<(String, i64, i64)> = Vec::new();
+        for row in &rows {
+            let (source, start, end): (String, i64, i64) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            match stretches.last_mut() {
+                Some((s, _, reach)) if *s == source && start <= *reach => {
+                    *reach = (*reach).max(end)
+                }
+                _ => stretches.push((source, start, end)),
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        for (source, start, end) in &stretches {
+            sqlx::query(
+                "INSERT INTO ferry_coverage (source, start_ms, end_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (source, end_ms) DO NOTHING",
+            )
+            .bind(source)
+            .bind(start)
+            .bind(end)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(stretches = stretches.len(), "Partition coverage built.");
+        Ok(())
     }
 
     /// The latest `limit` partitions (by start), of `source` or of every source.
@@ -538,6 +628,46 @@ impl Store {
             },
         }
     }
+}
+
+/// Adds `[start, end)` to `source`'s coverage: merged with every stretch it overlaps or
+/// touches, so the stretches stay disjoint and apart.
+async fn extend_coverage(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    source: &str,
+    start: i64,
+    end: i64,
+) -> Result<(), sqlx::Error> {
+    let touching = sqlx::query(
+        "SELECT start_ms, end_ms FROM ferry_coverage WHERE source = $1 AND end_ms >= $2 AND start_ms <= $3",
+    )
+    .bind(source)
+    .bind(start)
+    .bind(end)
+    .fetch_all(&mut **tx)
+    .await?;
+    let (mut merged_start, mut merged_end) = (start, end);
+    for row in &touching {
+        merged_start = merged_start.min(row.try_get("start_ms")?);
+        merged_end = merged_end.max(row.try_get("end_ms")?);
+    }
+    if !touching.is_empty() {
+        sqlx::query(
+            "DELETE FROM ferry_coverage WHERE source = $1 AND end_ms >= $2 AND start_ms <= $3",
+        )
+        .bind(source)
+        .bind(start)
+        .bind(end)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query("INSERT INTO ferry_coverage (source, start_ms, end_ms) VALUES ($1, $2, $3)")
+        .bind(source)
+        .bind(merged_start)
+        .bind(merged_end)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn insert_event(

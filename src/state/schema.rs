@@ -59,10 +59,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         3,
         "partition registry",
-        // `longest_ms` is the longest partition a source has had: readiness over [a, b)
-        // reads the partitions starting in [a - longest, b), one range of the index.
-        // `locked` and the lock's columns are the partition's latest event, so readiness
-        // needs no join; the events are the history.
+        // `longest_ms` is the longest partition a source has had: a partition overlapping
+        // [a, b) starts in [a - longest, b). `locked` and the lock's columns are the
+        // partition's latest event, so readiness needs no join; the events are the history.
         "CREATE TABLE ferry_sources (
             name TEXT PRIMARY KEY,
             owner TEXT NOT NULL,
@@ -103,6 +102,22 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
             at BIGINT NOT NULL
         );
         CREATE INDEX ferry_partition_events_partition ON ferry_partition_events (partition_id, at);",
+    ),
+    (
+        4,
+        "partition coverage",
+        // Readiness from two short index ranges whatever the interval's length:
+        // `ferry_coverage` is the union of a source's partitions as disjoint, non-touching
+        // stretches (partitions are never removed, so it only grows and merges), and a
+        // partial index holds the locked partitions. Stores that registered partitions
+        // before this migration get their coverage rebuilt at open (`Store::open`).
+        "CREATE TABLE ferry_coverage (
+            source TEXT NOT NULL,
+            start_ms BIGINT NOT NULL,
+            end_ms BIGINT NOT NULL,
+            PRIMARY KEY (source, end_ms)
+        );
+        CREATE INDEX ferry_partitions_locked ON ferry_partitions (source, start_ms) WHERE locked = 1;",
     ),
 ];
 

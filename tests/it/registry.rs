@@ -707,14 +707,16 @@ async fn the_seeds_python_examples_pass_against_ferry_run() {
     let ws = Workspace::new();
     let port = free_port();
     let config = ws.job_file(&format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"));
+    // Logs at every level, to a file: the token must reach none of them.
+    let log = std::fs::File::create(ws.path().join("ferry.log")).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["run", "--config", &config.display().to_string()])
-        .env("FERRY_LOG", "warn")
+        .env("FERRY_LOG", "trace")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start ferry run");
-    let _running = Running(child);
+    let running = Running(child);
     let url = format!("http://127.0.0.1:{port}/");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while reqwest::get(format!("{url}healthz")).await.is_err() {
@@ -741,6 +743,21 @@ async fn the_seeds_python_examples_pass_against_ferry_run() {
     );
     assert!(stdout.contains("all seed examples passed"), "{stdout}");
     assert_eq!(stdout.matches("ok: ").count(), 10, "{stdout}");
+    let token = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("token: "))
+        .expect("the script prints the token");
+    drop(running);
+    let logs = std::fs::read_to_string(ws.path().join("ferry.log")).expect("logs");
+    assert!(
+        logs.contains("Source registered"),
+        "the logs were written: {logs}"
+    );
+    assert!(!logs.contains(token), "the access token reached the logs");
+    assert!(
+        !logs.contains("access_token="),
+        "a query string reached the logs"
+    );
 }
 
 #[test]
@@ -993,4 +1010,122 @@ writers = [{{ type = "local", path = "out/x" }}]
     let text = ferry::error::display_chain(&failure.chain);
     assert!(text.contains("no partition covers"), "{text}");
     assert!(!text.contains("r3ad-t0ken"), "{text}");
+}
+
+mod property {
+    //! The store's readiness (two index lookups) against the pure one-pass readiness over
+    //! the same partitions, itself checked against brute force in `ferry::partition`.
+
+    use std::collections::BTreeMap;
+
+    use chrono::{DateTime, TimeZone as _, Utc};
+    use ferry::partition::{Lock, Partition, readiness};
+    use ferry::state::{Change, Store};
+    use proptest::prelude::*;
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + minute * 60, 0)
+            .single()
+            .expect("instant")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(150))]
+
+        #[test]
+        fn the_store_answers_as_the_one_pass_readiness(
+            raw in proptest::collection::vec((0i64..200, 1i64..60, proptest::bool::weighted(0.2)), 0..20),
+            queries in proptest::collection::vec((0i64..220, 0i64..120), 1..6),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let store = Store::open("sqlite://p.db", dir.path()).await.expect("store");
+                store.register_source("s", "o", "t").await.expect("source");
+                store.register_provider("s", "p").await.expect("provider");
+                // What the store holds: one partition per interval, its last lock state.
+                let mut held: BTreeMap<(i64, i64), bool> = BTreeMap::new();
+                for &(start, len, locked) in &raw {
+                    let (s, e) = (start, start + len);
+                    if !held.contains_key(&(s, e)) {
+                        store.register_partition("s", "p", at(s), at(e)).await.expect("register");
+                    }
+                    let change = match locked {
+                        true => Change::Lock { run_id: Some("r"), reason: None },
+                        false => Change::Unlock,
+                    };
+                    let record = store.change_partition("s", "p", at(s), at(e), change).await.expect("change");
+                    held.insert((s, e), locked);
+                    prop_assert_eq!(record.state, if locked { "locked" } else { "unlocked" });
+                }
+                for &(start, len) in &queries {
+                    let partitions: Vec<Partition> = held
+                        .iter()
+                        .map(|(&(s, e), &locked)| Partition {
+                            start: at(s),
+                            end: at(e),
+                            lock: locked.then(|| Lock { by: "p".into(), since: at(0), run_id: Some("r".into()), reason: None }),
+                        })
+                        .collect();
+                    let expected = readiness(&partitions, at(start), at(start + len));
+                    let answer = store.readiness("s", at(start), at(start + len)).await.expect("readiness");
+                    // Compare the answer's shape and interval; a lock's `since` is the store's clock.
+                    let strip = |r: ferry::partition::Readiness| match r {
+                        ferry::partition::Readiness::Locked { start, end, .. } => format!("locked {start} {end}"),
+                        other => format!("{other:?}"),
+                    };
+                    prop_assert_eq!(strip(answer), strip(expected), "query [{}, {})", start, start + len);
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_store_from_before_the_coverage_table_gets_it_rebuilt_at_open() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open("sqlite://old.db", dir.path())
+        .await
+        .expect("open");
+    store.register_source("s", "o", "t").await.expect("source");
+    store.register_provider("s", "p").await.expect("provider");
+    for (start, end) in [(0, 1), (1, 2), (3, 4)] {
+        store
+            .register_partition("s", "p", hour(start), hour(end))
+            .await
+            .expect("partition");
+    }
+    drop(store);
+    // As a store migrated to 3 but not 4 holds it: partitions without coverage.
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let mut raw = sqlx::AnyConnection::connect(&url).await.expect("connect");
+    sqlx::query("DELETE FROM ferry_coverage")
+        .execute(&mut raw)
+        .await
+        .expect("delete");
+    raw.close().await.expect("close");
+
+    let store = Store::open("sqlite://old.db", dir.path())
+        .await
+        .expect("reopen");
+    assert!(
+        store
+            .readiness("s", hour(0), hour(2))
+            .await
+            .expect("answer")
+            .is_ready()
+    );
+    assert_eq!(
+        store
+            .readiness("s", hour(0), hour(4))
+            .await
+            .expect("answer"),
+        Readiness::Uncovered {
+            start: hour(2),
+            end: hour(3)
+        }
+    );
 }

@@ -163,3 +163,5 @@ data = response.json()
 check("not ready where no partition covers the interval",
       data["is_ready"] is False and "no partition covers" in data["message"], response)
 print("all seed examples passed")
+# For the caller to check that the token never reached ferry's logs.
+print(f"token: {ACCESS_TOKEN}")
