@@ -595,7 +595,7 @@ pub fn list(config: &Config, now: DateTime<Utc>) -> String {
                 schedule
                     .upcoming(now, 3)
                     .iter()
-                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S%:z").to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
             })

@@ -14,6 +14,7 @@
 
 pub mod policy;
 pub mod timer;
+mod zoned;
 
 use std::fmt;
 
@@ -31,6 +32,7 @@ pub struct Schedule {
     expression: String,
     cron: Cron,
     timezone: Tz,
+    fixed_hour: bool,
 }
 
 impl Schedule {
@@ -47,6 +49,7 @@ impl Schedule {
             expression: expression.to_owned(),
             cron,
             timezone,
+            fixed_hour: zoned::fixed_hour(expression),
         })
     }
 
@@ -60,17 +63,28 @@ impl Schedule {
         self.timezone
     }
 
-    /// The first fire time strictly after `after`, always on a whole second.
+    fn zoned(&self) -> zoned::Zoned<'_> {
+        zoned::Zoned {
+            cron: &self.cron,
+            tz: self.timezone,
+            fixed_hour: self.fixed_hour,
+        }
+    }
+
+    /// The first fire time strictly after `after`, always on a whole second (DST rule:
+    /// [`zoned`]).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Tz>> {
         // Fire times are whole seconds; croner keeps the fraction of its starting point.
-        let local = after.trunc_subsecs(0).with_timezone(&self.timezone);
-        self.cron.find_next_occurrence(&local, false).ok()
+        self.zoned()
+            .next_after(after.trunc_subsecs(0))
+            .map(|at| at.with_timezone(&self.timezone))
     }
 
     /// The latest fire time at or before `at`.
     pub fn latest_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Tz>> {
-        let local = at.trunc_subsecs(0).with_timezone(&self.timezone);
-        self.cron.find_previous_occurrence(&local, true).ok()
+        self.zoned()
+            .latest_at_or_before(at.trunc_subsecs(0))
+            .map(|at| at.with_timezone(&self.timezone))
     }
 
     /// The next `count` fire times strictly after `after`.

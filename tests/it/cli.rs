@@ -227,3 +227,28 @@ fn the_shipped_and_example_job_files_validate() {
         );
     }
 }
+
+#[test]
+fn list_shows_offsets_so_a_repeated_hour_is_told_apart() {
+    let ws = Workspace::new();
+    let config = ws.config(
+        r#"
+[[jobs]]
+name = "half-past"
+schedule = "0 30 * * * *"
+timezone = "Europe/Berlin"
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/x" }]
+"#,
+    );
+    let now = chrono::DateTime::parse_from_rfc3339("2025-10-26T00:00:00Z")
+        .expect("instant")
+        .with_timezone(&chrono::Utc);
+    let table = ferry::cli::list(&config, now);
+    assert!(
+        table.contains(
+            "2025-10-26 02:30:00+02:00, 2025-10-26 02:30:00+01:00, 2025-10-26 03:30:00+01:00"
+        ),
+        "{table}"
+    );
+}

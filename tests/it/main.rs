@@ -4,6 +4,7 @@ mod architecture;
 mod cli;
 mod config_errors;
 mod daemon;
+mod dst;
 mod fanout;
 mod ftp;
 mod local_writer;
