@@ -62,12 +62,27 @@ impl std::error::Error for ConfigErrors {}
 /// file's directory.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|err| {
+    let bytes = std::fs::read(path).map_err(|err| {
         ConfigErrors(vec![ConfigError {
             origin: origin.clone(),
             line: 1,
             column: 1,
             message: format!("cannot read the job file: {err}"),
+        }])
+    })?;
+    let text = String::from_utf8(bytes).map_err(|err| {
+        // Placed at the bad byte: the text before it is valid.
+        let good = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+        let good = std::str::from_utf8(good).unwrap_or_default();
+        let (line, column) = line_column(good, &line_starts(good), good.len());
+        ConfigErrors(vec![ConfigError {
+            origin: origin.clone(),
+            line,
+            column,
+            message: format!(
+                "the job file is not UTF-8: invalid byte 0x{:02x}",
+                err.as_bytes()[good.len()]
+            ),
         }])
     })?;
     let base_dir = match path.parent() {
@@ -184,21 +199,78 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// Reads `value` (the section at `at`) as a `T`, reporting every problem serde finds
+    /// in it, not only the first: each bad key is reported at its place and left out (an
+    /// unknown key removed, a bad value dropped so that its default applies), and the rest
+    /// read again. `None` when the section cannot be read without a key it lacks; the rest
+    /// of a readable one goes on to the cross-key checks, whose problems are reported too.
     fn section<T: DeserializeOwned>(
         &mut self,
         value: &Spanned<DeValue<'_>>,
         at: &str,
     ) -> Option<T> {
-        match T::deserialize(ValueDeserializer::from(value.clone())) {
-            Ok(section) => Some(section),
-            Err(err) => {
-                let span = err.span().unwrap_or(value.span());
-                let mut at = at.to_owned();
-                deepest_key(value, span.start, &mut at);
-                self.at_span(Some(span), format!("{at}: {}", err.message()));
-                None
+        let mut value = value.clone();
+        let mut removed: Vec<String> = Vec::new();
+        let mut unknown_said: Vec<String> = Vec::new();
+        for _ in 0..MAX_PROBLEMS_PER_SECTION {
+            let err = match T::deserialize(ValueDeserializer::from(value.clone())) {
+                Ok(section) => return Some(section),
+                Err(err) => err,
+            };
+            let message = err.message().to_owned();
+            // A required key left out because it was bad, or probably misspelt as a key
+            // already reported unknown ("unknown field `pth`, expected `path`"): said.
+            if let Some(missing) = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+            {
+                let quoted = format!("`{missing}`");
+                if removed.iter().any(|key| key == missing)
+                    || unknown_said.iter().any(|said| said.contains(&quoted))
+                {
+                    return None;
+                }
+            }
+            let mut span = err.span().unwrap_or(value.span());
+            let mut path = Vec::new();
+            deepest_path(&value, span.start, &mut path);
+            let unknown = message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned);
+            // Inside a tagged table (a source, a writer, a notifier) serde loses the key's
+            // place: find the unknown key itself.
+            if let Some(key_span) = unknown
+                .as_deref()
+                .and_then(|key| key_span(&value, &path, key))
+            {
+                span = key_span;
+            }
+            let mut shown = at.to_owned();
+            for segment in &path {
+                match segment {
+                    Segment::Key(key) => {
+                        shown.push('.');
+                        shown.push_str(key);
+                    }
+                    Segment::Index(i) => shown.push_str(&format!("[{i}]")),
+                }
+            }
+            self.at_span(Some(span), format!("{shown}: {message}"));
+            if let Some(unknown) = unknown {
+                path.push(Segment::Key(unknown));
+                unknown_said.push(message.clone());
+            }
+            match path.last() {
+                Some(Segment::Key(key)) => removed.push(key.clone()),
+                Some(Segment::Index(_)) => {}
+                None => return None,
+            }
+            if !remove(&mut value, &path) {
+                return None;
             }
         }
+        None
     }
 
     fn at_span(&mut self, span: Option<Range<usize>>, message: String) {
@@ -244,25 +316,80 @@ fn line_column(text: &str, starts: &[usize], offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// How many problems one section (a job, a notifier) may report before the rest of it is
+/// left unread.
+const MAX_PROBLEMS_PER_SECTION: usize = 64;
+
 /// Extends `path` with the keys of the innermost value under `value` whose span holds
 /// `offset`, so that an error inside `source = { … }` names `jobs[1].source`.
-fn deepest_key(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut String) {
+fn deepest_path(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut Vec<Segment>) {
     let inside = |v: &Spanned<DeValue<'_>>| v.span().contains(&offset);
     match value.get_ref() {
         DeValue::Table(table) => {
             if let Some((key, child)) = table.iter().find(|(_, v)| inside(v)) {
-                path.push('.');
-                path.push_str(key.get_ref());
-                deepest_key(child, offset, path);
+                path.push(Segment::Key(key.get_ref().to_string()));
+                deepest_path(child, offset, path);
             }
         }
         DeValue::Array(items) => {
             if let Some((i, child)) = items.iter().enumerate().find(|(_, v)| inside(v)) {
-                path.push_str(&format!("[{i}]"));
-                deepest_key(child, offset, path);
+                path.push(Segment::Index(i));
+                deepest_path(child, offset, path);
             }
         }
         _ => {}
+    }
+}
+
+/// The span of key `key` in the table at `path` under `value`.
+fn key_span(value: &Spanned<DeValue<'_>>, path: &[Segment], key: &str) -> Option<Range<usize>> {
+    let mut current = value;
+    for segment in path {
+        current = match (segment, current.get_ref()) {
+            (Segment::Key(k), DeValue::Table(table)) => table.get(k.as_str())?,
+            (Segment::Index(i), DeValue::Array(items)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    match current.get_ref() {
+        DeValue::Table(table) => table
+            .iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .map(|(k, _)| k.span()),
+        _ => None,
+    }
+}
+
+/// Removes the key or array item at `path` under `value`; `false` if there is none.
+fn remove(value: &mut Spanned<DeValue<'_>>, path: &[Segment]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut current = value;
+    for segment in parents {
+        let next = match (segment, current.get_mut()) {
+            (Segment::Key(key), DeValue::Table(table)) => table.get_mut(key.as_str()),
+            (Segment::Index(i), DeValue::Array(items)) => items.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(next) => current = next,
+            None => return false,
+        }
+    }
+    match (last, current.get_mut()) {
+        (Segment::Key(key), DeValue::Table(table)) => table.remove(key.as_str()).is_some(),
+        (Segment::Index(i), DeValue::Array(items)) if *i < items.len() => {
+            let mut kept = toml::de::DeArray::new();
+            for (j, item) in items.iter().enumerate() {
+                if j != *i {
+                    kept.push(item.clone());
+                }
+            }
+            *items = kept;
+            true
+        }
+        _ => false,
     }
 }
 

@@ -42,9 +42,13 @@ impl Schedule {
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .build();
-        let cron = parser
-            .parse(expression)
-            .map_err(|err| format!("invalid schedule {expression:?}: {err}"))?;
+        let cron =
+            parser
+                .parse(expression)
+                .map_err(|err| match bad_field(&parser, expression) {
+                    Some(field) => format!("invalid schedule {expression:?}: {field}"),
+                    None => format!("invalid schedule {expression:?}: {err}"),
+                })?;
         Ok(Schedule {
             expression: expression.to_owned(),
             cron,
@@ -140,6 +144,41 @@ impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.expression, self.timezone)
     }
+}
+
+/// Which field of a six- or five-field `expression` croner refuses, in words: each field
+/// is tried alone with every other field `*`.
+fn bad_field(parser: &CronParser, expression: &str) -> Option<String> {
+    const SIX: [(&str, &str); 6] = [
+        ("second", "0-59"),
+        ("minute", "0-59"),
+        ("hour", "0-23"),
+        ("day-of-month", "1-31"),
+        ("month", "1-12 or Jan-Dec"),
+        ("day-of-week", "0-7 or Sun-Sat"),
+    ];
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    let names: &[(&str, &str)] = match fields.len() {
+        6 => &SIX,
+        5 => &SIX[1..],
+        _ => {
+            return Some(format!(
+                "{} fields; give six (second minute hour day-of-month month day-of-week), five (without seconds) or an @alias",
+                fields.len()
+            ));
+        }
+    };
+    for (i, (field, (name, range))) in fields.iter().zip(names).enumerate() {
+        let alone: Vec<&str> = (0..fields.len())
+            .map(|j| if j == i { *field } else { "*" })
+            .collect();
+        if parser.parse(&alone.join(" ")).is_err() {
+            return Some(format!(
+                "{name} field `{field}` is invalid: it takes {range}, a list (1,5), a range (1-5) or a step (*/15)"
+            ));
+        }
+    }
+    None
 }
 
 /// Parses an IANA time zone name such as `"Europe/Berlin"` or `"UTC"`.

@@ -78,7 +78,7 @@ schedule = "@hourly"
 source = { type = "file", pth = "x" }
 writers = [{ type = "local", path = "out/x" }]
 "#;
-    assert_one(text, 4, 10, "jobs[0].source: unknown field `pth`");
+    assert_one(text, 4, 27, "jobs[0].source: unknown field `pth`");
 }
 
 #[test]
@@ -348,5 +348,72 @@ writers = [{ type = "local", path = "out" }]
     assert!(
         errors.contains("jobs.toml:4:10: jobs[0].marker: a marker needs `partition`"),
         "{errors}"
+    );
+}
+
+#[test]
+fn one_validate_reports_all_eight_problems_of_a_job_each_at_its_key() {
+    let text = r#"[notifiers.ops]
+type = "log"
+
+[[jobs]]
+name = "bad name!"
+schedule = "61 * * * * *"
+overlap = "sometimes"
+rate_limit = "fast"
+transform = "rar"
+source = { type = "inline", data = "x", colour = "red" }
+writers = []
+on_success = ["nobody"]
+"#;
+    let errors = ferry::config::parse(text, "jobs.toml", std::path::PathBuf::from("."))
+        .expect_err("invalid")
+        .to_string();
+    let expected = [
+        "jobs.toml:5:8: jobs[0].name: job name \"bad name!\"",
+        "jobs.toml:6:12: jobs[0].schedule: invalid schedule \"61 * * * * *\": second field `61` is invalid: it takes 0-59",
+        "jobs.toml:7:11: jobs[0].overlap: unknown variant `sometimes`",
+        "jobs.toml:8:14: jobs[0].rate_limit: invalid rate \"fast\"",
+        "jobs.toml:9:13: jobs[0].transform: unknown variant `rar`",
+        "jobs.toml:10:41: jobs[0].source: unknown field `colour`",
+        "jobs.toml:11:11: jobs[0].writers: needs at least one writer",
+        "jobs.toml:12:15: jobs[0].on_success[0]: no notifier named \"nobody\"",
+    ];
+    assert_eq!(errors.lines().count(), expected.len(), "{errors}");
+    for (line, want) in errors.lines().zip(expected) {
+        assert!(line.starts_with(want), "{want}\n---\n{errors}");
+    }
+}
+
+#[test]
+fn each_cron_field_is_named_when_it_is_wrong() {
+    for (schedule, field) in [
+        ("0 61 * * * *", "minute field `61`"),
+        ("0 0 24 * * *", "hour field `24`"),
+        ("0 0 0 32 * *", "day-of-month field `32`"),
+        ("0 0 0 * 13 *", "month field `13`"),
+        ("0 0 0 * * 9", "day-of-week field `9`"),
+        ("99 * * * *", "minute field `99`"),
+        ("* * *", "3 fields"),
+    ] {
+        let err = ferry::schedule::Schedule::parse(schedule, chrono_tz::UTC).expect_err(schedule);
+        assert!(err.contains(field), "{schedule}: {err}");
+    }
+}
+
+#[test]
+fn invalid_utf8_is_placed_at_its_byte() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("jobs.toml");
+    let mut text = b"[[jobs]]\nname = \"a\"\nschedule = \"@hourly\" # caf".to_vec();
+    text.push(0xe9);
+    text.extend_from_slice(b"\n");
+    std::fs::write(&path, text).expect("write");
+    let err = ferry::config::load(&path).expect_err("not UTF-8");
+    let first = &err.0[0];
+    assert_eq!((first.line, first.column), (3, 27), "{err}");
+    assert!(
+        first.message.contains("not UTF-8: invalid byte 0xe9"),
+        "{err}"
     );
 }
