@@ -360,6 +360,7 @@ impl Daemon {
     /// run, and logs what was missed outside it ([`Misfire`]).
     async fn catch_up(&mut self) -> Result<(), StateError> {
         let now = Utc::now();
+        let last_slots = self.ledger.store.last_slots().await?;
         let mut due = Vec::new();
         for (name, armed) in &self.armed {
             let job = &armed.job;
@@ -369,15 +370,10 @@ impl Daemon {
             let Some(last_due) = job.schedule.latest_at_or_before(now) else {
                 continue;
             };
-            let store = &self.ledger.store;
-            if store
-                .run_for(name, last_due.with_timezone(&Utc))
-                .await?
-                .is_some()
-            {
+            let recorded = last_slots.get(name.as_str()).copied();
+            if recorded.is_some_and(|last| last >= last_due.with_timezone(&Utc)) {
                 continue;
             }
-            let recorded = store.last_slot(name).await?;
             match Misfire::decide(&job.schedule, now, job.misfire_grace, recorded) {
                 Misfire::CatchUp { slot, missed } => {
                     tracing::info!(job = %name, slot = %slot.to_rfc3339(), missed, "Catching up: the missed slots coalesce into one run.");

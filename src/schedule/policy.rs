@@ -84,10 +84,12 @@ impl Misfire {
         grace: Option<Duration>,
         last_recorded: Option<DateTime<Utc>>,
     ) -> Misfire {
-        let Some(slot) = schedule.latest_at_or_before(now) else {
+        // A job that never ran (new, or a new store) has missed nothing: its first start
+        // is not a catch-up.
+        let (Some(slot), Some(last)) = (schedule.latest_at_or_before(now), last_recorded) else {
             return Misfire::Nothing;
         };
-        let missed = last_recorded.map_or(1, |last| schedule.count_between(last, now));
+        let missed = schedule.count_between(last, now);
         let age = now - slot.with_timezone(&Utc);
         match grace {
             Some(grace) if age <= chrono::Duration::from_std(grace).unwrap_or_default() => {
@@ -98,7 +100,7 @@ impl Misfire {
                 missed,
                 grace,
             },
-            None if last_recorded.is_some() && missed > 0 => Misfire::NotMadeUp { missed },
+            None if missed > 0 => Misfire::NotMadeUp { missed },
             None => Misfire::Nothing,
         }
     }
@@ -138,9 +140,14 @@ mod tests {
         let hourly = Schedule::parse("@hourly", Tz::UTC).expect("valid");
         let grace = Duration::from_secs(10 * 60);
         assert!(matches!(
-            Misfire::decide(&hourly, utc(10, 20), Some(grace), None),
+            Misfire::decide(&hourly, utc(10, 20), Some(grace), Some(utc(9, 0))),
             Misfire::TooOld { missed: 1, .. }
         ));
+        // The first start of a job (nothing recorded) never counts as a missed run.
+        assert_eq!(
+            Misfire::decide(&hourly, utc(10, 5), Some(grace), None),
+            Misfire::Nothing
+        );
         assert_eq!(
             Misfire::decide(&hourly, utc(10, 20), None, Some(utc(8, 0))),
             Misfire::NotMadeUp { missed: 2 }

@@ -208,6 +208,20 @@ impl Store {
         Ok(row.try_get::<Option<i64>, _>("slot")?.map(instant))
     }
 
+    /// Every job's latest slot with a run, in one query (the catch-up check at start-up).
+    pub async fn last_slots(
+        &self,
+    ) -> Result<std::collections::HashMap<String, DateTime<Utc>>, StateError> {
+        let rows = sqlx::query("SELECT job, MAX(slot) AS slot FROM ferry_runs GROUP BY job")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            out.insert(row.try_get("job")?, instant(row.try_get("slot")?));
+        }
+        Ok(out)
+    }
+
     /// Recent runs, newest slot first, of one job or all.
     pub async fn history(
         &self,

@@ -624,3 +624,38 @@ writers = [
     assert_eq!(sha256_file(&ws.path().join("out/b.bin")), want);
     assert!(report.deliveries.iter().all(|d| d.sha256 == want));
 }
+
+/// A new job on a fresh store: its first start is not a catch-up, whatever its grace.
+#[tokio::test]
+async fn the_first_start_of_a_job_is_not_a_catch_up() {
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"
+[[jobs]]
+name = "hourly"
+schedule = "0 0 * * * *"
+misfire_grace = "2h"
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/{scheduled:%H%M}" }]
+"#,
+    );
+    let mut daemon = boot(&config);
+    let (_, _) = daemon
+        .until(Duration::from_secs(30), |e| {
+            matches!(e, Event::Ready { .. })
+        })
+        .await;
+    let mut seen = daemon.collect(Duration::from_millis(500)).await;
+    seen.extend(daemon.stop().await);
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::Started { .. } | Event::Finished(_))),
+        "no run at the first start: {seen:#?}"
+    );
+    assert!(
+        ws.files().iter().all(|f| !f.starts_with("out/")),
+        "{:?}",
+        ws.files()
+    );
+}
