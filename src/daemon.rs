@@ -529,14 +529,22 @@ impl Daemon {
 
         // Arm the next slot first, after this one and after now: a loop held up past later
         // slots skips them (and says so) rather than firing a burst or arming the past.
+        let now = Utc::now();
         let (next, missed) = job
             .schedule
-            .after_firing(fire.slot.with_timezone(&Utc), Utc::now());
-        if missed > 0 {
-            tracing::warn!(job = %fire.job, slot = %fire.slot.to_rfc3339(), missed, "The daemon fell behind; later slots that passed are skipped.");
-        }
+            .after_firing(fire.slot.with_timezone(&Utc), now);
+        // Held up past later slots (a suspended machine): every slot that passed is
+        // skipped, this one too, and the latest, whose successor has not come, runs.
+        let slot = match missed {
+            0 => fire.slot,
+            _ => {
+                let latest = job.schedule.latest_at_or_before(now).unwrap_or(fire.slot);
+                tracing::warn!(job = %fire.job, skipped_from = %fire.slot.to_rfc3339(), skipped = missed, running = %latest.to_rfc3339(), "The daemon fell behind; the slots that passed are skipped and the latest runs.");
+                latest
+            }
+        };
         self.arm_slot(&fire.job, next).await;
-        self.start(job, fire.slot, running, waiting);
+        self.start(job, slot, running, waiting);
     }
 
     /// Starts a run of `job` for `slot` as a tracked task: it waits for the slot (the timer
@@ -564,7 +572,10 @@ impl Daemon {
             if let Ok(wait) = (start_at - Utc::now()).to_std() {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    () = waiting.cancelled() => return None,
+                    () = waiting.cancelled() => {
+                        tracing::info!(job = %job.name, slot = %slot.to_rfc3339(), "Not started: the daemon is stopping (or the job changed) while the run waited for its slot or jitter.");
+                        return None;
+                    }
                 }
             }
             let Some(_running) = Running::enter(running, job.overlap) else {

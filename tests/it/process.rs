@@ -157,3 +157,90 @@ fn ferry_run_on_a_bad_file_exits_2_with_positions() {
         "{stderr}"
     );
 }
+
+/// Suspended (SIGSTOP) across several slots of a job due every two seconds: on SIGCONT the
+/// passed slots are all skipped, the latest one runs, and a WARN line counts the rest.
+#[test]
+fn a_suspended_daemon_skips_the_passed_slots_and_runs_the_latest() {
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"
+[[jobs]]
+name = "tick"
+schedule = "*/2 * * * * *"
+source = { type = "inline", data = "tick" }
+writers = [{ type = "local", path = "out/{scheduled:%H%M%S}" }]
+"#,
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "run",
+            "--config",
+            &config.display().to_string(),
+            "--log-format",
+            "json",
+        ])
+        .env("FERRY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ferry run");
+    let deliveries = |ws: &Workspace| ws.files().iter().filter(|f| f.starts_with("out/")).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deliveries(&ws) == 0 {
+        assert!(Instant::now() < deadline, "no first delivery");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&child, Signal::SIGSTOP);
+    let stopped = chrono::Utc::now();
+    std::thread::sleep(Duration::from_secs(9));
+    let resumed = chrono::Utc::now();
+    signal(&child, Signal::SIGCONT);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, Signal::SIGTERM);
+    crate::support::wait_with_deadline(&mut child, Duration::from_secs(15));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    // Slots strictly inside the pause (with a second of margin at each end) never ran,
+    // except the latest one before SIGCONT.
+    let schedule = ferry::schedule::Schedule::parse("*/2 * * * * *", chrono_tz::UTC).expect("cron");
+    let latest = schedule
+        .latest_at_or_before(resumed)
+        .expect("slot")
+        .with_timezone(&chrono::Utc);
+    let ran: Vec<String> = ws
+        .files()
+        .into_iter()
+        .filter(|f| f.starts_with("out/"))
+        .collect();
+    let name = |t: chrono::DateTime<chrono::Utc>| format!("out/{}", t.format("%H%M%S"));
+    let mut t = stopped + chrono::Duration::seconds(2);
+    let mut skipped = 0;
+    while t < latest - chrono::Duration::seconds(1) {
+        if let Some(slot) = schedule.next_after(t - chrono::Duration::seconds(1)) {
+            let slot = slot.with_timezone(&chrono::Utc);
+            if slot < latest {
+                assert!(
+                    !ran.contains(&name(slot)),
+                    "passed slot {slot} ran: {ran:?}\n{stderr}"
+                );
+                skipped += 1;
+            }
+        }
+        t += chrono::Duration::seconds(2);
+    }
+    assert!(skipped >= 2, "the pause spanned slots: {skipped}");
+    assert!(
+        ran.contains(&name(latest)),
+        "the latest slot {latest} ran: {ran:?}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("the slots that passed are skipped and the latest runs"),
+        "{stderr}"
+    );
+}
