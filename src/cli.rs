@@ -73,9 +73,32 @@ pub enum Command {
     Trigger {
         /// The job's name.
         job: String,
+        /// Re-run this past slot of the job's schedule (templates render for it; the earlier
+        /// run stays in the history) instead of running for now.
+        #[arg(long)]
+        slot: Option<String>,
         /// Print the run's report as JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Run every slot of JOB's schedule in [FROM, TO), skipping slots that already
+    /// succeeded; exit 0 when every slot has succeeded, 1 otherwise.
+    Backfill {
+        /// The job's name.
+        job: String,
+        /// The first instant (RFC 3339, `YYYY-MM-DD HH:MM:SS`, or a date; UTC without a
+        /// zone).
+        #[arg(long)]
+        from: String,
+        /// The end, excluded.
+        #[arg(long)]
+        to: String,
+        /// How many slots run at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Run slots that already succeeded too.
+        #[arg(long)]
+        force: bool,
     },
     /// Send a test message through a notifier, about a made-up run; exit 0 once it went
     /// out, 1 with the reason it did not.
@@ -218,8 +241,18 @@ pub async fn execute(cli: &Cli) -> Outcome {
             Ok(config) => Outcome::ok(list(&config, Utc::now())),
             Err(outcome) => outcome,
         },
-        Command::Trigger { job, json } => match load(cli) {
-            Ok(config) => trigger(&config, job, *json).await,
+        Command::Trigger { job, slot, json } => match load(cli) {
+            Ok(config) => trigger(&config, job, slot.as_deref(), *json).await,
+            Err(outcome) => outcome,
+        },
+        Command::Backfill {
+            job,
+            from,
+            to,
+            concurrency,
+            force,
+        } => match load(cli) {
+            Ok(config) => backfill(&config, job, from, to, *concurrency, *force).await,
             Err(outcome) => outcome,
         },
         Command::NotifyTest { notifier, failure } => match load(cli) {
@@ -507,7 +540,7 @@ pub async fn history(config: &Config, job: Option<&str>, limit: u32, json: bool)
     }
     let mut rows = vec![
         [
-            "JOB", "SLOT", "OUTCOME", "ATTEMPTS", "DURATION", "BYTES", "NOTIFIED", "LOCATION",
+            "JOB", "SLOT", "BY", "OUTCOME", "ATTEMPTS", "DURATION", "BYTES", "NOTIFIED", "LOCATION",
         ]
         .map(str::to_owned),
     ];
@@ -533,6 +566,7 @@ pub async fn history(config: &Config, job: Option<&str>, limit: u32, json: bool)
         rows.push([
             run.job.clone(),
             run.slot_local.clone(),
+            if run.manual { "manual" } else { "schedule" }.to_owned(),
             outcome,
             run.attempts.to_string(),
             duration,
@@ -703,6 +737,125 @@ pub async fn notify_test(config: &Config, name: &str, failure: bool) -> Outcome 
     }
 }
 
+/// The most slots one `backfill` may run.
+const MAX_BACKFILL: usize = 10_000;
+
+/// Runs every slot of job `name`'s schedule in `[from, to)`, `concurrency` at a time,
+/// skipping slots that already succeeded unless `force`.
+pub async fn backfill(
+    config: &Config,
+    name: &str,
+    from: &str,
+    to: &str,
+    concurrency: usize,
+    force: bool,
+) -> Outcome {
+    use futures::StreamExt as _;
+    let (from, to) = match interval(from, to) {
+        Ok(range) => range,
+        Err(outcome) => return outcome,
+    };
+    if concurrency == 0 {
+        return Outcome::fail(2, "ferry: --concurrency must be at least 1\n".to_owned());
+    }
+    let (job, ledger) = match manual_job(config, name).await {
+        Ok(built) => built,
+        Err(outcome) => return outcome,
+    };
+    let mut slots = Vec::new();
+    let mut after = from - chrono::Duration::seconds(1);
+    while let Some(slot) = job.schedule.next_after(after) {
+        if slot.with_timezone(&Utc) >= to {
+            break;
+        }
+        if slots.len() == MAX_BACKFILL {
+            return Outcome::fail(
+                2,
+                format!(
+                    "ferry: more than {MAX_BACKFILL} slots in that range; backfill it in parts\n"
+                ),
+            );
+        }
+        after = slot.with_timezone(&Utc);
+        slots.push(slot);
+    }
+    let mut stdout = String::new();
+    let mut todo = Vec::with_capacity(slots.len());
+    for slot in slots {
+        match ledger
+            .store
+            .succeeded(&job.name, slot.with_timezone(&Utc))
+            .await
+        {
+            Ok(true) if !force => {
+                let _ = writeln!(stdout, "{} skipped: already succeeded", slot.to_rfc3339());
+            }
+            Ok(_) => todo.push(slot),
+            Err(err) => return Outcome::fail(1, format!("ferry: {err}\n")),
+        }
+    }
+    let (job_ref, ledger_ref) = (&job, &ledger);
+    let mut runs = futures::stream::iter(todo)
+        .map(|slot| async move {
+            let report = match job_ref.claim(ledger_ref, slot, true).await {
+                Ok(Some(ctx)) => Ok(job_ref.runner.run(ctx).await),
+                Ok(None) => Err("the store refused the claim".to_owned()),
+                Err(err) => Err(err.to_string()),
+            };
+            (slot, report)
+        })
+        .buffered(concurrency);
+    let mut failed = 0;
+    while let Some((slot, report)) = runs.next().await {
+        match report {
+            Ok(report) if report.status == RunStatus::Succeeded => {
+                let _ = writeln!(
+                    stdout,
+                    "{} succeeded: run {}, {} bytes",
+                    slot.to_rfc3339(),
+                    report.run_id,
+                    report.bytes()
+                );
+            }
+            Ok(report) => {
+                failed += 1;
+                let why = report
+                    .error
+                    .as_ref()
+                    .map(|e| crate::error::display_chain(&e.chain))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    stdout,
+                    "{} failed: run {}: {why}",
+                    slot.to_rfc3339(),
+                    report.run_id
+                );
+            }
+            Err(err) => {
+                failed += 1;
+                let _ = writeln!(stdout, "{} not run: {err}", slot.to_rfc3339());
+            }
+        }
+    }
+    drop(runs);
+    let mut stderr = String::new();
+    if !job.runner.notifications().settle(NOTIFY_WAIT).await {
+        let _ = writeln!(stderr, "ferry: gave up waiting for notifications");
+    }
+    if failed > 0 {
+        let _ = writeln!(
+            stderr,
+            "ferry: {failed} slot{} of {name} failed",
+            plural(failed)
+        );
+    }
+    Outcome {
+        stdout,
+        stderr,
+        code: u8::from(failed > 0),
+    }
+}
+
 /// The first SIGTERM or SIGINT, by name (never, if the handlers cannot be installed).
 async fn stop_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
@@ -721,42 +874,83 @@ async fn stop_signal() -> &'static str {
 /// How long `trigger` waits for a run's notifications before exiting.
 const NOTIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
 
-/// Runs job `name` of `config` now and reports its receipts.
-pub async fn trigger(config: &Config, name: &str, json: bool) -> Outcome {
+/// Job `name` of `config`, built, with a ledger on the job file's store: what `trigger`
+/// and `backfill` run; the outcome to give when it cannot be had.
+async fn manual_job(config: &Config, name: &str) -> Result<(Job, Ledger), Outcome> {
     let Some(job_config) = config.job(name) else {
-        return unknown(config, "job", name, config.jobs.iter().map(|j| &j.name));
+        return Err(unknown(
+            config,
+            "job",
+            name,
+            config.jobs.iter().map(|j| &j.name),
+        ));
     };
     let notifications = Notifications::default();
     let built = BuildEnv::new(config.base_dir.clone())
         .and_then(|env| Job::build(config, job_config, &env, &notifications));
-    let job = match built {
-        Ok(job) => job,
-        Err(err) => {
-            return Outcome::fail(
-                1,
-                format!("ferry: {}\n", crate::error::display_chain(&err.chain())),
-            );
-        }
-    };
-    let store = match open_store(config).await {
-        Ok(store) => store,
-        Err(outcome) => return outcome,
-    };
+    let job = built.map_err(|err| {
+        Outcome::fail(
+            1,
+            format!("ferry: {}\n", crate::error::display_chain(&err.chain())),
+        )
+    })?;
+    let store = open_store(config).await?;
     let ledger = Ledger {
         store,
         owner: owner_id(),
         lease: std::time::Duration::from_secs(60),
     };
-    let slot = job.now_slot();
-    let ctx = match job.claim(&ledger, slot).await {
+    Ok((job, ledger))
+}
+
+/// `--slot TIME` for `job`: a slot of its schedule, in its time zone (exit 2 otherwise).
+fn past_slot(job: &Job, text: &str) -> Result<DateTime<chrono_tz::Tz>, Outcome> {
+    let at = crate::partition::parse_instant(text)
+        .map_err(|err| Outcome::fail(2, format!("ferry: --slot: {err}\n")))?;
+    match job.schedule.latest_at_or_before(at) {
+        Some(slot) if slot.with_timezone(&Utc) == at => Ok(slot),
+        latest => {
+            let next = job.schedule.next_after(at);
+            let around: Vec<String> = [latest, next]
+                .into_iter()
+                .flatten()
+                .map(|t| t.to_rfc3339())
+                .collect();
+            Err(Outcome::fail(
+                2,
+                format!(
+                    "ferry: --slot {}: not a slot of {}'s schedule ({}); the nearest: {}\n",
+                    at.to_rfc3339(),
+                    job.name,
+                    job.schedule,
+                    around.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// Runs job `name` of `config` now (or for a past `slot` of its schedule) and reports its
+/// receipts. A manual run has an identity of its own: it never collides with the
+/// schedule's run of the slot or with another manual run.
+pub async fn trigger(config: &Config, name: &str, slot: Option<&str>, json: bool) -> Outcome {
+    let (job, ledger) = match manual_job(config, name).await {
+        Ok(built) => built,
+        Err(outcome) => return outcome,
+    };
+    let slot = match slot {
+        None => job.now_slot(),
+        Some(text) => match past_slot(&job, text) {
+            Ok(slot) => slot,
+            Err(outcome) => return outcome,
+        },
+    };
+    let ctx = match job.claim(&ledger, slot, true).await {
         Ok(Some(ctx)) => ctx,
         Ok(None) => {
             return Outcome::fail(
                 1,
-                format!(
-                    "ferry: {name} already has a run for slot {}; try again in a second\n",
-                    slot.to_rfc3339()
-                ),
+                format!("ferry: {name}: the store refused the manual run's claim\n"),
             );
         }
         Err(err) => return Outcome::fail(1, format!("ferry: {err}\n")),

@@ -183,18 +183,21 @@ impl Job {
         ledger: &Ledger,
         slot: DateTime<Tz>,
     ) -> Result<Option<RunReport>, StateError> {
-        match self.claim(ledger, slot).await? {
+        match self.claim(ledger, slot, false).await? {
             Some(ctx) => Ok(Some(self.runner.run(ctx).await)),
             None => Ok(None),
         }
     }
 
     /// Claims `slot` in the store for a new run; its context, or `None` when the slot
-    /// already has a run (here or in another daemon). Run it with `runner.run`.
+    /// already has a scheduled run (here or in another daemon). A `manual` run (`ferry
+    /// trigger`, `ferry backfill`) has an identity of its own and is always claimed. Run it
+    /// with `runner.run`.
     pub async fn claim(
         &self,
         ledger: &Ledger,
         slot: DateTime<Tz>,
+        manual: bool,
     ) -> Result<Option<RunContext>, StateError> {
         let ctx = RunContext::new(&self.name, slot).with_ledger(ledger.clone());
         let uuid = ctx.uuid.to_string();
@@ -207,6 +210,7 @@ impl Job {
             uuid: &uuid,
             owner: &ledger.owner,
             lease: ledger.lease,
+            manual,
         };
         // A few quick tries: a run waits seconds for a busy store, not minutes. (A claim
         // whose answer was lost reads as "taken" on the next try: the row is ours, still
@@ -239,7 +243,7 @@ impl Job {
         if let Some(ledger) = &ctx.ledger {
             let attempts = ledger
                 .store
-                .run_for(&self.name, ctx.slot.with_timezone(&Utc))
+                .run(&ctx.run_id)
                 .await?
                 .map_or(0, |run| run.attempts);
             ledger

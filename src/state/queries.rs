@@ -25,7 +25,7 @@ pub(super) fn instant(ms: i64) -> DateTime<Utc> {
 macro_rules! select_runs {
     ($rest:literal) => {
         concat!(
-            "SELECT job, slot, slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at, finished_at, bytes, sha256, location, error FROM ferry_runs ",
+            "SELECT job, slot, slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at, finished_at, bytes, sha256, location, error, claim_key FROM ferry_runs ",
             $rest
         )
     };
@@ -49,6 +49,7 @@ fn run_from_row(row: &AnyRow) -> Result<RunRecord, sqlx::Error> {
         sha256: row.try_get("sha256")?,
         location: row.try_get("location")?,
         error: row.try_get("error")?,
+        manual: !row.try_get::<String, _>("claim_key")?.is_empty(),
     })
 }
 
@@ -76,8 +77,8 @@ impl Store {
         let now = Utc::now();
         let lease = chrono::Duration::from_std(claim.lease).unwrap_or_default();
         let done = sqlx::query(
-            "INSERT INTO ferry_runs (job, slot, slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at)
-             VALUES ($1, $2, $3, $4, $5, 'running', 0, $6, $7, $8)
+            "INSERT INTO ferry_runs (job, slot, slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at, claim_key)
+             VALUES ($1, $2, $3, $4, $5, 'running', 0, $6, $7, $8, $9)
              ON CONFLICT DO NOTHING",
         )
         .bind(claim.job)
@@ -88,6 +89,7 @@ impl Store {
         .bind(claim.owner)
         .bind(millis(now + lease))
         .bind(millis(now))
+        .bind(if claim.manual { claim.run_id } else { "" })
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -177,17 +179,40 @@ impl Store {
         Ok(())
     }
 
-    /// The run of `job` for `slot`, if there is one.
+    /// The run `run_id`, if there is one.
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError> {
+        let row = sqlx::query(select_runs!("WHERE run_id = $1"))
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(run_from_row).transpose()?)
+    }
+
+    /// Whether `job` has a run for `slot` that succeeded (scheduled or manual).
+    pub async fn succeeded(&self, job: &str, slot: DateTime<Utc>) -> Result<bool, StateError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM ferry_runs WHERE job = $1 AND slot = $2 AND state = 'succeeded'",
+        )
+        .bind(job)
+        .bind(millis(slot))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    /// The schedule's run of `job` for `slot` (not a manual one), if there is one.
     pub async fn run_for(
         &self,
         job: &str,
         slot: DateTime<Utc>,
     ) -> Result<Option<RunRecord>, StateError> {
-        let row = sqlx::query(select_runs!("WHERE job = $1 AND slot = $2"))
-            .bind(job)
-            .bind(millis(slot))
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(select_runs!(
+            "WHERE job = $1 AND slot = $2 AND claim_key = ''"
+        ))
+        .bind(job)
+        .bind(millis(slot))
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(run_from_row).transpose()?)
     }
 
@@ -201,10 +226,12 @@ impl Store {
 
     /// The latest slot of `job` that has a run.
     pub async fn last_slot(&self, job: &str) -> Result<Option<DateTime<Utc>>, StateError> {
-        let row = sqlx::query("SELECT MAX(slot) AS slot FROM ferry_runs WHERE job = $1")
-            .bind(job)
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT MAX(slot) AS slot FROM ferry_runs WHERE job = $1 AND claim_key = ''",
+        )
+        .bind(job)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(row.try_get::<Option<i64>, _>("slot")?.map(instant))
     }
 
@@ -212,9 +239,11 @@ impl Store {
     pub async fn last_slots(
         &self,
     ) -> Result<std::collections::HashMap<String, DateTime<Utc>>, StateError> {
-        let rows = sqlx::query("SELECT job, MAX(slot) AS slot FROM ferry_runs GROUP BY job")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT job, MAX(slot) AS slot FROM ferry_runs WHERE claim_key = '' GROUP BY job",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let mut out = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
             out.insert(row.try_get("job")?, instant(row.try_get("slot")?));

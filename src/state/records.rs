@@ -69,6 +69,8 @@ pub struct RunRecord {
     pub location: Option<String>,
     /// The error chain, when it failed.
     pub error: Option<String>,
+    /// Started by hand (`ferry trigger`, `ferry backfill`), not by the schedule.
+    pub manual: bool,
 }
 
 /// What [`Store::claim`] records for a new run.
@@ -88,6 +90,9 @@ pub struct Claim<'a> {
     pub owner: &'a str,
     /// How long the claim holds without renewal.
     pub lease: Duration,
+    /// A manual run: it never collides with the schedule's run of the slot or with another
+    /// manual run.
+    pub manual: bool,
 }
 
 /// How a run ended, as [`Store::finish`] records it.

@@ -119,6 +119,38 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         );
         CREATE INDEX ferry_partitions_locked ON ferry_partitions (source, start_ms) WHERE locked = 1;",
     ),
+    (
+        5,
+        "manual runs",
+        // A run is keyed on (job, slot, claim_key): '' for the schedule's one run of a slot,
+        // the run id for a manual run (`ferry trigger`, `ferry backfill`), which never
+        // collides with another. SQLite cannot change a primary key in place: the table is
+        // rebuilt, the same way on both backends.
+        "CREATE TABLE ferry_runs_v5 (
+            job TEXT NOT NULL,
+            slot BIGINT NOT NULL,
+            claim_key TEXT NOT NULL DEFAULT '',
+            slot_local TEXT NOT NULL,
+            run_id TEXT NOT NULL UNIQUE,
+            uuid TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts BIGINT NOT NULL,
+            owner TEXT NOT NULL,
+            lease_until BIGINT NOT NULL,
+            started_at BIGINT NOT NULL,
+            finished_at BIGINT,
+            bytes BIGINT,
+            sha256 TEXT,
+            location TEXT,
+            error TEXT,
+            PRIMARY KEY (job, slot, claim_key)
+        );
+        INSERT INTO ferry_runs_v5 (job, slot, claim_key, slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at, finished_at, bytes, sha256, location, error)
+            SELECT job, slot, '', slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at, finished_at, bytes, sha256, location, error FROM ferry_runs;
+        DROP TABLE ferry_runs;
+        ALTER TABLE ferry_runs_v5 RENAME TO ferry_runs;
+        CREATE INDEX ferry_runs_state ON ferry_runs (state);",
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {

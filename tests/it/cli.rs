@@ -252,3 +252,159 @@ writers = [{ type = "local", path = "out/x" }]
         "{table}"
     );
 }
+
+const HOURLY: &str = r#"
+[[jobs]]
+name = "hourly"
+schedule = "0 0 * * * *"
+source = { type = "inline", data = "rows\n" }
+writers = [{ type = "local", path = "out/{scheduled:%Y%m%d%H}-{run_id}.csv" }]
+"#;
+
+#[test]
+fn manual_runs_never_collide_and_history_says_they_were_manual() {
+    let ws = Workspace::new();
+    let config = ws.job_file(HOURLY).display().to_string();
+    for _ in 0..2 {
+        let out = ferry(&["trigger", "hourly", "--config", &config]);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    }
+    let history = ferry(&["history", "--json", "--config", &config]);
+    let runs: serde_json::Value = serde_json::from_slice(&history.stdout).expect("JSON");
+    let runs = runs.as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    assert!(
+        runs.iter()
+            .all(|r| r["manual"] == true && r["state"] == "succeeded")
+    );
+    let table =
+        String::from_utf8_lossy(&ferry(&["history", "--config", &config]).stdout).into_owned();
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains(" BY ")),
+        "{table}"
+    );
+    assert_eq!(table.matches(" manual ").count(), 2, "{table}");
+    assert_eq!(
+        ws.files().iter().filter(|f| f.starts_with("out/")).count(),
+        2
+    );
+}
+
+#[test]
+fn trigger_slot_reruns_a_past_slot_and_refuses_a_time_that_is_not_one() {
+    let ws = Workspace::new();
+    let config = ws.job_file(HOURLY).display().to_string();
+    for _ in 0..2 {
+        let out = ferry(&[
+            "trigger",
+            "hourly",
+            "--slot",
+            "2026-11-20T05:00:00Z",
+            "--config",
+            &config,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    }
+    let files: Vec<String> = ws
+        .files()
+        .into_iter()
+        .filter(|f| f.starts_with("out/2026112005-"))
+        .collect();
+    assert_eq!(
+        files.len(),
+        2,
+        "both re-runs rendered for the slot: {:?}",
+        ws.files()
+    );
+    let odd = ferry(&[
+        "trigger",
+        "hourly",
+        "--slot",
+        "2026-11-20 05:30:00",
+        "--config",
+        &config,
+    ]);
+    assert_eq!(odd.status.code(), Some(2), "{}", show(&odd));
+    let stderr = String::from_utf8_lossy(&odd.stderr);
+    assert!(
+        stderr.contains("not a slot")
+            && stderr.contains("2026-11-20T05:00:00+00:00")
+            && stderr.contains("2026-11-20T06:00:00+00:00"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn backfill_runs_each_slot_once_and_skips_what_succeeded() {
+    let ws = Workspace::new();
+    let config = ws.job_file(HOURLY).display().to_string();
+    let args = [
+        "backfill",
+        "hourly",
+        "--from",
+        "2026-11-20T00:00:00Z",
+        "--to",
+        "2026-11-21",
+        "--concurrency",
+        "4",
+        "--config",
+        &config,
+    ];
+    let out = ferry(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches(" succeeded: run ").count(), 24, "{stdout}");
+    let mut hours: Vec<String> = ws
+        .files()
+        .into_iter()
+        .filter_map(|f| f.strip_prefix("out/").map(|f| f[..10].to_owned()))
+        .collect();
+    hours.sort();
+    let expected: Vec<String> = (0..24).map(|h| format!("20261120{h:02}")).collect();
+    assert_eq!(hours, expected, "24 files named by their slots");
+    // Again: every slot already succeeded.
+    let again = ferry(&args);
+    assert_eq!(again.status.code(), Some(0), "{}", show(&again));
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout)
+            .matches("skipped: already succeeded")
+            .count(),
+        24
+    );
+    assert_eq!(
+        ws.files().iter().filter(|f| f.starts_with("out/")).count(),
+        24
+    );
+    // --force runs them again.
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let out = ferry(&forced);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        ws.files().iter().filter(|f| f.starts_with("out/")).count(),
+        48
+    );
+    // A range with no slot, and a backwards one.
+    let empty = ferry(&[
+        "backfill",
+        "hourly",
+        "--from",
+        "2026-11-20T00:10:00Z",
+        "--to",
+        "2026-11-20T00:50:00Z",
+        "--config",
+        &config,
+    ]);
+    assert_eq!(empty.status.code(), Some(0), "{}", show(&empty));
+    let backwards = ferry(&[
+        "backfill",
+        "hourly",
+        "--from",
+        "2026-11-21",
+        "--to",
+        "2026-11-20",
+        "--config",
+        &config,
+    ]);
+    assert_eq!(backwards.status.code(), Some(2), "{}", show(&backwards));
+}

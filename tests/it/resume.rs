@@ -124,6 +124,7 @@ async fn record_past_run(store: &Store, job: &str, slot: chrono::DateTime<Utc>) 
             uuid: &uuid::Uuid::new_v4().to_string(),
             owner: "an earlier daemon",
             lease: Duration::from_secs(60),
+            manual: false,
         })
         .await
         .expect("claim");
@@ -541,6 +542,7 @@ writers = [{ type = "local", path = "out/x" }]
         uuid: "00000000-0000-4000-8000-000000000000",
         owner: "a dead daemon",
         lease: Duration::from_secs(60),
+        manual: false,
     };
     store.claim(&claim("kept", "used-up")).await.expect("claim");
     store

@@ -47,6 +47,7 @@ fn claim<'a>(job: &'a str, at: DateTime<Utc>, run_id: &'a str, owner: &'a str) -
         uuid: "6f1c0f3e-0000-4000-8000-000000000000",
         owner,
         lease: Duration::from_secs(60),
+        manual: false,
     }
 }
 
