@@ -112,9 +112,6 @@ pub enum DaemonError {
     /// A job could not be built, e.g. a secret is missing (exit code 1).
     #[error("{}", display_chain(&.0.chain()))]
     Build(DeliveryError),
-    /// The timer could not be set up (exit code 1).
-    #[error("scheduler: {0}")]
-    Scheduler(String),
     /// The state store could not be opened (exit code 1).
     #[error("{0}")]
     State(#[from] StateError),
@@ -174,7 +171,7 @@ pub async fn run(
     let api = crate::api::start(&config.api, &config.base_dir, ledger.store.clone())
         .await
         .map_err(DaemonError::Build)?;
-    let timer = Timer::start().await.map_err(DaemonError::Scheduler)?;
+    let timer = Timer::new();
     let mut daemon = Daemon {
         path: path.to_path_buf(),
         shutdown_timeout: config.daemon.shutdown_timeout.get(),
@@ -503,7 +500,7 @@ impl Daemon {
             slot,
         };
         tracing::debug!(job = name, slot = %slot.to_rfc3339(), "Armed.");
-        self.timer.arm(slot.with_timezone(&Utc), fire).await;
+        self.timer.arm(slot.with_timezone(&Utc), fire);
     }
 
     /// Forgets job `name`'s armed slot: the waiting firing becomes stale, and runs
@@ -727,7 +724,7 @@ impl Daemon {
             deadline = %humantime::format_duration(self.shutdown_timeout),
             "Shutting down: nothing new fires; running deliveries may finish."
         );
-        self.timer.shutdown().await;
+        self.timer.shutdown();
         self.not_started.cancel();
         self.tracker.close();
         let mut cancelled = 0;

@@ -67,8 +67,7 @@ fn loggable(meta: &tracing::Metadata<'_>) -> bool {
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("FERRY_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        // tokio-cron-scheduler logs each internal step at INFO: keep it to warnings.
-        .unwrap_or_else(|_| EnvFilter::new("info,tokio_cron_scheduler=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let format = match format {
         LogFormat::Auto if stderr_is_journal() => LogFormat::Journald,
         LogFormat::Auto if std::io::stderr().is_terminal() => LogFormat::Human,

@@ -9,7 +9,7 @@
 //! Expressions have a leading seconds field (`sec min hour dom month dow`); a 5-field
 //! crontab line means second 0, and `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`
 //! are accepted. Day-of-week 0 and 7 are Sunday; `Mon`…`Sun` and `Jan`…`Dec` may be used.
-//! Parsing is croner's, the same parser tokio-cron-scheduler uses, set to refuse a year
+//! Parsing is croner's (the parser tokio-cron-scheduler uses), set to refuse a year
 //! field so that six fields always mean "seconds first".
 
 pub mod policy;

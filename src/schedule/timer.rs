@@ -1,89 +1,126 @@
-//! The timer: fire payloads armed at instants, released when their instant comes.
+//! The timer: payloads armed at instants, released when their instant comes.
 //!
-//! Timing is tokio-cron-scheduler's, used as a timer only. ferry computes every slot itself
-//! from the cron expression in the job's time zone ([`super::Schedule`]), and arms one
-//! one-shot per distinct instant, shared by every payload due then: 1,000 jobs firing each
-//! second are one timer a second, not a thousand (tokio-cron-scheduler scans all its jobs
-//! every 500 ms and falls behind at that rate when each job is its own timer). Its cron
-//! evaluation (time-zone bugs #105 and #107, the schedule bugs behind #95) and its repeated
-//! jobs (which can stop firing, #113) are never used. It keeps instants at whole seconds and
-//! polls every 500 ms, so a one-shot is often released up to a second early; a run released
-//! early waits for its slot (the daemon does), so runs start at their slot or a little
-//! after. A sweep every second releases anything overdue by more than two seconds, should
-//! a one-shot be lost.
+//! A due queue on tokio's timer: the armed instants in order, and one sleep until the
+//! earliest. Payloads due at the same instant are released together (1,000 jobs firing each
+//! second are one wake-up a second). The sleep is computed from the wall clock and never
+//! longer than [`RECHECK`], so a wall clock that is stepped (NTP, a suspended machine) is
+//! noticed within that; a wake-up a little early sleeps again for the rest.
+//!
+//! It replaced tokio-cron-scheduler, which ferry first used only as a one-shot timer: that
+//! scheduler polls its jobs every 500 ms and keeps instants at whole seconds, so a one-shot
+//! went off up to a second early or half a second late (the figures are in the README).
+//!
+//! The clock is a [`Clock`]: the system's in production; in tests, one that runs with
+//! tokio's (paused) clock, so whole days of schedule pass in milliseconds.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
-use tokio::time::{Interval, MissedTickBehavior};
-use tokio_cron_scheduler::{Job as OneShot, JobScheduler};
+
+/// The longest a timer sleeps before it looks at the wall clock again.
+pub const RECHECK: Duration = Duration::from_secs(60);
+
+/// Where the timer reads the time.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    /// The system's wall clock.
+    System,
+    /// `at` when tokio's clock read `since`, advancing with tokio's clock: a paused test
+    /// clock moves it.
+    Tokio {
+        /// The wall-clock time at `since`.
+        at: DateTime<Utc>,
+        /// tokio's clock then.
+        since: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    /// A clock that reads `at` now and then follows tokio's clock.
+    pub fn tokio_from(at: DateTime<Utc>) -> Clock {
+        Clock::Tokio {
+            at,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The time now.
+    pub fn now(&self) -> DateTime<Utc> {
+        match self {
+            Clock::System => Utc::now(),
+            Clock::Tokio { at, since } => {
+                *at + chrono::Duration::from_std(since.elapsed()).unwrap_or_default()
+            }
+        }
+    }
+}
 
 /// Payloads of type `F` armed at instants.
 pub struct Timer<F> {
-    scheduler: JobScheduler,
-    /// Each one-shot sends the instant it was armed for.
-    went_off: mpsc::UnboundedSender<DateTime<Utc>>,
-    heard: mpsc::UnboundedReceiver<DateTime<Utc>>,
-    /// What is due at each armed instant; one one-shot per instant.
+    clock: Clock,
+    /// What is due at each armed instant.
     due: BTreeMap<DateTime<Utc>, Vec<F>>,
-    sweep: Interval,
 }
 
 impl<F> Timer<F> {
-    /// A started timer with nothing armed.
-    pub async fn start() -> Result<Timer<F>, String> {
-        let scheduler = JobScheduler::new().await.map_err(|err| err.to_string())?;
-        scheduler.start().await.map_err(|err| err.to_string())?;
-        let (went_off, heard) = mpsc::unbounded_channel();
-        let mut sweep = tokio::time::interval(Duration::from_secs(1));
-        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(Timer {
-            scheduler,
-            went_off,
-            heard,
-            due: BTreeMap::new(),
-            sweep,
-        })
+    /// A timer on the system clock with nothing armed.
+    pub fn new() -> Timer<F> {
+        Timer::with_clock(Clock::System)
     }
 
-    /// Arms `fire` for `at`; a new instant gets its one-shot.
-    pub async fn arm(&mut self, at: DateTime<Utc>, fire: F) {
+    /// A timer reading `clock`.
+    pub fn with_clock(clock: Clock) -> Timer<F> {
+        Timer {
+            clock,
+            due: BTreeMap::new(),
+        }
+    }
+
+    /// The timer's clock.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Arms `fire` for `at`.
+    pub fn arm(&mut self, at: DateTime<Utc>, fire: F) {
         match self.due.entry(at) {
             Entry::Occupied(mut waiting) => waiting.get_mut().push(fire),
             Entry::Vacant(vacant) => {
                 vacant.insert(vec![fire]);
-                self.add_one_shot(at).await;
             }
         }
     }
 
-    /// Waits until something is due and returns all that is due by then, earliest first.
-    /// Cancel-safe: what is not returned stays armed.
+    /// Waits until something is due and returns all that is due by then, earliest first;
+    /// never returns while nothing is armed. Cancel-safe: what is not returned stays armed.
     pub async fn next_due(&mut self) -> Vec<F> {
         loop {
-            tokio::select! {
-                Some(at) = self.heard.recv() => return self.take_until(at),
-                _ = self.sweep.tick() => {
-                    let overdue = Utc::now() - chrono::Duration::seconds(2);
-                    if let Some((&at, _)) = self.due.first_key_value()
-                        && at < overdue
-                    {
-                        tracing::warn!(at = %at.to_rfc3339(), "The timer missed a slot; releasing it late.");
-                        return self.take_until(at);
-                    }
-                }
+            let Some(&first) = self.due.keys().next() else {
+                return std::future::pending().await;
+            };
+            let now = self.clock.now();
+            if first <= now {
+                return self.take_until(now);
             }
+            let wait = (first - now).to_std().unwrap_or_default().min(RECHECK);
+            tokio::time::sleep(wait).await;
         }
     }
 
-    /// Stops the one-shots; nothing is released after this.
-    pub async fn shutdown(&mut self) {
-        if let Err(err) = self.scheduler.shutdown().await {
-            tracing::warn!(error = %err, "The timer did not stop cleanly.");
-        }
+    /// How many instants are armed.
+    pub fn len(&self) -> usize {
+        self.due.len()
+    }
+
+    /// Whether nothing is armed.
+    pub fn is_empty(&self) -> bool {
+        self.due.is_empty()
+    }
+
+    /// Forgets everything armed: nothing is released after this.
+    pub fn shutdown(&mut self) {
         self.due.clear();
     }
 
@@ -93,25 +130,54 @@ impl<F> Timer<F> {
         let due = std::mem::replace(&mut self.due, later);
         due.into_values().flatten().collect()
     }
+}
 
-    /// Arms a one-shot that reports `at` when it is due.
-    async fn add_one_shot(&mut self, at: DateTime<Utc>) {
-        let delay = (at - Utc::now()).to_std().unwrap_or_default();
-        let tx = self.went_off.clone();
-        let one_shot = OneShot::new_one_shot_at_instant_async(
-            std::time::Instant::now() + delay,
-            move |_, _| {
-                let _ = tx.send(at);
-                Box::pin(async {})
-            },
-        );
-        let added = match one_shot {
-            Ok(one_shot) => self.scheduler.add(one_shot).await.map(|_| ()),
-            Err(err) => Err(err),
-        };
-        if let Err(err) = added {
-            tracing::error!(at = %at.to_rfc3339(), error = %err, "Cannot arm a timer; the jobs due then will not run.");
-            self.due.remove(&at);
-        }
+impl<F> Default for Timer<F> {
+    fn default() -> Self {
+        Timer::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone as _;
+
+    fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, h, m, s).single().expect("instant")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn payloads_are_released_at_their_instant_together_and_in_order() {
+        let mut timer = Timer::with_clock(Clock::tokio_from(at(0, 0, 0)));
+        timer.arm(at(0, 0, 2), "b");
+        timer.arm(at(0, 0, 1), "a");
+        timer.arm(at(0, 0, 2), "c");
+        timer.arm(at(6, 0, 0), "later");
+        let started = tokio::time::Instant::now();
+        assert_eq!(timer.next_due().await, vec!["a"]);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert_eq!(timer.next_due().await, vec!["b", "c"]);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        // Six hours pass in virtual time, looking at the clock at least every minute.
+        assert_eq!(timer.next_due().await, vec!["later"]);
+        assert_eq!(timer.clock().now(), at(6, 0, 0));
+        assert!(timer.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_is_overdue_is_released_at_once_and_a_cancelled_wait_keeps_it_armed() {
+        let mut timer = Timer::with_clock(Clock::tokio_from(at(1, 0, 0)));
+        timer.arm(at(0, 59, 0), 1);
+        timer.arm(at(1, 0, 30), 2);
+        assert_eq!(timer.next_due().await, vec![1]);
+        // Cancelled while waiting: still armed.
+        let cut = tokio::time::timeout(Duration::from_secs(10), timer.next_due()).await;
+        assert!(cut.is_err());
+        assert_eq!(timer.len(), 1);
+        assert_eq!(timer.next_due().await, vec![2]);
+        timer.arm(at(2, 0, 0), 3);
+        timer.shutdown();
+        assert!(timer.is_empty());
     }
 }
