@@ -163,6 +163,8 @@ pub async fn run(
         tracing::info!("Stopped while waiting for the state store.");
         return Ok(());
     };
+    // Many jobs due at one instant: their claims go to the store together.
+    store.batch_claims();
     let ledger = Ledger {
         store,
         owner: owner_id(),

@@ -144,7 +144,9 @@ mod tests {
     use chrono::TimeZone as _;
 
     fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 3, 1, h, m, s).single().expect("instant")
+        Utc.with_ymd_and_hms(2026, 3, 1, h, m, s)
+            .single()
+            .expect("instant")
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,6 +19,7 @@
 //! file opens the store and holds the rules that depend on the backend (who may take over an
 //! unfinished run).
 
+mod batch;
 mod queries;
 mod records;
 mod registry;
@@ -194,6 +195,8 @@ pub struct Store {
     /// Woken when a partition is locked or unlocked through this store (this process):
     /// runs waiting for readiness look again at once instead of at their next poll.
     changes: std::sync::Arc<tokio::sync::Notify>,
+    /// Where claims queue for the batching writer, once [`Store::batch_claims`] started it.
+    claims: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<batch::Request>>>,
 }
 
 /// Which database is behind a [`Store`].
@@ -285,6 +288,7 @@ impl Store {
             pool,
             backend,
             changes: Default::default(),
+            claims: Default::default(),
         };
         if create {
             schema::migrator().run(&store.pool).await?;
@@ -296,6 +300,34 @@ impl Store {
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// From now on, claims through this store (and its clones) that arrive together are
+    /// written together, by a task on the current runtime ([`batch`]): the daemon's many
+    /// jobs due at one instant cost one statement, not one each.
+    pub fn batch_claims(&self) {
+        let _ = self.claims.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(batch::writer(self.clone(), rx));
+            tx
+        });
+    }
+
+    /// Records a new run for `claim.job` and `claim.slot`. `false` when the slot already has
+    /// a run (this daemon's, another daemon's, or a finished one): the caller must not run
+    /// it. A manual claim always has a slot of its own.
+    pub async fn claim(&self, claim: &Claim<'_>) -> Result<bool, StateError> {
+        let Some(queue) = self.claims.get() else {
+            return self.claim_one(claim).await;
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        if queue.send((batch::OwnedClaim::of(claim), answer)).is_err() {
+            return self.claim_one(claim).await;
+        }
+        match answered.await {
+            Ok(result) => result,
+            Err(_) => self.claim_one(claim).await,
+        }
     }
 
     /// Woken whenever a partition is locked or unlocked through this store (or a clone).

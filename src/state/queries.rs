@@ -71,9 +71,8 @@ impl Store {
             .await
     }
 
-    /// Records a new run for `claim.job` and `claim.slot`. `false` when the slot already has
-    /// a run (this daemon's, another daemon's, or a finished one): the caller must not run it.
-    pub async fn claim(&self, claim: &Claim<'_>) -> Result<bool, StateError> {
+    /// Records a new run for `claim.job` and `claim.slot`, alone in its transaction.
+    pub(super) async fn claim_one(&self, claim: &Claim<'_>) -> Result<bool, StateError> {
         let now = Utc::now();
         let lease = chrono::Duration::from_std(claim.lease).unwrap_or_default();
         let done = sqlx::query(

@@ -459,3 +459,39 @@ async fn old_finished_runs_are_pruned_and_running_ones_kept() {
         assert!(store.notifications(&done).await.expect("read").is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_made_together_are_written_together_with_the_same_answers() {
+    for (backend, store, _dir) in stores().await {
+        store.batch_claims();
+        let jobs: Vec<String> = (0..300).map(|i| unique_job(&format!("batch{i}"))).collect();
+        // Each job's slot is claimed twice at once (two daemons, say), plus once as a
+        // manual run: one of the two scheduled claims wins, the manual one always does.
+        let run_ids: Vec<[String; 3]> = (0..300)
+            .map(|_| std::array::from_fn(|_| uuid::Uuid::new_v4().simple().to_string()))
+            .collect();
+        let claims = jobs.iter().zip(&run_ids).flat_map(|(job, ids)| {
+            let store = store.clone();
+            ids.iter().enumerate().map(move |(k, id)| {
+                let store = store.clone();
+                async move {
+                    let mut c = claim(job, slot(1), id, "a");
+                    c.manual = k == 2;
+                    store.claim(&c).await.expect("claim")
+                }
+            })
+        });
+        let answers = futures::future::join_all(claims).await;
+        for (i, triple) in answers.chunks(3).enumerate() {
+            assert_eq!(
+                u8::from(triple[0]) + u8::from(triple[1]),
+                1,
+                "{backend}: job {i}: exactly one scheduled claim wins: {triple:?}"
+            );
+            assert!(triple[2], "{backend}: job {i}: the manual claim");
+        }
+        let recorded = store.history(Some(&jobs[7]), 10).await.expect("history");
+        assert_eq!(recorded.len(), 2, "{backend}: {recorded:#?}");
+        assert_eq!(recorded.iter().filter(|r| r.manual).count(), 1);
+    }
+}
