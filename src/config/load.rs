@@ -239,12 +239,17 @@ impl Report<'_> {
                 .and_then(|rest| rest.split('`').next())
                 .map(str::to_owned);
             // Inside a tagged table (a source, a writer, a notifier) serde loses the key's
-            // place: find the unknown key itself.
+            // place: find the unknown key itself, or the value the message quotes.
             if let Some(key_span) = unknown
                 .as_deref()
                 .and_then(|key| key_span(&value, &path, key))
             {
                 span = key_span;
+            } else if let Some(needle) = Needle::of(&message)
+                && let Some(found) = find_value(&value, &path, &needle)
+            {
+                span = found.1;
+                path = found.0;
             }
             let mut shown = at.to_owned();
             for segment in &path {
@@ -339,6 +344,104 @@ fn deepest_path(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut Vec<Segm
         }
         _ => {}
     }
+}
+
+/// A value an error message quotes: serde's `string "x"`, `integer `5``, `boolean `true``,
+/// or an unknown variant's name.
+enum Needle {
+    Text(String),
+    Integer(String),
+    Boolean(bool),
+}
+
+impl Needle {
+    fn of(message: &str) -> Option<Needle> {
+        let quoted = |rest: &str| {
+            let rest = rest.strip_prefix('"')?;
+            let end = rest.find("\", expected").or_else(|| rest.rfind('"'))?;
+            Some(rest[..end].to_owned())
+        };
+        let ticked = |rest: &str| rest.split('`').nth(1).map(str::to_owned);
+        for prefix in ["invalid type: ", "invalid value: "] {
+            if let Some(rest) = message.strip_prefix(prefix) {
+                if let Some(text) = rest.strip_prefix("string ") {
+                    return quoted(text).map(Needle::Text);
+                }
+                if let Some(number) = rest.strip_prefix("integer ") {
+                    return ticked(number).map(Needle::Integer);
+                }
+                if let Some(flag) = rest.strip_prefix("boolean ") {
+                    return ticked(flag).map(|b| Needle::Boolean(b == "true"));
+                }
+            }
+        }
+        message
+            .strip_prefix("unknown variant ")
+            .and_then(ticked)
+            .map(Needle::Text)
+    }
+
+    fn matches(&self, value: &DeValue<'_>) -> bool {
+        match (self, value) {
+            (Needle::Text(text), DeValue::String(s)) => s.as_ref() == text,
+            (Needle::Integer(n), DeValue::Integer(i)) => i.as_str() == n,
+            (Needle::Boolean(b), DeValue::Boolean(v)) => b == v,
+            _ => false,
+        }
+    }
+}
+
+/// The first value matching `needle` under the value at `path` (depth first), with its
+/// full path and the span of its key.
+fn find_value(
+    value: &Spanned<DeValue<'_>>,
+    path: &[Segment],
+    needle: &Needle,
+) -> Option<(Vec<Segment>, Range<usize>)> {
+    let mut current = value;
+    for segment in path {
+        current = match (segment, current.get_ref()) {
+            (Segment::Key(k), DeValue::Table(table)) => table.get(k.as_str())?,
+            (Segment::Index(i), DeValue::Array(items)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    fn search(
+        value: &Spanned<DeValue<'_>>,
+        needle: &Needle,
+        path: &mut Vec<Segment>,
+        key: Option<Range<usize>>,
+    ) -> Option<Range<usize>> {
+        if needle.matches(value.get_ref()) {
+            return Some(key.unwrap_or(value.span()));
+        }
+        match value.get_ref() {
+            DeValue::Table(table) => {
+                for (k, child) in table.iter() {
+                    path.push(Segment::Key(k.get_ref().to_string()));
+                    if let Some(found) = search(child, needle, path, Some(k.span())) {
+                        return Some(found);
+                    }
+                    path.pop();
+                }
+                None
+            }
+            DeValue::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    path.push(Segment::Index(i));
+                    if let Some(found) = search(child, needle, path, None) {
+                        return Some(found);
+                    }
+                    path.pop();
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+    let mut found = path.to_vec();
+    let span = search(current, needle, &mut found, None)?;
+    Some((found, span))
 }
 
 /// The span of key `key` in the table at `path` under `value`.

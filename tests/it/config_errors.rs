@@ -417,3 +417,35 @@ fn invalid_utf8_is_placed_at_its_byte() {
         "{err}"
     );
 }
+
+#[test]
+fn a_bad_value_inside_a_notifier_or_an_inline_writer_is_placed_at_its_key() {
+    let text = r#"[notifiers.ops]
+type = "email"
+host = "smtp.example.com"
+port = "twenty-five"
+from = "a@example.com"
+to = ["b@example.com"]
+
+[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = [
+  { type = "local",
+    path = "out/x",
+    overwrite = "yes" },
+  { type = "s3", bucket = "bkt", key = "k", storage_class = 7 },
+]
+"#;
+    let errors = ferry::config::parse(text, "jobs.toml", std::path::PathBuf::from("."))
+        .expect_err("invalid")
+        .to_string();
+    for expected in [
+        "jobs.toml:4:1: notifiers.ops.port: invalid type: string \"twenty-five\"",
+        "jobs.toml:15:5: jobs[0].writers[0].overwrite: invalid type: string \"yes\"",
+        "jobs.toml:16:45: jobs[0].writers[1].storage_class: invalid type: integer `7`",
+    ] {
+        assert!(errors.contains(expected), "{expected}\n---\n{errors}");
+    }
+}
