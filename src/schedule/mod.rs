@@ -38,17 +38,7 @@ pub struct Schedule {
 impl Schedule {
     /// Parses `expression`, to be read in `timezone`.
     pub fn parse(expression: &str, timezone: Tz) -> Result<Schedule, String> {
-        let parser = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .year(Year::Disallowed)
-            .build();
-        let cron =
-            parser
-                .parse(expression)
-                .map_err(|err| match bad_field(&parser, expression) {
-                    Some(field) => format!("invalid schedule {expression:?}: {field}"),
-                    None => format!("invalid schedule {expression:?}: {err}"),
-                })?;
+        let cron = parsed(expression)?;
         Ok(Schedule {
             expression: expression.to_owned(),
             cron,
@@ -144,6 +134,39 @@ impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.expression, self.timezone)
     }
+}
+
+/// Parsed expressions, by text: a file of 10,000 jobs has few distinct schedules, and
+/// croner's parse dominated loading it (a file is parsed to validate, then to build).
+static PARSED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Cron>>> =
+    std::sync::OnceLock::new();
+
+/// How many distinct expressions [`PARSED`] keeps.
+const PARSED_MAX: usize = 4096;
+
+/// `expression` parsed (six fields with seconds first, five without, or an alias), from
+/// [`PARSED`] when it was parsed before.
+fn parsed(expression: &str) -> Result<Cron, String> {
+    let cache = PARSED.get_or_init(Default::default);
+    if let Some(cron) = cache.lock().ok().and_then(|c| c.get(expression).cloned()) {
+        return Ok(cron);
+    }
+    let parser = CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build();
+    let cron = parser
+        .parse(expression)
+        .map_err(|err| match bad_field(&parser, expression) {
+            Some(field) => format!("invalid schedule {expression:?}: {field}"),
+            None => format!("invalid schedule {expression:?}: {err}"),
+        })?;
+    if let Ok(mut cache) = cache.lock()
+        && cache.len() < PARSED_MAX
+    {
+        cache.insert(expression.to_owned(), cron.clone());
+    }
+    Ok(cron)
 }
 
 /// Which field of a six- or five-field `expression` croner refuses, in words: each field
