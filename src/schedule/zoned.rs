@@ -39,51 +39,80 @@ fn wall(tz: Tz, t: DateTime<Utc>) -> DateTime<Utc> {
     t + Duration::seconds(offset(tz, t))
 }
 
-/// The first instant in `(after, until]` whose offset differs from the offset at `after`.
-fn next_transition(tz: Tz, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let before = offset(tz, after);
-    let mut low = after;
-    while low < until {
-        let high = (low + STEP).min(until);
+/// The instants `x` in `(start of year, start of next year]` (UTC) where `tz`'s offset
+/// changes (`offset(x - 1s) != offset(x)`), in order. Found once per zone and year (offsets
+/// sampled every [`STEP`], each change narrowed to the second) and kept: a yearly job's
+/// next slot costs a lookup, not a year of samples.
+fn transitions_in(tz: Tz, year: i32) -> std::sync::Arc<Vec<DateTime<Utc>>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static FOUND: OnceLock<Mutex<HashMap<(Tz, i32), Arc<Vec<DateTime<Utc>>>>>> = OnceLock::new();
+    let found = FOUND.get_or_init(Default::default);
+    if let Some(known) = found.lock().ok().and_then(|f| f.get(&(tz, year)).cloned()) {
+        return known;
+    }
+    let year_start = |y: i32| {
+        Utc.with_ymd_and_hms(y, 1, 1, 0, 0, 0)
+            .single()
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    };
+    let (from, to) = (year_start(year), year_start(year.saturating_add(1)));
+    let mut changes = Vec::new();
+    let mut low = from;
+    while low < to {
+        let high = (low + STEP).min(to);
+        let before = offset(tz, low);
         if offset(tz, high) != before {
             // offset(low) == before != offset(high): narrow to the second.
-            let mut high = high;
-            while high - low > Duration::seconds(1) {
-                let mid = low + Duration::seconds((high - low).num_seconds() / 2);
+            let (mut a, mut b) = (low, high);
+            while b - a > Duration::seconds(1) {
+                let mid = a + Duration::seconds((b - a).num_seconds() / 2);
                 if offset(tz, mid) == before {
-                    low = mid;
+                    a = mid;
                 } else {
-                    high = mid;
+                    b = mid;
                 }
             }
-            return Some(high);
+            changes.push(b);
         }
         low = high;
+    }
+    let changes = Arc::new(changes);
+    if let Ok(mut found) = found.lock()
+        && found.len() < 100_000
+    {
+        found.insert((tz, year), Arc::clone(&changes));
+    }
+    changes
+}
+
+/// The first instant in `(after, until]` where the offset changes.
+fn next_transition(tz: Tz, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::Datelike as _;
+    if until <= after {
+        return None;
+    }
+    // A change at the very start of a year is listed with the year before.
+    for year in (after.year() - 1)..=until.year() {
+        let changes = transitions_in(tz, year);
+        if let Some(&x) = changes.iter().find(|&&x| x > after) {
+            return (x <= until).then_some(x);
+        }
     }
     None
 }
 
-/// The last instant `x` in `(after, at]` where the offset changes (`offset(x - 1s)` differs
-/// from `offset(x)`).
+/// The last instant `x` in `(after, at]` where the offset changes.
 fn last_transition(tz: Tz, after: DateTime<Utc>, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let current = offset(tz, at);
-    let mut high = at;
-    while high > after {
-        let low = (high - STEP).max(after);
-        if offset(tz, low) != current {
-            // offset(low) != current == offset(high): narrow to the second.
-            let mut low = low;
-            while high - low > Duration::seconds(1) {
-                let mid = low + Duration::seconds((high - low).num_seconds() / 2);
-                if offset(tz, mid) == current {
-                    high = mid;
-                } else {
-                    low = mid;
-                }
-            }
-            return Some(high);
+    use chrono::Datelike as _;
+    if at <= after {
+        return None;
+    }
+    for year in ((after.year() - 1)..=at.year()).rev() {
+        let changes = transitions_in(tz, year);
+        if let Some(&x) = changes.iter().rev().find(|&&x| x <= at) {
+            return (x > after).then_some(x);
         }
-        high = low;
     }
     None
 }
