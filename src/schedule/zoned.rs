@@ -46,7 +46,8 @@ fn wall(tz: Tz, t: DateTime<Utc>) -> DateTime<Utc> {
 fn transitions_in(tz: Tz, year: i32) -> std::sync::Arc<Vec<DateTime<Utc>>> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
-    static FOUND: OnceLock<Mutex<HashMap<(Tz, i32), Arc<Vec<DateTime<Utc>>>>>> = OnceLock::new();
+    type Found = HashMap<(Tz, i32), Arc<Vec<DateTime<Utc>>>>;
+    static FOUND: OnceLock<Mutex<Found>> = OnceLock::new();
     let found = FOUND.get_or_init(Default::default);
     if let Some(known) = found.lock().ok().and_then(|f| f.get(&(tz, year)).cloned()) {
         return known;
