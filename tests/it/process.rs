@@ -168,6 +168,8 @@ fn a_suspended_daemon_skips_the_passed_slots_and_runs_the_latest() {
 [[jobs]]
 name = "tick"
 schedule = "*/2 * * * * *"
+# A run frozen mid-way by SIGSTOP must not make the latest slot a skipped overlap.
+overlap = "allow"
 source = { type = "inline", data = "tick" }
 writers = [{ type = "local", path = "out/{scheduled:%H%M%S}" }]
 "#,
@@ -191,6 +193,8 @@ writers = [{ type = "local", path = "out/{scheduled:%H%M%S}" }]
         assert!(Instant::now() < deadline, "no first delivery");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Between two slots: the first run has finished.
+    std::thread::sleep(Duration::from_millis(300));
     signal(&child, Signal::SIGSTOP);
     let stopped = chrono::Utc::now();
     std::thread::sleep(Duration::from_secs(9));
