@@ -983,9 +983,9 @@ writers = [{{ type = "local", path = "out/x" }}]
             .single()
             .expect("slot")
     };
-    // Unlocked remotely after a second: the job, polling, proceeds.
+    // Unlocked remotely after the job's first look: the job, polling, proceeds.
     let unlock = async {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         call("/partitions/unlock").await.expect("unlock").status()
     };
     let (report, unlocked) = tokio::join!(job.run_claimed(&ledger, slot(12)), unlock);
