@@ -208,6 +208,8 @@ pub async fn run(
         sd_notify::NotifyState::Status(&format!("{armed} jobs armed")),
     ]);
     daemon.emit(Event::Ready { armed });
+    // The parsed file is not needed while serving (a reload reads the file again).
+    drop(config);
     daemon.serve(control).await;
     Ok(())
 }
