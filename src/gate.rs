@@ -431,7 +431,7 @@ impl Gate {
                 ));
             }
             if !logged {
-                tracing::info!(source, %message, wait = %humantime::format_duration(require.wait), "Waiting for a required source.");
+                tracing::info!(source, reason = %message, wait = %humantime::format_duration(require.wait), "Waiting for a required source.");
                 logged = true;
             }
             let wake = async {
