@@ -305,3 +305,35 @@ fn the_issues_examples() {
         ]
     );
 }
+
+#[test]
+fn the_next_slot_is_always_after_the_start_even_inside_a_repeated_hour() {
+    // Every second of Berlin's fall-back night 2025-10-26, 00:00–02:00 UTC (the repeated
+    // 02:00–03:00 local hour is 00:00–02:00 UTC), for fixed, stepped and `*` hours.
+    let from = DateTime::parse_from_rfc3339("2025-10-26T00:00:00Z")
+        .expect("instant")
+        .with_timezone(&Utc);
+    for expression in [
+        "0 30 2 * * *",
+        "0 */20 * * * *",
+        "*/7 * 2 * * *",
+        "0 0 3 * * *",
+    ] {
+        let schedule = Schedule::parse(expression, chrono_tz::Europe::Berlin).expect("schedule");
+        for second in 0..2 * 3600 {
+            let t = from + Duration::seconds(second);
+            let next = schedule
+                .next_after(t)
+                .expect("a next slot")
+                .with_timezone(&Utc);
+            assert!(next > t, "{expression:?}: next after {t} is {next}");
+            let latest = schedule
+                .latest_at_or_before(t)
+                .map(|l| l.with_timezone(&Utc));
+            assert!(
+                latest.is_none_or(|l| l <= t),
+                "{expression:?}: latest at {t} is {latest:?}"
+            );
+        }
+    }
+}
