@@ -492,25 +492,16 @@ pub async fn ready(config: &Config, source: &str, start: &str, end: &str) -> Out
 /// Recent runs, as `ferry history` prints them.
 pub async fn history(config: &Config, job: Option<&str>, limit: u32, json: bool) -> Outcome {
     // Only reads: a store that does not exist yet is not created.
-    let url = match config.daemon.state_url(&config.base_dir) {
-        Ok(url) => url,
-        Err(err) => {
-            return Outcome::fail(
-                1,
-                format!("ferry: {}\n", crate::error::display_chain(&err.chain())),
-            );
-        }
-    };
-    let shown = crate::state::shown_url(url.expose());
-    let store = match Store::open_existing(url.expose(), &config.base_dir).await {
-        Ok(Some(store)) => store,
-        Ok(None) if json => return Outcome::ok("[]\n".to_owned()),
-        Ok(None) => {
-            return Outcome::ok(format!(
-                "no runs recorded: the state store ({shown}) does not exist yet\n"
-            ));
-        }
-        Err(err) => return Outcome::fail(1, format!("ferry: {err}\n")),
+    let store = match existing_store(config, |shown| match json {
+        true => Outcome::ok("[]\n".to_owned()),
+        false => Outcome::ok(format!(
+            "no runs recorded: the state store ({shown}) does not exist yet\n"
+        )),
+    })
+    .await
+    {
+        Ok(store) => store,
+        Err(outcome) => return outcome,
     };
     let runs = match store.history(job, limit).await {
         Ok(runs) => runs,

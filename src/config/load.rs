@@ -398,14 +398,7 @@ fn find_value(
     path: &[Segment],
     needle: &Needle,
 ) -> Option<(Vec<Segment>, Range<usize>)> {
-    let mut current = value;
-    for segment in path {
-        current = match (segment, current.get_ref()) {
-            (Segment::Key(k), DeValue::Table(table)) => table.get(k.as_str())?,
-            (Segment::Index(i), DeValue::Array(items)) => items.get(*i)?,
-            _ => return None,
-        };
-    }
+    let current = value_at(value, path)?;
     fn search(
         value: &Spanned<DeValue<'_>>,
         needle: &Needle,
@@ -444,8 +437,11 @@ fn find_value(
     Some((found, span))
 }
 
-/// The span of key `key` in the table at `path` under `value`.
-fn key_span(value: &Spanned<DeValue<'_>>, path: &[Segment], key: &str) -> Option<Range<usize>> {
+/// The value at `path` under `value`.
+fn value_at<'a, 'i>(
+    value: &'a Spanned<DeValue<'i>>,
+    path: &[Segment],
+) -> Option<&'a Spanned<DeValue<'i>>> {
     let mut current = value;
     for segment in path {
         current = match (segment, current.get_ref()) {
@@ -454,7 +450,12 @@ fn key_span(value: &Spanned<DeValue<'_>>, path: &[Segment], key: &str) -> Option
             _ => return None,
         };
     }
-    match current.get_ref() {
+    Some(current)
+}
+
+/// The span of key `key` in the table at `path` under `value`.
+fn key_span(value: &Spanned<DeValue<'_>>, path: &[Segment], key: &str) -> Option<Range<usize>> {
+    match value_at(value, path)?.get_ref() {
         DeValue::Table(table) => table
             .iter()
             .find(|(k, _)| k.get_ref() == key)

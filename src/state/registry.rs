@@ -296,17 +296,10 @@ impl Store {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<PartitionRecord, RegistryError> {
+        // Providers are never removed: checked before the transaction, which on SQLite
+        // holds the one connection.
+        self.check_provider(source, provider).await?;
         let mut tx = self.pool.begin().await?;
-        let known = sqlx::query("SELECT 1 FROM ferry_providers WHERE source = $1 AND name = $2")
-            .bind(source)
-            .bind(provider)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if known.is_none() {
-            // SQLite's pool has one connection: give it back before asking which is unknown.
-            drop(tx);
-            return Err(self.unknown_provider(source, provider).await);
-        }
         let now = Utc::now();
         let id = uuid::Uuid::now_v7().to_string();
         let done = sqlx::query(

@@ -59,6 +59,30 @@ impl NotifySocket {
     }
 }
 
+/// `ferry run` on `config`, logging JSON at INFO to a pipe.
+fn ferry_run(config: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command
+        .args(["run", "--config", &config.display().to_string()])
+        .args(["--log-format", "json"])
+        .env("FERRY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Everything an exited child wrote to its piped standard error.
+fn stderr_of(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    stderr
+}
+
 fn signal(child: &Child, signal: Signal) {
     let pid = i32::try_from(child.id()).expect("pid fits");
     kill(Pid::from_raw(pid), signal).expect("send a signal");
@@ -77,19 +101,9 @@ writers = [{ type = "local", path = "out/{scheduled:%H%M%S}" }]
 "#,
     );
     let (mut notify, socket) = NotifySocket::bind(&ws);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "run",
-            "--config",
-            &config.display().to_string(),
-            "--log-format",
-            "json",
-        ])
+    let mut child = ferry_run(&config)
         .env("NOTIFY_SOCKET", &socket)
         .env("WATCHDOG_USEC", "400000")
-        .env("FERRY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("start ferry run");
 
@@ -114,13 +128,7 @@ writers = [{ type = "local", path = "out/{scheduled:%H%M%S}" }]
     signal(&child, Signal::SIGTERM);
     let status = crate::support::wait_with_deadline(&mut child, Duration::from_secs(15));
     notify.wait_for("STOPPING=1", Duration::from_secs(2));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
+    let stderr = stderr_of(&mut child);
     assert_eq!(
         status.code(),
         Some(0),
@@ -175,19 +183,7 @@ source = { type = "inline", data = "tick" }
 writers = [{ type = "local", path = "out/{scheduled:%H%M%S}" }]
 "#,
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "run",
-            "--config",
-            &config.display().to_string(),
-            "--log-format",
-            "json",
-        ])
-        .env("FERRY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ferry run");
+    let mut child = ferry_run(&config).spawn().expect("start ferry run");
     let ran = |ws: &Workspace| -> Vec<String> {
         ws.files()
             .into_iter()
@@ -220,13 +216,7 @@ writers = [{ type = "local", path = "out/{scheduled:%H%M%S}" }]
     });
     signal(&child, Signal::SIGTERM);
     crate::support::wait_with_deadline(&mut child, Duration::from_secs(15));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
+    let stderr = stderr_of(&mut child);
     // Every slot strictly inside the pause (a second of margin after SIGSTOP) never ran;
     // the latest one before SIGCONT did.
     let files = ran(&ws);
