@@ -36,7 +36,7 @@ use crate::error::{DeliveryError, display_chain};
 use crate::job::Job;
 use crate::notify::Notifications;
 use crate::report::RunReport;
-use crate::schedule::{Misfire, Overlap, Running, Timer};
+use crate::schedule::{Clock, Misfire, Overlap, Running, Timer};
 use crate::state::{Ledger, Outcome, StateError, Store, owner_id};
 
 /// What the daemon is asked to do from outside (signals, tests).
@@ -149,6 +149,21 @@ pub fn signals() -> std::io::Result<mpsc::Receiver<Control>> {
 /// READY=1, RELOADING=1, STOPPING=1 and watchdog pings when it started the daemon.
 pub async fn run(
     path: &Path,
+    control: mpsc::Receiver<Control>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+) -> Result<(), DaemonError> {
+    run_on(Clock::System, path, control, events).await
+}
+
+/// [`run`] with the schedule read off `clock`: tests run the daemon on tokio's paused clock
+/// ([`Clock::tokio_from`]) and pass whole days of slots in milliseconds.
+///
+/// The clock decides when slots are due, what was missed and what catch-up runs; what the
+/// store records (claims, leases, history times) carries the system's time, which other
+/// daemons sharing the store read too.
+pub async fn run_on(
+    clock: Clock,
+    path: &Path,
     mut control: mpsc::Receiver<Control>,
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<(), DaemonError> {
@@ -173,11 +188,11 @@ pub async fn run(
     let api = crate::api::start(&config.api, &config.base_dir, ledger.store.clone())
         .await
         .map_err(DaemonError::Build)?;
-    let timer = Timer::new();
     let mut daemon = Daemon {
         path: path.to_path_buf(),
+        clock,
         shutdown_timeout: config.daemon.shutdown_timeout.get(),
-        timer,
+        timer: Timer::with_clock(clock),
         armed: HashMap::new(),
         generation: 0,
         tracker: TaskTracker::new(),
@@ -289,6 +304,8 @@ struct Armed {
 
 struct Daemon {
     path: PathBuf,
+    /// When slots are due (the system's wall clock, except in tests).
+    clock: Clock,
     shutdown_timeout: Duration,
     /// Firings armed at their slots.
     timer: Timer<Fire>,
@@ -360,7 +377,7 @@ impl Daemon {
     /// Gives each job whose last slot was missed within its `misfire_grace` one catch-up
     /// run, and logs what was missed outside it ([`Misfire`]).
     async fn catch_up(&mut self) -> Result<(), StateError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let last_slots = self.ledger.store.last_slots().await?;
         let mut due = Vec::new();
         for (name, armed) in &self.armed {
@@ -416,6 +433,7 @@ impl Daemon {
     /// only grows until the next try).
     async fn prune(&self) {
         let keep = chrono::Duration::from_std(self.keep_history).unwrap_or(chrono::Duration::MAX);
+        // History times are the system's, whatever the schedule's clock.
         let Some(before) = Utc::now().checked_sub_signed(keep) else {
             return;
         };
@@ -472,7 +490,7 @@ impl Daemon {
             running: Arc::new(AtomicUsize::new(0)),
         };
         self.armed.insert(name.clone(), armed);
-        self.arm(&name, Utc::now()).await;
+        self.arm(&name, self.clock.now()).await;
     }
 
     /// Arms job `name` for its first slot after `after`.
@@ -530,7 +548,7 @@ impl Daemon {
 
         // Arm the next slot first, after this one and after now: a loop held up past later
         // slots skips them (and says so) rather than firing a burst or arming the past.
-        let now = Utc::now();
+        let now = self.clock.now();
         let (next, missed) = job
             .schedule
             .after_firing(fire.slot.with_timezone(&Utc), now);
@@ -565,12 +583,13 @@ impl Daemon {
         let ledger = self.ledger.clone();
         let events = self.events.clone();
         let name = job.name.clone();
+        let clock = self.clock;
         self.track(name, async move {
             let start_at = chrono::Duration::from_std(jitter)
                 .ok()
                 .and_then(|jitter| slot.with_timezone(&Utc).checked_add_signed(jitter))
                 .unwrap_or_else(|| slot.with_timezone(&Utc));
-            if let Ok(wait) = (start_at - Utc::now()).to_std() {
+            if let Ok(wait) = (start_at - clock.now()).to_std() {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = waiting.cancelled() => {
@@ -696,7 +715,7 @@ impl Daemon {
                         armed.job = Arc::new(job);
                         armed.generation = generation;
                     }
-                    self.arm(&name, Utc::now()).await;
+                    self.arm(&name, self.clock.now()).await;
                     rearmed.push(name);
                 }
                 None => {

@@ -28,7 +28,9 @@
 //!    a previous daemon left unfinished when the store lets it take it over, catches up
 //!    missed slots within their grace, and arms each job: [`schedule`] computes the next slot
 //!    from the cron expression in the job's zone, its timer releases it at that instant, and
-//!    its policies decide about overlapping runs and missed slots.
+//!    its policies decide about overlapping runs and missed slots. The instant is read off a
+//!    [`schedule::Clock`]: the system's, or in tests tokio's paused clock
+//!    ([`daemon::run_on`]).
 //! 4. **Firing.** A released slot is claimed in the store (one run per job and slot, however
 //!    many daemons see it) and handed, with its [`context::RunContext`], to the
 //!    [`runner`]: [`runner::RetryingActivity`] makes attempts by policy, each one

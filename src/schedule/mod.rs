@@ -24,7 +24,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
 pub use policy::{Misfire, Overlap, Running};
-pub use timer::Timer;
+pub use timer::{Clock, Timer};
 
 /// A cron expression in a time zone.
 #[derive(Debug, Clone)]

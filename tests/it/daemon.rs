@@ -1,15 +1,18 @@
-//! The daemon booted in-process: firing, reload, overlap and shutdown, in real time.
+//! The daemon booted in-process. Firing, reload, overlap, falling behind and whole DST days
+//! run on tokio's paused clock, moved by the test (a day of slots in milliseconds, each
+//! firing at a known instant); shutdown runs real programs in real time.
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Timelike as _;
+use chrono::{DateTime, Utc};
 use ferry::daemon::{self, Control, Event};
+use ferry::report::RunReport;
 use ferry::runner::RunStatus;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
-use crate::support::Workspace;
 use crate::support::daemon::*;
+use crate::support::{Workspace, serve, utc};
 
 const EVERY_SECOND: &str = r#"
 [[jobs]]
@@ -19,59 +22,47 @@ source = { type = "inline", data = "tick" }
 writers = [{ type = "local", path = "out/tick/{scheduled:%H%M%S}" }]
 "#;
 
-#[tokio::test]
-async fn a_job_every_second_delivers_once_per_distinct_slot() {
-    let ws = Workspace::new();
-    let mut daemon = boot(&ws.job_file(EVERY_SECOND));
-    assert!(matches!(
-        daemon.next(Duration::from_secs(5)).await,
-        Event::Ready { armed: 1 }
-    ));
-    let started = std::time::Instant::now();
-    let mut slots = BTreeSet::new();
-    while slots.len() < 3 {
-        let event = daemon.next(Duration::from_secs(3)).await;
-        if let Event::Finished(report) = event {
-            assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
-            let slot = chrono::DateTime::parse_from_rfc3339(&report.slot).expect("RFC 3339 slot");
-            assert_eq!(
-                slot.nanosecond(),
-                0,
-                "slots are whole seconds: {}",
-                report.slot
-            );
-            assert!(
-                slots.insert(report.slot.clone()),
-                "slot {} ran twice",
-                report.slot
-            );
-        }
-    }
-    assert!(
-        started.elapsed() < Duration::from_millis(4500),
-        "{:?}",
-        started.elapsed()
-    );
-    daemon.stop().await;
-    let files = ws.files();
-    assert!(files.len() >= 3, "{files:?}");
-    for slot in &slots {
-        let parsed = chrono::DateTime::parse_from_rfc3339(slot).expect("slot");
-        let name = format!("out/tick/{}", parsed.format("%H%M%S"));
-        assert!(files.contains(&name), "{name} missing from {files:?}");
-    }
+fn slot_of(report: &RunReport) -> DateTime<Utc> {
+    utc(&report.slot)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
+async fn a_job_every_second_delivers_once_per_slot_at_its_second() {
+    let ws = Workspace::new();
+    let mut daemon = boot_at(&ws.job_file(EVERY_SECOND), utc("2026-06-01T12:00:00.4Z"));
+    daemon.ready().await;
+    for second in 1..=3 {
+        daemon.advance(Duration::from_secs(1)).await;
+        let (report, _) = daemon.finished().await;
+        assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+        assert_eq!(
+            slot_of(&report),
+            utc(&format!("2026-06-01T12:00:0{second}Z"))
+        );
+    }
+    // Time stood still since: nothing else ran.
+    let rest = daemon.stop().await;
+    assert!(
+        !rest
+            .iter()
+            .any(|e| matches!(e, Event::Started { .. } | Event::Finished(_))),
+        "{rest:#?}"
+    );
+    assert_eq!(
+        ws.files(),
+        ["out/tick/120001", "out/tick/120002", "out/tick/120003"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_reload_adds_and_removes_jobs_without_a_restart() {
     let ws = Workspace::new();
     let config = ws.job_file(EVERY_SECOND);
-    let mut daemon = boot(&config);
-    daemon
-        .until(Duration::from_secs(5), |e| {
-            finished_job(e).is_some_and(|(job, _)| job == "tick")
-        })
-        .await;
+    let mut daemon = boot_at(&config, utc("2026-06-01T12:00:00.4Z"));
+    daemon.ready().await;
+    daemon.advance(Duration::from_secs(1)).await;
+    let (tick, _) = daemon.finished().await;
+    assert_eq!(tick.job, "tick");
 
     ws.job_file(
         r#"
@@ -88,9 +79,7 @@ writers = [{ type = "local", path = "out/tock/{scheduled:%H%M%S}" }]
         .await
         .expect("daemon listening");
     let (reloaded, _) = daemon
-        .until(Duration::from_secs(5), |e| {
-            matches!(e, Event::Reloaded { .. })
-        })
+        .until(WAIT, |e| matches!(e, Event::Reloaded { .. }))
         .await;
     let Event::Reloaded { added, removed, .. } = reloaded else {
         unreachable!("matched above")
@@ -98,44 +87,33 @@ writers = [{ type = "local", path = "out/tock/{scheduled:%H%M%S}" }]
     assert_eq!(added, vec!["tock".to_owned()]);
     assert_eq!(removed, vec!["tick".to_owned()]);
 
-    // Two runs of the new job; the old one no longer starts: every `tick` run seen after
-    // the reload (runs already going when it came may still finish) is for an earlier slot.
-    let reloaded_at = chrono::Utc::now();
-    let mut tocks = 0;
-    let mut ticks_after = Vec::new();
-    while tocks < 2 {
-        let event = daemon.next(Duration::from_secs(3)).await;
-        match &event {
-            Event::Started { job, slot } if job == "tick" => ticks_after.push(*slot),
-            _ => {}
-        }
-        if let Some((job, _)) = finished_job(&event)
-            && job == "tock"
-        {
-            tocks += 1;
-        }
+    // The next two seconds run the new job only.
+    let mut after = Vec::new();
+    for _ in 0..2 {
+        daemon.advance(Duration::from_secs(1)).await;
+        let (report, before) = daemon.finished().await;
+        after.extend(before);
+        assert_eq!(report.job, "tock", "{report:#?}");
     }
+    after.extend(daemon.stop().await);
     assert!(
-        ticks_after.iter().all(|slot| *slot <= reloaded_at),
-        "the removed job started after the reload: {ticks_after:?}"
+        !after
+            .iter()
+            .any(|e| matches!(e, Event::Started { job, .. } if job == "tick")),
+        "the removed job started after the reload: {after:#?}"
     );
-    let tock_files = ws
-        .files()
-        .iter()
-        .filter(|f| f.starts_with("out/tock/"))
-        .count();
-    assert!(tock_files >= 2, "{:?}", ws.files());
-    daemon.stop().await;
+    assert_eq!(
+        ws.files(),
+        ["out/tick/120001", "out/tock/120002", "out/tock/120003"]
+    );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_bad_reload_keeps_the_old_jobs_firing_and_reports_every_error() {
     let ws = Workspace::new();
     let config = ws.job_file(EVERY_SECOND);
-    let mut daemon = boot(&config);
-    daemon
-        .until(Duration::from_secs(5), |e| finished_job(e).is_some())
-        .await;
+    let mut daemon = boot_at(&config, utc("2026-06-01T12:00:00.4Z"));
+    daemon.ready().await;
 
     ws.job_file(
         "[[jobs]]\nname = \"tick\"\nschedule = \"every second please\"\nsource = { type = \"inline\", data = \"x\" }\nwriters = []\n",
@@ -146,9 +124,7 @@ async fn a_bad_reload_keeps_the_old_jobs_firing_and_reports_every_error() {
         .await
         .expect("daemon listening");
     let (rejected, _) = daemon
-        .until(Duration::from_secs(5), |e| {
-            matches!(e, Event::ReloadRejected { .. })
-        })
+        .until(WAIT, |e| matches!(e, Event::ReloadRejected { .. }))
         .await;
     let Event::ReloadRejected { errors } = rejected else {
         unreachable!("matched above")
@@ -163,19 +139,110 @@ async fn a_bad_reload_keeps_the_old_jobs_firing_and_reports_every_error() {
         "{errors}"
     );
 
-    // The old job still fires, for slots after the rejected reload.
-    let rejected_at = chrono::Utc::now();
-    daemon
-        .until(Duration::from_secs(4), |e| {
-            finished_job(e).is_some_and(|(job, slot)| {
-                job == "tick"
-                    && chrono::DateTime::parse_from_rfc3339(&slot).is_ok_and(|s| s > rejected_at)
-            })
-        })
-        .await;
+    // The old job still fires, at its next slot.
+    daemon.advance(Duration::from_secs(1)).await;
+    let (report, _) = daemon.finished().await;
+    assert_eq!(
+        (report.job.as_str(), slot_of(&report)),
+        ("tick", utc("2026-06-01T12:00:01Z"))
+    );
     daemon.stop().await;
 }
 
+/// An hourly job in Berlin over both DST days of a year: 23 runs on the spring-forward day,
+/// 25 on the fall-back day (both 02:00s, each once), each at its instant; plus a daily job at
+/// 02:30, a time the spring-forward day skips (it runs once, at 03:00) and the fall-back day
+/// has twice (it runs once, the first time).
+#[tokio::test(start_paused = true)]
+async fn whole_dst_days_in_berlin_run_every_slot_once() {
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"
+[[jobs]]
+name = "hourly"
+schedule = "0 0 * * * *"
+timezone = "Europe/Berlin"
+source = { type = "inline", data = "h" }
+writers = [{ type = "local", path = "out/hourly/{scheduled:%Y-%m-%dT%H:%M%z}" }]
+
+[[jobs]]
+name = "daily"
+schedule = "0 30 2 * * *"
+timezone = "Europe/Berlin"
+source = { type = "inline", data = "d" }
+writers = [{ type = "local", path = "out/daily/{scheduled:%Y-%m-%dT%H:%M%z}" }]
+"#,
+    );
+    for (day_starts, hours, daily) in [
+        // 2026-03-29 00:00 CET .. 2026-03-30 00:00 CEST: 23 hours; 02:30 is 03:00 CEST.
+        ("2026-03-28T23:00:00Z", 23, "2026-03-29T01:00:00Z"),
+        // 2026-10-25 00:00 CEST .. 2026-10-26 00:00 CET: 25 hours; 02:30 CEST comes first.
+        ("2026-10-24T22:00:00Z", 25, "2026-10-25T00:30:00Z"),
+    ] {
+        let first = utc(day_starts);
+        let mut want: Vec<(String, DateTime<Utc>)> = (0..hours)
+            .map(|hour| ("hourly".to_owned(), first + chrono::Duration::hours(hour)))
+            .collect();
+        want.push(("daily".to_owned(), utc(daily)));
+        want.sort();
+
+        let mut clock = first - chrono::Duration::seconds(1);
+        let mut daemon = boot_at(&config, clock);
+        daemon.ready().await;
+        let mut seen = Vec::new();
+        // The day in half hours: after each step, wait for exactly the runs due by then.
+        for half_hour in 0..(2 * hours) {
+            let to = first + chrono::Duration::minutes(30 * half_hour);
+            daemon
+                .advance((to - clock).to_std().expect("forward"))
+                .await;
+            clock = to;
+            let due = want.iter().filter(|(_, slot)| *slot <= clock).count();
+            while seen.len() < due {
+                let (report, _) = daemon.finished().await;
+                assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+                seen.push((report.job.clone(), slot_of(&report)));
+            }
+        }
+        let rest = daemon.stop().await;
+        assert!(
+            !rest
+                .iter()
+                .any(|e| matches!(e, Event::Started { .. } | Event::Finished(_))),
+            "nothing beyond the day's slots ran: {rest:#?}"
+        );
+        seen.sort();
+        assert_eq!(seen, want);
+    }
+    let files = ws.files();
+    let day = |prefix: &str| files.iter().filter(|f| f.starts_with(prefix)).count();
+    assert_eq!(day("out/hourly/2026-03-29"), 23, "{files:#?}");
+    assert_eq!(day("out/hourly/2026-10-25"), 25, "{files:#?}");
+    for twice in [
+        "out/hourly/2026-10-25T02:00+0200",
+        "out/hourly/2026-10-25T02:00+0100",
+    ] {
+        assert!(files.contains(&twice.to_owned()), "{twice} in {files:#?}");
+    }
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.starts_with("out/hourly/2026-03-29T02")),
+        "{files:#?}"
+    );
+    let daily: Vec<&String> = files
+        .iter()
+        .filter(|f| f.starts_with("out/daily/"))
+        .collect();
+    assert_eq!(
+        daily,
+        [
+            "out/daily/2026-03-29T03:00+0200",
+            "out/daily/2026-10-25T02:30+0200"
+        ],
+        "{files:#?}"
+    );
+}
 #[tokio::test]
 async fn shutdown_lets_a_running_delivery_finish() {
     let ws = Workspace::new();
@@ -269,56 +336,113 @@ writers = [{ type = "local", path = "out/stuck" }]
     assert_eq!(unfinished[0].job, "stuck");
 }
 
-#[tokio::test]
+/// A run that outlasts the time to the next slot: the next firing is skipped by default and
+/// starts beside it with `overlap = "allow"`. The runs read from a local HTTP server that
+/// answers only when the test lets it, so a run lasts exactly as long as the test wants.
+#[tokio::test(start_paused = true)]
 async fn overlapping_firings_are_skipped_by_default_and_allowed_on_request() {
-    let job = |overlap: &str| {
-        format!(
+    for overlap in ["skip", "allow"] {
+        let answers = Arc::new(Semaphore::new(0));
+        let held = Arc::clone(&answers);
+        let addr = serve(axum::Router::new().route(
+            "/data",
+            axum::routing::get(move || {
+                let held = Arc::clone(&held);
+                async move {
+                    held.acquire().await.expect("open").forget();
+                    "data"
+                }
+            }),
+        ))
+        .await;
+        let ws = Workspace::new();
+        let config = ws.job_file(&format!(
             r#"
 [[jobs]]
 name = "long"
-schedule = "* * * * * *"
+schedule = "0 1,2 12 * * *"
 overlap = "{overlap}"
-source = {{ type = "command", command = ["sh", "-c", "sleep 2.2; echo x"] }}
-writers = [{{ type = "local", path = "out/{{run_id}}" }}]
+source = {{ type = "url", url = "http://{addr}/data" }}
+writers = [{{ type = "local", path = "out/{{scheduled:%H%M}}" }}]
 "#
-        )
-    };
-    let ws = Workspace::new();
-    let mut daemon = boot(&ws.job_file(&job("skip")));
-    let (skipped, _) = daemon
-        .until(Duration::from_secs(6), |e| {
-            matches!(e, Event::Skipped { .. })
-        })
-        .await;
-    assert!(matches!(skipped, Event::Skipped { ref job, .. } if job == "long"));
-    daemon.stop().await;
+        ));
+        let mut daemon = boot_at(&config, utc("2026-06-01T12:00:30Z"));
+        daemon.ready().await;
+        daemon.advance(Duration::from_secs(30)).await;
+        daemon
+            .until(WAIT, |e| matches!(e, Event::Started { .. }))
+            .await;
+        // 12:02, the first run still waiting for its data.
+        daemon.advance(Duration::from_secs(60)).await;
+        let (second, before) = daemon
+            .until(WAIT, |e| {
+                matches!(e, Event::Started { .. } | Event::Skipped { .. })
+            })
+            .await;
+        assert!(
+            !before.iter().any(|e| matches!(e, Event::Finished(_))),
+            "{before:#?}"
+        );
+        let want = utc("2026-06-01T12:02:00Z");
+        match (overlap, &second) {
+            ("skip", Event::Skipped { job, slot }) | ("allow", Event::Started { job, slot }) => {
+                assert_eq!((job.as_str(), slot.with_timezone(&Utc)), ("long", want));
+            }
+            _ => panic!("overlap = {overlap}: {second:#?}"),
+        }
+        answers.add_permits(2);
+        let runs = if overlap == "skip" { 1 } else { 2 };
+        for _ in 0..runs {
+            let (report, _) = daemon.finished().await;
+            assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+        }
+        daemon.stop().await;
+        let want_files: &[&str] = if overlap == "skip" {
+            &["out/1201"]
+        } else {
+            &["out/1201", "out/1202"]
+        };
+        assert_eq!(ws.files(), want_files, "overlap = {overlap}");
+    }
+}
 
+/// The daemon held up past several slots (a suspended machine, a stepped clock): the slots
+/// that passed are skipped, the latest runs, and the schedule goes on from there.
+#[tokio::test(start_paused = true)]
+async fn a_daemon_held_up_past_slots_runs_only_the_latest() {
+    let _still = Hold::new();
     let ws = Workspace::new();
-    let mut daemon = boot(&ws.job_file(&job("allow")));
-    // Two runs started while the first (2.2 s) is still going: they overlap.
-    let (_, mut events) = daemon
-        .until(Duration::from_secs(10), |e| {
-            matches!(e, Event::Started { .. })
-        })
-        .await;
-    let (second, before) = daemon
-        .until(Duration::from_secs(10), |e| {
-            matches!(e, Event::Started { .. })
-        })
-        .await;
-    assert!(
-        !before.iter().any(|e| finished_job(e).is_some()),
-        "the second run started before the first finished: {before:#?}"
+    let config = ws.job_file(
+        r#"
+[[jobs]]
+name = "hourly"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/{scheduled:%H%M}" }]
+"#,
     );
-    events.extend(before);
-    events.push(second);
-    events.extend(daemon.stop().await);
-    assert!(
-        !events.iter().any(|e| matches!(e, Event::Skipped { .. })),
-        "{events:#?}"
+    let mut daemon = boot_at(&config, utc("2026-06-01T09:59:59Z"));
+    daemon.ready().await;
+    let mut slots = Vec::new();
+    for step in [1, 3 * 3600 + 1800, 1800] {
+        daemon.advance(Duration::from_secs(step)).await;
+        let (report, _) = daemon.finished().await;
+        slots.push(slot_of(&report));
+    }
+    daemon.stop().await;
+    assert_eq!(
+        slots,
+        [
+            utc("2026-06-01T10:00:00Z"),
+            utc("2026-06-01T13:00:00Z"),
+            utc("2026-06-01T14:00:00Z"),
+        ]
     );
-    let finished = events.iter().filter(|e| finished_job(e).is_some()).count();
-    assert!(finished >= 2, "overlapping runs all finished: {events:#?}");
+    let store = ferry::state::Store::open("sqlite://ferry-state.db", ws.path())
+        .await
+        .expect("open the daemon's store");
+    let history = store.history(Some("hourly"), 10).await.expect("history");
+    assert_eq!(history.len(), 3, "no row for a skipped slot: {history:#?}");
 }
 
 #[tokio::test]

@@ -11,8 +11,8 @@ use ferry::state::{Claim, Ledger, Outcome, RunState, Store};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::daemon::boot;
-use crate::support::{Workspace, ferry, random_file, sha256_file, show};
+use crate::support::daemon::{Hold, WAIT, boot, boot_at, finished_slots};
+use crate::support::{Workspace, ferry, random_file, sha256_file, show, utc};
 
 async fn ledger(ws: &Workspace) -> Ledger {
     ws.ledger().await
@@ -145,9 +145,10 @@ async fn record_past_run(store: &Store, job: &str, slot: chrono::DateTime<Utc>) 
 }
 
 /// Down across several slots and back within `misfire_grace`: exactly one catch-up run,
-/// for the latest missed slot.
-#[tokio::test]
+/// for the latest missed slot, then the schedule goes on. On tokio's paused clock, at 10:00:30.
+#[tokio::test(start_paused = true)]
 async fn missed_slots_within_grace_coalesce_into_one_catch_up_run() {
+    let _still = Hold::new();
     let ws = Workspace::new();
     let config = ws.job_file(
         r#"
@@ -159,50 +160,39 @@ source = { type = "inline", data = "x" }
 writers = [{ type = "local", path = "out/{scheduled:%H%M}" }]
 "#,
     );
-    let schedule = ferry::schedule::Schedule::parse("0 * * * * *", chrono_tz::UTC).expect("valid");
-    let last_due = schedule
-        .latest_at_or_before(Utc::now())
-        .expect("a past slot")
-        .with_timezone(&Utc);
-    // The previous daemon last ran four minutes before that: three slots were missed.
+    // The previous daemon last ran at 09:56: 09:57 to 10:00 were missed.
     let store = Store::open("sqlite://ferry-state.db", ws.path())
         .await
         .expect("store");
-    record_past_run(&store, "minutely", last_due - chrono::Duration::minutes(4)).await;
+    record_past_run(&store, "minutely", utc("2026-06-01T09:56:00Z")).await;
 
-    let mut daemon = boot(&config);
-    let caught = |e: &Event| matches!(e, Event::Finished(report) if chrono::DateTime::parse_from_rfc3339(&report.slot).is_ok_and(|s| s == last_due));
-    let (first, mut seen) = daemon.until(Duration::from_secs(30), caught).await;
+    let mut daemon = boot_at(&config, utc("2026-06-01T10:00:30Z"));
+    let caught = |e: &Event| matches!(e, Event::Finished(_));
+    let (first, mut seen) = daemon.until(WAIT, caught).await;
     seen.push(first);
+    daemon.advance(Duration::from_secs(30)).await;
+    let (next, before) = daemon.until(WAIT, caught).await;
+    seen.extend(before);
+    seen.push(next);
     seen.extend(daemon.stop().await);
-    let finished: Vec<String> = seen
-        .iter()
-        .filter_map(|e| match e {
-            Event::Finished(report) => Some(report.slot.clone()),
-            _ => None,
-        })
-        .collect();
-    let caught_up: Vec<&String> = finished
-        .iter()
-        .filter(|slot| chrono::DateTime::parse_from_rfc3339(slot).is_ok_and(|s| s <= last_due))
-        .collect();
-    assert_eq!(caught_up.len(), 1, "one catch-up run: {finished:?}");
     assert_eq!(
-        chrono::DateTime::parse_from_rfc3339(caught_up[0]).expect("slot"),
-        last_due
+        finished_slots(&seen),
+        [utc("2026-06-01T10:00:00Z"), utc("2026-06-01T10:01:00Z")],
+        "one catch-up run, then the next slot: {seen:#?}"
     );
     let history = store.history(Some("minutely"), 10).await.expect("history");
-    let before_now: Vec<_> = history.iter().filter(|r| r.slot <= last_due).collect();
     assert_eq!(
-        before_now.len(),
-        2,
-        "the old run and one catch-up: {history:#?}"
+        history.len(),
+        3,
+        "the old run, the catch-up and 10:01: {history:#?}"
     );
+    assert_eq!(ws.files(), ["out/1000", "out/1001"]);
 }
 
 /// Down across a slot and back after `misfire_grace`: nothing is made up.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_missed_slot_outside_grace_is_not_run() {
+    let _still = Hold::new();
     let ws = Workspace::new();
     let config = ws.job_file(
         r#"
@@ -214,24 +204,19 @@ source = { type = "inline", data = "x" }
 writers = [{ type = "local", path = "out/x" }]
 "#,
     );
-    let schedule = ferry::schedule::Schedule::parse("0 0 0 1 1 *", chrono_tz::UTC).expect("valid");
-    let last_due = schedule
-        .latest_at_or_before(Utc::now())
-        .expect("past")
-        .with_timezone(&Utc);
+    let last_due = utc("2026-01-01T00:00:00Z");
     let store = Store::open("sqlite://ferry-state.db", ws.path())
         .await
         .expect("store");
-    record_past_run(&store, "yearly", last_due - chrono::Duration::days(365)).await;
+    record_past_run(&store, "yearly", utc("2025-01-01T00:00:00Z")).await;
 
-    // Start-up decides about missed and unfinished runs before it is ready; a run it
-    // started would be waited for by the shutdown and seen among its events.
-    let mut daemon = boot(&config);
+    // Back two hours after the slot. Start-up decides about missed runs before it is
+    // ready; a run it started would be waited for by the shutdown and seen among its events.
+    let mut daemon = boot_at(&config, utc("2026-01-01T02:00:00Z"));
     let (_, mut seen) = daemon
-        .until(Duration::from_secs(30), |e| {
-            matches!(e, Event::Ready { .. })
-        })
+        .until(WAIT, |e| matches!(e, Event::Ready { .. }))
         .await;
+    daemon.advance(Duration::from_secs(24 * 3600)).await;
     seen.extend(daemon.stop().await);
     assert!(
         !seen.iter().any(|e| matches!(e, Event::Finished(_))),
@@ -627,8 +612,9 @@ writers = [
     assert!(report.deliveries.iter().all(|d| d.sha256 == want));
 }
 
-/// A new job on a fresh store: its first start is not a catch-up, whatever its grace.
-#[tokio::test]
+/// A new job on a fresh store: its first start is not a catch-up, whatever its grace; its
+/// first run is its first slot after the start.
+#[tokio::test(start_paused = true)]
 async fn the_first_start_of_a_job_is_not_a_catch_up() {
     let ws = Workspace::new();
     let config = ws.job_file(
@@ -641,23 +627,21 @@ source = { type = "inline", data = "x" }
 writers = [{ type = "local", path = "out/{scheduled:%H%M}" }]
 "#,
     );
-    let mut daemon = boot(&config);
-    let (_, _) = daemon
-        .until(Duration::from_secs(30), |e| {
-            matches!(e, Event::Ready { .. })
-        })
+    let mut daemon = boot_at(&config, utc("2026-06-01T10:30:00Z"));
+    let (_, mut seen) = daemon
+        .until(WAIT, |e| matches!(e, Event::Ready { .. }))
         .await;
-    let mut seen = daemon.collect(Duration::from_millis(500)).await;
+    daemon.advance(Duration::from_secs(30 * 60)).await;
+    let (first, before) = daemon
+        .until(WAIT, |e| matches!(e, Event::Finished(_)))
+        .await;
+    seen.extend(before);
+    seen.push(first);
     seen.extend(daemon.stop().await);
-    assert!(
-        !seen
-            .iter()
-            .any(|e| matches!(e, Event::Started { .. } | Event::Finished(_))),
-        "no run at the first start: {seen:#?}"
+    assert_eq!(
+        finished_slots(&seen),
+        [utc("2026-06-01T11:00:00Z")],
+        "no run at the first start, then the 11:00 slot: {seen:#?}"
     );
-    assert!(
-        ws.files().iter().all(|f| !f.starts_with("out/")),
-        "{:?}",
-        ws.files()
-    );
+    assert_eq!(ws.files(), ["out/1100"]);
 }

@@ -1,15 +1,11 @@
 //! Schedules at fixed instants (never the wall clock): time zones, DST both ways, crontab
 //! forms, and the tokio-cron-scheduler issues ferry must not inherit.
 
-use chrono::{DateTime, TimeZone as _, Utc};
+use chrono::{TimeZone as _, Utc};
 use chrono_tz::Tz;
 use ferry::schedule::Schedule;
 
-fn utc(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .expect("RFC 3339 instant")
-        .with_timezone(&Utc)
-}
+use crate::support::utc;
 
 fn next_n(expr: &str, tz: Tz, after: &str, n: usize) -> Vec<String> {
     Schedule::parse(expr, tz)

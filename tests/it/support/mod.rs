@@ -197,6 +197,13 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
+/// An RFC 3339 instant written in a test, in UTC.
+pub fn utc(text: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .expect("RFC 3339 in the test")
+        .with_timezone(&chrono::Utc)
+}
+
 /// A run slot for tests: a fixed instant in UTC.
 pub fn slot() -> chrono::DateTime<chrono_tz::Tz> {
     use chrono::TimeZone as _;
