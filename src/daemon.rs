@@ -4,7 +4,9 @@
 //! ready, then serves three kinds of event from one loop that owns all state:
 //!
 //! * a firing: the job's next slot is armed at once, then a run is started for this slot
-//!   (or skipped, with a warning, while the previous one is still going);
+//!   (or skipped, with a warning, while the previous one is still going); the runs of every
+//!   job due at that instant are claimed in one statement and logged as started before any
+//!   of them runs;
 //! * [`Control::Reload`] (SIGHUP): the file is read and checked again; a bad file, or a job
 //!   that cannot be built, changes nothing and is logged. Otherwise jobs are added, removed
 //!   and replaced; a job whose schedule, time zone and `enabled` did not change keeps its
@@ -33,9 +35,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigErrors};
 use crate::error::{DeliveryError, display_chain};
-use crate::job::Job;
+use crate::job::{Job, NewRun};
 use crate::notify::Notifications;
 use crate::report::RunReport;
+use crate::runner::Begun;
 use crate::schedule::{Clock, Misfire, Overlap, Running, Timer};
 use crate::state::{Ledger, Outcome, StateError, Store, owner_id};
 
@@ -454,11 +457,7 @@ impl Daemon {
         prune.tick().await;
         let now = loop {
             tokio::select! {
-                due = self.timer.next_due() => {
-                    for fire in due {
-                        self.fire(fire).await;
-                    }
-                }
+                due = self.timer.next_due() => self.fire_all(due).await,
                 command = control.recv() => match command {
                     Some(Control::Reload) => self.reload().await,
                     Some(Control::Shutdown) | None => break false,
@@ -535,12 +534,42 @@ impl Daemon {
         }
     }
 
-    async fn fire(&mut self, fire: Fire) {
-        let Some(armed) = self.armed.get(&fire.job) else {
-            return;
-        };
+    /// Fires everything due at one instant. Runs that start now (no jitter) are claimed
+    /// together, in one statement, and their starts logged before any of them runs: a
+    /// thousand jobs due at once all start within milliseconds of their slot. Runs with
+    /// jitter wait for it and claim alone.
+    async fn fire_all(&mut self, due: Vec<Fire>) {
+        let now = self.clock.now();
+        let mut at_once = Vec::new();
+        for fire in due {
+            let Some((job, slot, running, waiting)) = self.fire(fire, now).await else {
+                continue;
+            };
+            if job.jitter.is_some() || slot.with_timezone(&Utc) > now {
+                self.start(job, slot, running, waiting);
+                continue;
+            }
+            match Running::enter(running, job.overlap) {
+                Some(running) => at_once.push((job, slot, running)),
+                None => skipped(self.events.as_ref(), &job, slot),
+            }
+        }
+        if !at_once.is_empty() {
+            self.start_claimed_together(at_once);
+        }
+    }
+
+    /// Arms the slot after `fire`'s and says which run it asks for: the job, the slot to run
+    /// (the latest passed one when the daemon fell behind) and the job's running count and
+    /// waiting token. `None` for a stale firing (the job changed or went).
+    async fn fire(
+        &mut self,
+        fire: Fire,
+        now: DateTime<Utc>,
+    ) -> Option<(Arc<Job>, DateTime<Tz>, Arc<AtomicUsize>, CancellationToken)> {
+        let armed = self.armed.get(&fire.job)?;
         if armed.generation != fire.generation || armed.next != Some(fire.slot) {
-            return;
+            return None;
         }
         let job = Arc::clone(&armed.job);
         let running = Arc::clone(&armed.running);
@@ -548,7 +577,6 @@ impl Daemon {
 
         // Arm the next slot first, after this one and after now: a loop held up past later
         // slots skips them (and says so) rather than firing a burst or arming the past.
-        let now = self.clock.now();
         let (next, missed) = job
             .schedule
             .after_firing(fire.slot.with_timezone(&Utc), now);
@@ -563,7 +591,49 @@ impl Daemon {
             }
         };
         self.arm_slot(&fire.job, next).await;
-        self.start(job, slot, running, waiting);
+        Some((job, slot, running, waiting))
+    }
+
+    /// Claims `runs` (due now, each counted as running) in one go, logs their starts, then
+    /// runs them, each as a tracked task; all of it in a tracked task, so the daemon's loop
+    /// never waits for the store.
+    fn start_claimed_together(&self, runs: Vec<(Arc<Job>, DateTime<Tz>, Running)>) {
+        let ledger = self.ledger.clone();
+        let spawner = self.spawner();
+        let abort = self.abort.clone();
+        self.tracker.spawn(async move {
+            let new: Vec<(Arc<Job>, NewRun)> = runs
+                .iter()
+                .map(|(job, slot, _)| (Arc::clone(job), job.new_run(&ledger, *slot, false)))
+                .collect();
+            let claimed = tokio::select! {
+                claimed = Job::claim_all(&ledger, &new) => claimed,
+                () = abort.cancelled() => return,
+            };
+            // Logged and reported to the jobs' failure handlers by the claim.
+            let Ok(claimed) = claimed else {
+                return;
+            };
+            let mut begun = Vec::with_capacity(new.len());
+            for (((job, run), (_, slot, running)), claimed) in new.into_iter().zip(runs).zip(claimed)
+            {
+                if !claimed {
+                    tracing::info!(job = %job.name, slot = %slot.to_rfc3339(), "The slot already has a run; not running it again.");
+                    continue;
+                }
+                spawner.emit(Event::Started {
+                    job: job.name.clone(),
+                    slot,
+                });
+                begun.push((Begun::now(&run.ctx), job, run.ctx, running));
+            }
+            for (begun, job, ctx, running) in begun {
+                spawner.track(job.name.clone(), async move {
+                    let _running = running;
+                    Some(job.runner.run_begun(ctx, begun).await)
+                });
+            }
+        });
     }
 
     /// Starts a run of `job` for `slot` as a tracked task: it waits for the slot (the timer
@@ -599,17 +669,7 @@ impl Daemon {
                 }
             }
             let Some(_running) = Running::enter(running, job.overlap) else {
-                tracing::warn!(
-                    job = %job.name,
-                    slot = %slot.to_rfc3339(),
-                    "Skipped: the previous run is still going (overlap = \"skip\")."
-                );
-                if let Some(events) = events {
-                    let _ = events.send(Event::Skipped {
-                        job: job.name.clone(),
-                        slot,
-                    });
-                }
+                skipped(events.as_ref(), &job, slot);
                 return None;
             };
             if let Some(events) = &events {
@@ -634,20 +694,15 @@ impl Daemon {
     /// Runs `work` as a tracked task that the shutdown deadline cancels, and tells the
     /// events channel about the report it returns.
     fn track(&self, job: String, work: impl Future<Output = Option<RunReport>> + Send + 'static) {
-        let abort = self.abort.clone();
-        let events = self.events.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                report = work => {
-                    if let (Some(report), Some(events)) = (report, events) {
-                        let _ = events.send(Event::Finished(Box::new(report)));
-                    }
-                }
-                () = abort.cancelled() => {
-                    tracing::warn!(%job, "Run cancelled by the shutdown.");
-                }
-            }
-        });
+        self.spawner().track(job, work);
+    }
+
+    fn spawner(&self) -> Spawner {
+        Spawner {
+            tracker: self.tracker.clone(),
+            abort: self.abort.clone(),
+            events: self.events.clone(),
+        }
     }
 
     async fn reload(&mut self) {
@@ -795,6 +850,56 @@ impl Daemon {
         }
         tracing::info!(cancelled, "Stopped.");
         self.emit(Event::Stopped { cancelled });
+    }
+}
+
+/// Starts the daemon's tracked tasks, from its loop or from a task of its own.
+struct Spawner {
+    tracker: TaskTracker,
+    abort: CancellationToken,
+    events: Option<mpsc::UnboundedSender<Event>>,
+}
+
+impl Spawner {
+    /// Runs `work` as a tracked task that the shutdown deadline cancels, and tells the
+    /// events channel about the report it returns.
+    fn track(&self, job: String, work: impl Future<Output = Option<RunReport>> + Send + 'static) {
+        let abort = self.abort.clone();
+        let events = self.events.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                report = work => {
+                    if let (Some(report), Some(events)) = (report, events) {
+                        let _ = events.send(Event::Finished(Box::new(report)));
+                    }
+                }
+                () = abort.cancelled() => {
+                    tracing::warn!(%job, "Run cancelled by the shutdown.");
+                }
+            }
+        });
+    }
+
+    fn emit(&self, event: Event) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
+}
+
+/// Logs (and tells `events`) that `job`'s firing for `slot` was skipped because its
+/// previous run is still going.
+fn skipped(events: Option<&mpsc::UnboundedSender<Event>>, job: &Job, slot: DateTime<Tz>) {
+    tracing::warn!(
+        job = %job.name,
+        slot = %slot.to_rfc3339(),
+        "Skipped: the previous run is still going (overlap = \"skip\")."
+    );
+    if let Some(events) = events {
+        let _ = events.send(Event::Skipped {
+            job: job.name.clone(),
+            slot,
+        });
     }
 }
 

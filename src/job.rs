@@ -199,19 +199,8 @@ impl Job {
         slot: DateTime<Tz>,
         manual: bool,
     ) -> Result<Option<RunContext>, StateError> {
-        let ctx = RunContext::new(&self.name, slot).with_ledger(ledger.clone());
-        let uuid = ctx.uuid.to_string();
-        let slot_local = slot.to_rfc3339();
-        let claim = Claim {
-            job: &self.name,
-            slot: slot.with_timezone(&Utc),
-            slot_local: &slot_local,
-            run_id: &ctx.run_id,
-            uuid: &uuid,
-            owner: &ledger.owner,
-            lease: ledger.lease,
-            manual,
-        };
+        let run = self.new_run(ledger, slot, manual);
+        let claim = run.claim();
         // A few quick tries: a run waits seconds for a busy store, not minutes. (A claim
         // whose answer was lost reads as "taken" on the next try: the row is ours, still
         // `running`, and is resumed like any interrupted run.)
@@ -220,19 +209,56 @@ impl Job {
         })
         .await;
         match claimed {
-            Ok(claimed) => Ok(claimed.then_some(ctx)),
+            Ok(claimed) => Ok(claimed.then_some(run.ctx)),
             Err(err) => {
-                let failure = DeliveryError::new(
-                    ErrorKind::Io,
-                    format!(
-                        "the state store could not record the run, so it was not started: {err}"
-                    ),
-                );
-                tracing::error!(job = %self.name, slot = %slot_local, error = %err, "Cannot claim the slot; not running it.");
-                self.runner.report_not_run(&ctx, &failure).await;
+                self.not_claimed(&run, &err).await;
                 Err(err)
             }
         }
+    }
+
+    /// Claims every one of `runs` in one go (one statement for up to 3,000), with the same
+    /// retries as [`Job::claim`]: for each, whether it was claimed. When the store fails,
+    /// each run's job reports its run as not started and the error is returned.
+    pub async fn claim_all(
+        ledger: &Ledger,
+        runs: &[(std::sync::Arc<Job>, NewRun)],
+    ) -> Result<Vec<bool>, StateError> {
+        let claims: Vec<Claim<'_>> = runs.iter().map(|(_, run)| run.claim()).collect();
+        let claimed = crate::state::with_retries("claim the slots", CLAIM_TRIES, || {
+            ledger.store.claim_all(&claims)
+        })
+        .await;
+        if let Err(err) = &claimed {
+            for (job, run) in runs {
+                job.not_claimed(run, err).await;
+            }
+        }
+        claimed
+    }
+
+    /// A new run of this job for `slot`, not claimed yet.
+    pub fn new_run(&self, ledger: &Ledger, slot: DateTime<Tz>, manual: bool) -> NewRun {
+        let ctx = RunContext::new(&self.name, slot).with_ledger(ledger.clone());
+        NewRun {
+            uuid: ctx.uuid.to_string(),
+            slot_local: slot.to_rfc3339(),
+            owner: ledger.owner.clone(),
+            lease: ledger.lease,
+            manual,
+            ctx,
+        }
+    }
+
+    /// Logs and reports (to the failure handlers) that `run` was not started because the
+    /// store could not record it.
+    async fn not_claimed(&self, run: &NewRun, err: &StateError) {
+        let failure = DeliveryError::new(
+            ErrorKind::Io,
+            format!("the state store could not record the run, so it was not started: {err}"),
+        );
+        tracing::error!(job = %self.name, slot = %run.slot_local, error = %err, "Cannot claim the slot; not running it.");
+        self.runner.report_not_run(&run.ctx, &failure).await;
     }
 
     /// Closes `ctx`'s run after it was stopped before its end (its future dropped: the
@@ -285,5 +311,33 @@ impl Job {
             ledger: Some(ledger.clone()),
         };
         Ok(Some(self.runner.run(ctx).await))
+    }
+}
+
+/// A run about to be claimed: its context and the fields of its [`Claim`].
+#[derive(Debug)]
+pub struct NewRun {
+    /// The run's context, handed to the runner once claimed.
+    pub ctx: RunContext,
+    uuid: String,
+    slot_local: String,
+    owner: String,
+    lease: std::time::Duration,
+    manual: bool,
+}
+
+impl NewRun {
+    /// What the store records for it.
+    pub fn claim(&self) -> Claim<'_> {
+        Claim {
+            job: &self.ctx.job,
+            slot: self.ctx.slot.with_timezone(&Utc),
+            slot_local: &self.slot_local,
+            run_id: &self.ctx.run_id,
+            uuid: &self.uuid,
+            owner: &self.owner,
+            lease: self.lease,
+            manual: self.manual,
+        }
     }
 }

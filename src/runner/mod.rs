@@ -10,7 +10,7 @@ mod policy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -241,20 +241,19 @@ impl<A: Activity> ActivityRunner<A> {
     /// Runs `ctx`'s run to its end, records it, and returns the report; the handlers are
     /// told in the background (see [`ActivityRunner::notifications`]), the log at once.
     pub async fn run(&self, ctx: RunContext) -> RunReport {
-        let span = tracing::info_span!(
-            "run",
-            job = %ctx.job,
-            run_id = %ctx.run_id,
-            slot = %ctx.slot.to_rfc3339(),
-        );
+        let begun = Begun::now(&ctx);
+        self.run_begun(ctx, begun).await
+    }
+
+    /// [`ActivityRunner::run`] for a run whose start was logged already ([`Begun::now`]):
+    /// the daemon logs the start of everything due at one instant before any of it runs.
+    pub async fn run_begun(&self, ctx: RunContext, begun: Begun) -> RunReport {
+        let Begun {
+            span,
+            started_at,
+            clock,
+        } = begun;
         async {
-            if ctx.attempt > 1 {
-                tracing::info!(attempt = ctx.attempt, "Run resumed.");
-            } else {
-                tracing::info!("Run started.");
-            }
-            let started_at = Utc::now();
-            let clock = Instant::now();
             let attempted = match &ctx.ledger {
                 None => self.activity.run(&ctx).await,
                 Some(ledger) => tokio::select! {
@@ -308,6 +307,38 @@ impl<A: Activity> ActivityRunner<A> {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// A run's start: its span (job, run id, slot) and the time, logged as "Run started." (or
+/// "Run resumed." for a later attempt of an interrupted run).
+pub struct Begun {
+    span: tracing::Span,
+    started_at: DateTime<Utc>,
+    clock: Instant,
+}
+
+impl Begun {
+    /// Logs `ctx`'s start now.
+    pub fn now(ctx: &RunContext) -> Begun {
+        let span = tracing::info_span!(
+            "run",
+            job = %ctx.job,
+            run_id = %ctx.run_id,
+            slot = %ctx.slot.to_rfc3339(),
+        );
+        span.in_scope(|| {
+            if ctx.attempt > 1 {
+                tracing::info!(attempt = ctx.attempt, "Run resumed.");
+            } else {
+                tracing::info!("Run started.");
+            }
+        });
+        Begun {
+            span,
+            started_at: Utc::now(),
+            clock: Instant::now(),
+        }
     }
 }
 

@@ -4,7 +4,10 @@
 //! earliest. Payloads due at the same instant are released together (1,000 jobs firing each
 //! second are one wake-up a second). The sleep is computed from the wall clock and never
 //! longer than [`RECHECK`], so a wall clock that is stepped (NTP, a suspended machine) is
-//! noticed within that; a wake-up a little early sleeps again for the rest.
+//! noticed within that; a wake-up a little early sleeps again for the rest. tokio's timer
+//! counts whole milliseconds and wakes up to 3 ms late, so on the system clock it sleeps
+//! to [`FINE`] before the instant and a blocking thread sleeps the rest: payloads are
+//! released within a tenth of a millisecond of their instant.
 //!
 //! It replaced tokio-cron-scheduler, which ferry first used only as a one-shot timer: that
 //! scheduler polls its jobs every 500 ms and keeps instants at whole seconds, so a one-shot
@@ -21,6 +24,9 @@ use chrono::{DateTime, Utc};
 
 /// The longest a timer sleeps before it looks at the wall clock again.
 pub const RECHECK: Duration = Duration::from_secs(60);
+
+/// The last stretch before an instant, slept by a thread rather than on tokio's timer.
+const FINE: Duration = Duration::from_millis(4);
 
 /// Where the timer reads the time.
 #[derive(Debug, Clone, Copy)]
@@ -105,7 +111,15 @@ impl<F> Timer<F> {
                 return self.take_until(now);
             }
             let wait = (first - now).to_std().unwrap_or_default().min(RECHECK);
-            tokio::time::sleep(wait).await;
+            match self.clock {
+                // tokio's timer has millisecond ticks and wakes 1–3 ms late: it sleeps to
+                // just before the instant, and a thread sleeps the rest to the microsecond.
+                Clock::System if wait <= FINE => {
+                    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await;
+                }
+                Clock::System => tokio::time::sleep(wait - FINE).await,
+                Clock::Tokio { .. } => tokio::time::sleep(wait).await,
+            }
         }
     }
 

@@ -406,6 +406,67 @@ writers = [{{ type = "local", path = "out/{{scheduled:%H%M}}" }}]
     }
 }
 
+/// Jobs due at one instant are claimed together: each that its slot allows starts, and one
+/// whose slot already has a run (another daemon's, say) does not run again.
+#[tokio::test(start_paused = true)]
+async fn jobs_due_together_start_together_except_a_slot_already_run() {
+    let _still = Hold::new();
+    let ws = Workspace::new();
+    let mut text = String::new();
+    for name in ["a", "b", "c"] {
+        text.push_str(&format!(
+            "[[jobs]]\nname = \"{name}\"\nschedule = \"@hourly\"\nsource = {{ type = \"inline\", data = \"{name}\" }}\nwriters = [{{ type = \"local\", path = \"out/{{job}}\" }}]\n\n"
+        ));
+    }
+    let config = ws.job_file(&text);
+    let store = ferry::state::Store::open("sqlite://ferry-state.db", ws.path())
+        .await
+        .expect("store");
+    let claim = ferry::state::Claim {
+        job: "b",
+        slot: utc("2026-06-01T10:00:00Z"),
+        slot_local: "2026-06-01T10:00:00+00:00",
+        run_id: "elsewhere",
+        uuid: "00000000-0000-4000-8000-000000000000",
+        owner: "another daemon",
+        lease: Duration::from_secs(60),
+        manual: false,
+    };
+    assert!(store.claim(&claim).await.expect("claim"));
+    let done = ferry::state::Outcome {
+        state: ferry::state::RunState::Succeeded,
+        attempts: 1,
+        bytes: Some(1),
+        sha256: None,
+        location: None,
+        error: None,
+    };
+    store.finish("elsewhere", &done).await.expect("finish");
+
+    let mut daemon = boot_at(&config, utc("2026-06-01T09:59:59Z"));
+    daemon.ready().await;
+    daemon.advance(Duration::from_secs(1)).await;
+    let mut started = Vec::new();
+    for _ in 0..2 {
+        let (report, before) = daemon.finished().await;
+        assert_eq!(slot_of(&report), utc("2026-06-01T10:00:00Z"));
+        started.extend(before.into_iter().filter_map(|e| match e {
+            Event::Started { job, .. } => Some(job),
+            _ => None,
+        }));
+    }
+    let rest = daemon.stop().await;
+    assert!(
+        !rest.iter().any(|e| matches!(e, Event::Finished(_))),
+        "{rest:#?}"
+    );
+    started.sort();
+    assert_eq!(started, ["a", "c"]);
+    assert_eq!(ws.files(), ["out/a", "out/c"]);
+    let b = store.history(Some("b"), 10).await.expect("history");
+    assert_eq!(b.len(), 1, "only the other daemon's run: {b:#?}");
+}
+
 /// The daemon held up past several slots (a suspended machine, a stepped clock): the slots
 /// that passed are skipped, the latest runs, and the schedule goes on from there.
 #[tokio::test(start_paused = true)]

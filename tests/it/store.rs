@@ -495,3 +495,35 @@ async fn claims_made_together_are_written_together_with_the_same_answers() {
         assert_eq!(recorded.iter().filter(|r| r.manual).count(), 1);
     }
 }
+
+/// `claim_all` answers each claim in order, over more claims than one statement carries
+/// (3,000): a slot that already has a run is `false`, whichever claim came first.
+#[tokio::test]
+async fn claims_written_all_at_once_are_answered_in_order() {
+    for (backend, store, _dir) in stores().await {
+        let job = unique_job("all");
+        let taken = uuid::Uuid::new_v4().simple().to_string();
+        assert!(
+            store
+                .claim(&claim(&job, slot(1), &taken, "a"))
+                .await
+                .expect("claim")
+        );
+        let run_ids: Vec<String> = (0..3100)
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect();
+        // Slots 0..3100, slot 1 already taken; the last claim repeats slot 5.
+        let mut claims: Vec<Claim<'_>> = run_ids[..3099]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| claim(&job, slot(i as i64), id, "b"))
+            .collect();
+        claims.push(claim(&job, slot(5), &run_ids[3099], "b"));
+        let answers = store.claim_all(&claims).await.expect("claim all");
+        assert_eq!(answers.len(), 3100, "{backend}");
+        let refused: Vec<usize> = (0..answers.len()).filter(|&i| !answers[i]).collect();
+        assert_eq!(refused, [1, 3099], "{backend}");
+        let recorded = store.history(Some(&job), 5000).await.expect("history");
+        assert_eq!(recorded.len(), 3099, "{backend}");
+    }
+}
