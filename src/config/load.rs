@@ -95,13 +95,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and checks job-file `text` without any I/O. `origin` names it in errors;
 /// `base_dir` is where its relative paths are taken from.
+///
+/// A file whose jobs are plain `[[jobs]]` sections is read one job at a time: the spanned
+/// tree of each job is dropped once the job is read, so a 100,000-job file never holds the
+/// tree of all of them (about 4.7 KB a job). Anything else, and any file with a problem, is
+/// read whole, which places every problem.
 pub fn parse(text: &str, origin: &str, base_dir: PathBuf) -> Result<Config, ConfigErrors> {
-    let mut report = Report {
-        text,
-        origin,
-        errors: Vec::new(),
-        line_starts: None,
-    };
+    match job_by_job(text, origin, &base_dir) {
+        Some(config) => Ok(config),
+        None => whole(text, origin, base_dir),
+    }
+}
+
+/// Reads `text` as one tree and reports every problem at its place.
+fn whole(text: &str, origin: &str, base_dir: PathBuf) -> Result<Config, ConfigErrors> {
+    let mut report = Report::new(text, origin);
     let (root, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
         for err in syntax_errors {
@@ -110,20 +118,131 @@ pub fn parse(text: &str, origin: &str, base_dir: PathBuf) -> Result<Config, Conf
         return Err(report.finish());
     }
 
-    let mut config = Config {
-        origin: origin.to_owned(),
-        base_dir,
-        daemon: Default::default(),
-        api: Default::default(),
-        defaults: Default::default(),
-        notifiers: Default::default(),
-        jobs: Vec::new(),
-    };
+    let mut config = Config::empty(origin, base_dir);
     // Where each job that could be read sits in the file's `jobs` array.
     let mut job_indexes = Vec::new();
     let root_span = root.span();
     let root = root.into_inner();
     for (key, value) in root.iter() {
+        report.root_entry(&mut config, &mut job_indexes, key, value);
+    }
+
+    let problems = validate::validate(&config, &job_indexes);
+    for (at, message) in problems.into_inner() {
+        let span = locate(&root, root_span.clone(), &at);
+        report.at_span(Some(span), format!("{at}: {message}"));
+    }
+    if report.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(report.finish())
+    }
+}
+
+/// Reads `text` one `[[jobs]]` section at a time, when it is laid out so: the lines before
+/// the first `[[jobs]]` line hold the other sections, and after it only `[[jobs]]` and
+/// `[jobs.…]` / `[[jobs.…]]` headers start a line. `None` when it is not, or when anything
+/// is wrong: [`parse`] then reads the file whole and reports. (A `[[jobs]]` line inside a
+/// multi-line string leaves the string unclosed in its part, which fails, so a wrong split
+/// falls back too.)
+fn job_by_job(text: &str, origin: &str, base_dir: &Path) -> Option<Config> {
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with('[') {
+            let header = line.split('#').next().unwrap_or_default().trim();
+            let of_a_job = header.starts_with("[jobs.") || header.starts_with("[[jobs.");
+            if header == "[[jobs]]" {
+                starts.push(offset);
+            } else if of_a_job == starts.is_empty() {
+                // Another section among the jobs, or a job's table before them.
+                return None;
+            }
+        }
+        offset += line.len();
+    }
+    let first = *starts.first()?;
+    let mut report = Report::new(text, origin);
+    let mut config = Config::empty(origin, base_dir.to_path_buf());
+    let mut job_indexes = Vec::new();
+
+    let head = DeTable::parse(&text[..first]).ok()?.into_inner();
+    for (key, value) in head.iter() {
+        if key.get_ref() == "jobs" {
+            return None;
+        }
+        report.root_entry(&mut config, &mut job_indexes, key, value);
+    }
+    drop(head);
+    starts.push(text.len());
+    config.jobs.reserve(starts.len() - 1);
+    for (i, part) in starts.windows(2).enumerate() {
+        let root = DeTable::parse(&text[part[0]..part[1]]).ok()?.into_inner();
+        let (Some(jobs), 1) = (root.get("jobs"), root.len()) else {
+            return None;
+        };
+        let DeValue::Array(jobs) = jobs.get_ref() else {
+            return None;
+        };
+        let (Some(job), 1) = (jobs.iter().next(), jobs.len()) else {
+            return None;
+        };
+        report.offset = part[0];
+        config
+            .jobs
+            .push(report.section(job, &format!("jobs[{i}]"))?);
+        job_indexes.push(i);
+    }
+    let problems = validate::validate(&config, &job_indexes);
+    (report.errors.is_empty() && problems.into_inner().is_empty()).then_some(config)
+}
+
+impl Config {
+    /// A configuration with nothing set, to be filled from a file.
+    fn empty(origin: &str, base_dir: PathBuf) -> Config {
+        Config {
+            origin: origin.to_owned(),
+            base_dir,
+            daemon: Default::default(),
+            api: Default::default(),
+            defaults: Default::default(),
+            notifiers: Default::default(),
+            jobs: Vec::new(),
+        }
+    }
+}
+
+struct Report<'a> {
+    text: &'a str,
+    origin: &'a str,
+    errors: Vec<(usize, ConfigError)>,
+    /// Where each line of `text` starts, computed for the first error: placing thousands
+    /// of errors stays linear in the file's size.
+    line_starts: Option<Vec<usize>>,
+    /// Where in `text` the tree being read was parsed from (a job's part of the file).
+    offset: usize,
+}
+
+impl<'a> Report<'a> {
+    fn new(text: &'a str, origin: &'a str) -> Report<'a> {
+        Report {
+            text,
+            origin,
+            errors: Vec::new(),
+            line_starts: None,
+            offset: 0,
+        }
+    }
+
+    /// Reads one top-level entry of the file into `config`.
+    fn root_entry(
+        &mut self,
+        config: &mut Config,
+        job_indexes: &mut Vec<usize>,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        value: &Spanned<DeValue<'_>>,
+    ) {
+        let report = self;
         match key.get_ref().as_ref() {
             "daemon" => {
                 if let Some(daemon) = report.section(value, "daemon") {
@@ -177,28 +296,6 @@ pub fn parse(text: &str, origin: &str, base_dir: PathBuf) -> Result<Config, Conf
         }
     }
 
-    let problems = validate::validate(&config, &job_indexes);
-    for (at, message) in problems.into_inner() {
-        let span = locate(&root, root_span.clone(), &at);
-        report.at_span(Some(span), format!("{at}: {message}"));
-    }
-    if report.errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(report.finish())
-    }
-}
-
-struct Report<'a> {
-    text: &'a str,
-    origin: &'a str,
-    errors: Vec<(usize, ConfigError)>,
-    /// Where each line of `text` starts, computed for the first error: placing thousands
-    /// of errors stays linear in the file's size.
-    line_starts: Option<Vec<usize>>,
-}
-
-impl Report<'_> {
     /// Reads `value` (the section at `at`) as a `T`, reporting every problem serde finds
     /// in it, not only the first: each bad key is reported at its place and left out (an
     /// unknown key removed, a bad value dropped so that its default applies), and the rest
@@ -279,7 +376,7 @@ impl Report<'_> {
     }
 
     fn at_span(&mut self, span: Option<Range<usize>>, message: String) {
-        let offset = span.map_or(0, |s| s.start).min(self.text.len());
+        let offset = (self.offset + span.map_or(0, |s| s.start)).min(self.text.len());
         let lines = self
             .line_starts
             .get_or_insert_with(|| line_starts(self.text));
@@ -524,6 +621,43 @@ fn locate(root: &DeTable<'_>, root_span: Range<usize>, path: &KeyPath) -> Range<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The layouts read job by job, and those read whole; either way the result is the same.
+    #[test]
+    fn job_by_job_reads_what_the_whole_file_says() {
+        let job = |name: &str| {
+            format!(
+                "[[jobs]] # a comment\nname = \"{name}\"\nschedule = \"@hourly\"\nsource = {{ type = \"inline\", data = \"x\" }}\nwriters = [{{ type = \"local\", path = \"out/{{job}}\" }}]\n[jobs.retry]\nmax_attempts = 2\n\n"
+            )
+        };
+        let head = "[daemon]\ntimezone = \"Europe/Berlin\"\n[defaults]\ntimeout = \"5m\"\n\n";
+        let multiline = "[[jobs]]\nname = \"m\"\nschedule = \"@daily\"\nsource = { type = \"inline\", data = \"\"\"\n[[jobs]]\n\"\"\" }\nwriters = [{ type = \"local\", path = \"out/m\" }]\n";
+        let cases = [
+            (format!("{head}{}{}", job("a"), job("b")), true),
+            (
+                format!("{}{}", job("a"), job("b")).replace('\n', "\r\n"),
+                true,
+            ),
+            (format!("{}[defaults]\ntimeout = \"5m\"\n", job("a")), false),
+            (format!("{multiline}{}", job("a")), false),
+            (format!("[jobs.x]\n{}", job("a")), false),
+            ("[daemon]\n".to_owned(), false),
+        ];
+        for (text, apart) in cases {
+            let base = PathBuf::from("/srv");
+            let split = job_by_job(&text, "f", &base);
+            assert_eq!(split.is_some(), apart, "{text}");
+            let read = format!("{:?}", whole(&text, "f", base.clone()));
+            assert_eq!(format!("{:?}", parse(&text, "f", base)), read, "{text}");
+            if let Some(config) = split {
+                assert_eq!(
+                    format!("{:?}", Ok::<_, ConfigErrors>(config)),
+                    read,
+                    "{text}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn line_and_column_count_characters() {
