@@ -5,6 +5,9 @@
 //! one job does not hide the mistakes in the next. Checks that need more than one value
 //! ([`super::validate`]) name the setting by its key path, and the path is looked up in the
 //! tree to find its line and column.
+//!
+//! A valid file of plain `[[jobs]]` sections is read one job at a time instead (see
+//! [`parse`]): the tree of a 100,000-job file is never held whole.
 
 use std::fmt;
 use std::ops::Range;
