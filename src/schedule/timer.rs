@@ -6,7 +6,7 @@
 //! longer than [`RECHECK`], so a wall clock that is stepped (NTP, a suspended machine) is
 //! noticed within that; a wake-up a little early sleeps again for the rest. tokio's timer
 //! counts whole milliseconds and wakes up to 3 ms late, so on the system clock it sleeps
-//! to [`FINE`] before the instant and a blocking thread sleeps the rest: payloads are
+//! to `FINE` (4 ms) before the instant and a blocking thread sleeps the rest: payloads are
 //! released within a tenth of a millisecond of their instant.
 //!
 //! It replaced tokio-cron-scheduler, which ferry first used only as a one-shot timer: that
