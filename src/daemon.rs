@@ -471,9 +471,7 @@ impl Daemon {
     }
 
     fn emit(&self, event: Event) {
-        if let Some(events) = &self.events {
-            let _ = events.send(event);
-        }
+        tell(self.events.as_ref(), event);
     }
 
     /// Adds a job that is not armed yet, and arms it.
@@ -621,10 +619,13 @@ impl Daemon {
                     tracing::info!(job = %job.name, slot = %slot.to_rfc3339(), "The slot already has a run; not running it again.");
                     continue;
                 }
-                spawner.emit(Event::Started {
-                    job: job.name.clone(),
-                    slot,
-                });
+                tell(
+                    spawner.events.as_ref(),
+                    Event::Started {
+                        job: job.name.clone(),
+                        slot,
+                    },
+                );
                 begun.push((Begun::now(&run.ctx), job, run.ctx, running));
             }
             for (begun, job, ctx, running) in begun {
@@ -672,12 +673,13 @@ impl Daemon {
                 skipped(events.as_ref(), &job, slot);
                 return None;
             };
-            if let Some(events) = &events {
-                let _ = events.send(Event::Started {
+            tell(
+                events.as_ref(),
+                Event::Started {
                     job: job.name.clone(),
                     slot,
-                });
-            }
+                },
+            );
             match job.run_claimed(&ledger, slot).await {
                 Ok(report) => {
                     if report.is_none() {
@@ -869,8 +871,8 @@ impl Spawner {
         self.tracker.spawn(async move {
             tokio::select! {
                 report = work => {
-                    if let (Some(report), Some(events)) = (report, events) {
-                        let _ = events.send(Event::Finished(Box::new(report)));
+                    if let Some(report) = report {
+                        tell(events.as_ref(), Event::Finished(Box::new(report)));
                     }
                 }
                 () = abort.cancelled() => {
@@ -879,11 +881,12 @@ impl Spawner {
             }
         });
     }
+}
 
-    fn emit(&self, event: Event) {
-        if let Some(events) = &self.events {
-            let _ = events.send(event);
-        }
+/// Tells `events`, when someone listens, what the daemon did.
+fn tell(events: Option<&mpsc::UnboundedSender<Event>>, event: Event) {
+    if let Some(events) = events {
+        let _ = events.send(event);
     }
 }
 
@@ -895,12 +898,13 @@ fn skipped(events: Option<&mpsc::UnboundedSender<Event>>, job: &Job, slot: DateT
         slot = %slot.to_rfc3339(),
         "Skipped: the previous run is still going (overlap = \"skip\")."
     );
-    if let Some(events) = events {
-        let _ = events.send(Event::Skipped {
+    tell(
+        events,
+        Event::Skipped {
             job: job.name.clone(),
             slot,
-        });
-    }
+        },
+    );
 }
 
 /// Tells systemd about the daemon's state when systemd started it (a no-op otherwise).
