@@ -19,7 +19,7 @@ use crate::error::{DeliveryError, ErrorKind};
 use crate::notify::{Notifications, Notifier};
 use crate::runner::{ActivityRunner, RetryPolicy, RetryingActivity, RunReport};
 use crate::schedule::{Schedule, parse_timezone};
-use crate::state::{Claim, Ledger, Outcome, RunRecord, StateError};
+use crate::state::{Claim, Ledger, Outcome, OwnedClaim, RunRecord, StateError};
 
 /// How many times a slot's claim is tried before the run is reported as not started.
 const CLAIM_TRIES: usize = 3;
@@ -200,7 +200,7 @@ impl Job {
         manual: bool,
     ) -> Result<Option<RunContext>, StateError> {
         let run = self.new_run(ledger, slot, manual);
-        let claim = run.claim();
+        let claim = run.claim.borrowed();
         // A few quick tries: a run waits seconds for a busy store, not minutes. (A claim
         // whose answer was lost reads as "taken" on the next try: the row is ours, still
         // `running`, and is resumed like any interrupted run.)
@@ -224,7 +224,7 @@ impl Job {
         ledger: &Ledger,
         runs: &[(std::sync::Arc<Job>, NewRun)],
     ) -> Result<Vec<bool>, StateError> {
-        let claims: Vec<Claim<'_>> = runs.iter().map(|(_, run)| run.claim()).collect();
+        let claims: Vec<Claim<'_>> = runs.iter().map(|(_, run)| run.claim.borrowed()).collect();
         let claimed = crate::state::with_retries("claim the slots", CLAIM_TRIES, || {
             ledger.store.claim_all(&claims)
         })
@@ -240,14 +240,17 @@ impl Job {
     /// A new run of this job for `slot`, not claimed yet.
     pub fn new_run(&self, ledger: &Ledger, slot: DateTime<Tz>, manual: bool) -> NewRun {
         let ctx = RunContext::new(&self.name, slot).with_ledger(ledger.clone());
-        NewRun {
-            uuid: ctx.uuid.to_string(),
-            slot_local: slot.to_rfc3339(),
-            owner: ledger.owner.clone(),
+        let claim = OwnedClaim::of(&Claim {
+            job: &self.name,
+            slot: slot.with_timezone(&Utc),
+            slot_local: &slot.to_rfc3339(),
+            run_id: &ctx.run_id,
+            uuid: &ctx.uuid.to_string(),
+            owner: &ledger.owner,
             lease: ledger.lease,
             manual,
-            ctx,
-        }
+        });
+        NewRun { ctx, claim }
     }
 
     /// Logs and reports (to the failure handlers) that `run` was not started because the
@@ -257,7 +260,7 @@ impl Job {
             ErrorKind::Io,
             format!("the state store could not record the run, so it was not started: {err}"),
         );
-        tracing::error!(job = %self.name, slot = %run.slot_local, error = %err, "Cannot claim the slot; not running it.");
+        tracing::error!(job = %self.name, slot = %run.ctx.slot.to_rfc3339(), error = %err, "Cannot claim the slot; not running it.");
         self.runner.report_not_run(&run.ctx, &failure).await;
     }
 
@@ -314,30 +317,11 @@ impl Job {
     }
 }
 
-/// A run about to be claimed: its context and the fields of its [`Claim`].
+/// A run about to be claimed: its context and what the store is to record for it.
 #[derive(Debug)]
 pub struct NewRun {
     /// The run's context, handed to the runner once claimed.
     pub ctx: RunContext,
-    uuid: String,
-    slot_local: String,
-    owner: String,
-    lease: std::time::Duration,
-    manual: bool,
-}
-
-impl NewRun {
-    /// What the store records for it.
-    pub fn claim(&self) -> Claim<'_> {
-        Claim {
-            job: &self.ctx.job,
-            slot: self.ctx.slot.with_timezone(&Utc),
-            slot_local: &self.slot_local,
-            run_id: &self.ctx.run_id,
-            uuid: &self.uuid,
-            owner: &self.owner,
-            lease: self.lease,
-            manual: self.manual,
-        }
-    }
+    /// Its claim.
+    pub claim: OwnedClaim,
 }

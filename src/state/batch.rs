@@ -17,9 +17,10 @@ use super::{Claim, StateError, Store};
 /// PostgreSQL's 65,535 parameters per statement.
 const MAX_BATCH: usize = 3000;
 
-/// A [`Claim`] that owns its fields, to cross to the writer task.
+/// A [`Claim`] that owns its fields: to cross to the writer task, or to be kept with its run
+/// until the daemon claims everything due at an instant.
 #[derive(Debug, Clone)]
-pub(super) struct OwnedClaim {
+pub struct OwnedClaim {
     job: String,
     slot: DateTime<Utc>,
     slot_local: String,
@@ -31,7 +32,8 @@ pub(super) struct OwnedClaim {
 }
 
 impl OwnedClaim {
-    pub(super) fn of(claim: &Claim<'_>) -> OwnedClaim {
+    /// `claim`, owned.
+    pub fn of(claim: &Claim<'_>) -> OwnedClaim {
         OwnedClaim {
             job: claim.job.to_owned(),
             slot: claim.slot,
@@ -44,7 +46,8 @@ impl OwnedClaim {
         }
     }
 
-    fn borrowed(&self) -> Claim<'_> {
+    /// The claim, borrowed from this.
+    pub fn borrowed(&self) -> Claim<'_> {
         Claim {
             job: &self.job,
             slot: self.slot,

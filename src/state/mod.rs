@@ -30,6 +30,7 @@ use std::time::Duration;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
 
+pub use batch::OwnedClaim;
 pub use records::{
     Checkpoint, Claim, NotificationOutcome, NotificationRecord, Outcome, RunRecord, RunState,
 };
