@@ -4,14 +4,14 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-/// Runs `command` in `dir` under GNU time and prints wall time, MiB/s for `mib` MiB and peak
-/// RSS, or why it did not run.
+/// Runs `command` in `dir` under GNU time and prints wall time, MiB/s for `mib` MiB, CPU
+/// seconds (user + system) and peak RSS, or why it did not run.
 pub fn measure(name: &str, mib: u64, dir: &Path, command: &mut Command) {
     let timing = dir.join("time.out");
     let mut timed = Command::new("/usr/bin/time");
     timed
         .arg("-f")
-        .arg("%e %M")
+        .arg("%e %M %U %S")
         .arg("-o")
         .arg(&timing)
         .arg(command.get_program())
@@ -25,12 +25,16 @@ pub fn measure(name: &str, mib: u64, dir: &Path, command: &mut Command) {
     match timed.output() {
         Ok(output) if output.status.success() => {
             let text = std::fs::read_to_string(&timing).unwrap_or_default();
-            let mut fields = text.split_whitespace();
-            let secs: f64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
-            let rss: f64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+            let fields: Vec<f64> = text
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0.0))
+                .collect();
+            let field = |i: usize| fields.get(i).copied().unwrap_or(0.0);
+            let (secs, rss) = (field(0), field(1));
             println!(
-                "{name:<14} {secs:>7.2} s {:>9.1} MiB/s {:>8.1} MiB peak RSS",
+                "{name:<14} {secs:>7.2} s {:>9.1} MiB/s {:>6.2} s CPU {:>8.1} MiB peak RSS",
                 mib as f64 / secs.max(0.001),
+                field(2) + field(3),
                 rss / 1024.0
             );
         }
