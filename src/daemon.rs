@@ -20,7 +20,7 @@
 //! [`Schedule`](crate::schedule::Schedule), [`Timer`] and policies); who may take over an
 //! unfinished run is [`crate::state`]'s.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -39,6 +39,7 @@ use crate::job::{Job, NewRun};
 use crate::notify::Notifications;
 use crate::report::RunReport;
 use crate::runner::Begun;
+use crate::schedule::timer::sleep_until;
 use crate::schedule::{Clock, Misfire, Overlap, Running, Timer};
 use crate::state::{Ledger, Outcome, StateError, Store, owner_id};
 
@@ -195,7 +196,7 @@ pub async fn run_on(
         path: path.to_path_buf(),
         clock,
         shutdown_timeout: config.daemon.shutdown_timeout.get(),
-        timer: Timer::with_clock(clock),
+        timer: Timer::with_clock(clock).with_lead(CLAIM_AHEAD),
         armed: HashMap::new(),
         generation: 0,
         tracker: TaskTracker::new(),
@@ -288,6 +289,19 @@ impl ArmKey {
             enabled: job.enabled,
         }
     }
+}
+
+/// How long before their slot runs due at the same instant are claimed: the store writes a
+/// thousand claims in 10–20 ms, so at the slot only the starts are left to do.
+const CLAIM_AHEAD: Duration = Duration::from_millis(50);
+
+/// A run the timer released: its job, its slot, the job's running count and its waiting
+/// token.
+struct Due {
+    job: Arc<Job>,
+    slot: DateTime<Tz>,
+    running: Arc<AtomicUsize>,
+    waiting: CancellationToken,
 }
 
 /// A job as the daemon holds it.
@@ -421,12 +435,12 @@ impl Daemon {
         }
         for (name, slot) in due {
             if let Some(armed) = self.armed.get(&name) {
-                let (job, running, waiting) = (
-                    Arc::clone(&armed.job),
-                    Arc::clone(&armed.running),
-                    armed.waiting.clone(),
-                );
-                self.start(job, slot, running, waiting);
+                self.start(Due {
+                    job: Arc::clone(&armed.job),
+                    slot,
+                    running: Arc::clone(&armed.running),
+                    waiting: armed.waiting.clone(),
+                });
             }
         }
         Ok(())
@@ -532,39 +546,34 @@ impl Daemon {
         }
     }
 
-    /// Fires everything due at one instant. Runs that start now (no jitter) are claimed
-    /// together, in one statement, and their starts logged before any of them runs: a
-    /// thousand jobs due at once all start within milliseconds of their slot. Runs with
-    /// jitter wait for it and claim alone.
+    /// Fires everything the timer released: due now, or within [`CLAIM_AHEAD`]. Runs without
+    /// jitter are claimed together, one statement per instant, before their slot; at the slot
+    /// their starts are logged, and then they run: a thousand jobs due at once all start
+    /// within milliseconds of their slot. Runs with jitter wait for it and claim alone.
     async fn fire_all(&mut self, due: Vec<Fire>) {
         let now = self.clock.now();
-        let mut at_once = Vec::new();
+        let mut together: BTreeMap<DateTime<Utc>, Vec<Due>> = BTreeMap::new();
         for fire in due {
-            let Some((job, slot, running, waiting)) = self.fire(fire, now).await else {
+            let Some(due) = self.fire(fire, now).await else {
                 continue;
             };
-            if job.jitter.is_some() || slot.with_timezone(&Utc) > now {
-                self.start(job, slot, running, waiting);
+            if due.job.jitter.is_some() {
+                self.start(due);
                 continue;
             }
-            match Running::enter(running, job.overlap) {
-                Some(running) => at_once.push((job, slot, running)),
-                None => skipped(self.events.as_ref(), &job, slot),
-            }
+            together
+                .entry(due.slot.with_timezone(&Utc))
+                .or_default()
+                .push(due);
         }
-        if !at_once.is_empty() {
-            self.start_claimed_together(at_once);
+        for (at, runs) in together {
+            self.start_claimed_together(at, runs);
         }
     }
 
-    /// Arms the slot after `fire`'s and says which run it asks for: the job, the slot to run
-    /// (the latest passed one when the daemon fell behind) and the job's running count and
-    /// waiting token. `None` for a stale firing (the job changed or went).
-    async fn fire(
-        &mut self,
-        fire: Fire,
-        now: DateTime<Utc>,
-    ) -> Option<(Arc<Job>, DateTime<Tz>, Arc<AtomicUsize>, CancellationToken)> {
+    /// Arms the slot after `fire`'s and says which run it asks for (the latest passed slot
+    /// when the daemon fell behind). `None` for a stale firing (the job changed or went).
+    async fn fire(&mut self, fire: Fire, now: DateTime<Utc>) -> Option<Due> {
         let armed = self.armed.get(&fire.job)?;
         if armed.generation != fire.generation || armed.next != Some(fire.slot) {
             return None;
@@ -589,20 +598,29 @@ impl Daemon {
             }
         };
         self.arm_slot(&fire.job, next).await;
-        Some((job, slot, running, waiting))
+        Some(Due {
+            job,
+            slot,
+            running,
+            waiting,
+        })
     }
 
-    /// Claims `runs` (due now, each counted as running) in one go, logs their starts, then
+    /// Claims `runs`, all due at `at`, in one go, waits for `at`, logs their starts, then
     /// runs them, each as a tracked task; all of it in a tracked task, so the daemon's loop
-    /// never waits for the store.
-    fn start_claimed_together(&self, runs: Vec<(Arc<Job>, DateTime<Tz>, Running)>) {
+    /// never waits for the store. Whether a run starts is decided at `at`: not when the
+    /// daemon is stopping or its job changed, not with `overlap = "skip"` while the
+    /// previous run is going; the claims of runs that do not start are taken back.
+    fn start_claimed_together(&self, at: DateTime<Utc>, runs: Vec<Due>) {
         let ledger = self.ledger.clone();
         let spawner = self.spawner();
         let abort = self.abort.clone();
+        let stopping = self.not_started.clone();
+        let clock = self.clock;
         self.tracker.spawn(async move {
             let new: Vec<(Arc<Job>, NewRun)> = runs
                 .iter()
-                .map(|(job, slot, _)| (Arc::clone(job), job.new_run(&ledger, *slot, false)))
+                .map(|due| (Arc::clone(&due.job), due.job.new_run(&ledger, due.slot, false)))
                 .collect();
             let claimed = tokio::select! {
                 claimed = Job::claim_all(&ledger, &new) => claimed,
@@ -612,13 +630,28 @@ impl Daemon {
             let Ok(claimed) = claimed else {
                 return;
             };
+            tokio::select! {
+                () = sleep_until(clock, at) => {}
+                () = stopping.cancelled() => {}
+            }
             let mut begun = Vec::with_capacity(new.len());
-            for (((job, run), (_, slot, running)), claimed) in new.into_iter().zip(runs).zip(claimed)
-            {
+            let mut not_started = Vec::new();
+            for (((job, run), due), claimed) in new.into_iter().zip(runs).zip(claimed) {
+                let slot = due.slot;
                 if !claimed {
                     tracing::info!(job = %job.name, slot = %slot.to_rfc3339(), "The slot already has a run; not running it again.");
                     continue;
                 }
+                if due.waiting.is_cancelled() {
+                    tracing::info!(job = %job.name, slot = %slot.to_rfc3339(), "Not started: the daemon is stopping (or the job changed) before the slot.");
+                    not_started.push(run.ctx.run_id);
+                    continue;
+                }
+                let Some(running) = Running::enter(due.running, job.overlap) else {
+                    skipped(spawner.events.as_ref(), &job, slot);
+                    not_started.push(run.ctx.run_id);
+                    continue;
+                };
                 tell(
                     spawner.events.as_ref(),
                     Event::Started {
@@ -634,19 +667,24 @@ impl Daemon {
                     Some(job.runner.run_begun(ctx, begun).await)
                 });
             }
+            if !not_started.is_empty()
+                && let Err(err) = ledger.store.release_all(&not_started).await
+            {
+                tracing::warn!(error = %err, runs = not_started.len(), "Cannot take back the claims of runs that did not start; the next start resumes them.");
+            }
         });
     }
 
     /// Starts a run of `job` for `slot` as a tracked task: it waits for the slot (the timer
     /// may release it early) and its jitter, then runs unless `overlap = "skip"` and the
     /// previous run is still going.
-    fn start(
-        &self,
-        job: Arc<Job>,
-        slot: DateTime<Tz>,
-        running: Arc<AtomicUsize>,
-        waiting: CancellationToken,
-    ) {
+    fn start(&self, due: Due) {
+        let Due {
+            job,
+            slot,
+            running,
+            waiting,
+        } = due;
         let jitter = job
             .jitter
             .map(|max| max.mul_f64(rand::rng().random_range(0.0..=1.0)))

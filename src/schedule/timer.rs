@@ -13,6 +13,10 @@
 //! scheduler polls its jobs every 500 ms and keeps instants at whole seconds, so a one-shot
 //! went off up to a second early or half a second late (the figures are in the README).
 //!
+//! A timer can release payloads a little ahead of their instant ([`Timer::with_lead`]): the
+//! daemon claims the runs due at an instant in the store before it, so that at the instant
+//! only their starts are left to do; [`sleep_until`] then waits for the instant itself.
+//!
 //! The clock is a [`Clock`]: the system's in production; in tests, one that runs with
 //! tokio's (paused) clock, so whole days of schedule pass in milliseconds.
 
@@ -66,6 +70,8 @@ impl Clock {
 /// Payloads of type `F` armed at instants.
 pub struct Timer<F> {
     clock: Clock,
+    /// How long before their instant payloads are released.
+    lead: Duration,
     /// What is due at each armed instant.
     due: BTreeMap<DateTime<Utc>, Vec<F>>,
 }
@@ -80,8 +86,14 @@ impl<F> Timer<F> {
     pub fn with_clock(clock: Clock) -> Timer<F> {
         Timer {
             clock,
+            lead: Duration::ZERO,
             due: BTreeMap::new(),
         }
+    }
+
+    /// This timer, releasing payloads `lead` before their instant.
+    pub fn with_lead(self, lead: Duration) -> Timer<F> {
+        Timer { lead, ..self }
     }
 
     /// The timer's clock.
@@ -99,27 +111,22 @@ impl<F> Timer<F> {
         }
     }
 
-    /// Waits until something is due and returns all that is due by then, earliest first;
-    /// never returns while nothing is armed. Cancel-safe: what is not returned stays armed.
+    /// Waits until something is due (its instant is at most the lead away) and returns all
+    /// that is due by then, earliest first; never returns while nothing is armed.
+    /// Cancel-safe: what is not returned stays armed.
     pub async fn next_due(&mut self) -> Vec<F> {
+        let lead = chrono::Duration::from_std(self.lead).unwrap_or_default();
         loop {
             let Some(&first) = self.due.keys().next() else {
                 return std::future::pending().await;
             };
+            let release = first - lead;
             let now = self.clock.now();
-            if first <= now {
-                return self.take_until(now);
+            if release <= now {
+                return self.take_until(now + lead);
             }
-            let wait = (first - now).to_std().unwrap_or_default().min(RECHECK);
-            match self.clock {
-                // tokio's timer has millisecond ticks and wakes 1–3 ms late: it sleeps to
-                // just before the instant, and a thread sleeps the rest to the microsecond.
-                Clock::System if wait <= FINE => {
-                    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await;
-                }
-                Clock::System => tokio::time::sleep(wait - FINE).await,
-                Clock::Tokio { .. } => tokio::time::sleep(wait).await,
-            }
+            let recheck = chrono::Duration::from_std(RECHECK).unwrap_or_default();
+            sleep_until(self.clock, release.min(now + recheck)).await;
         }
     }
 
@@ -143,6 +150,27 @@ impl<F> Timer<F> {
         let later = self.due.split_off(&(at + chrono::Duration::nanoseconds(1)));
         let due = std::mem::replace(&mut self.due, later);
         due.into_values().flatten().collect()
+    }
+}
+
+/// Sleeps until `clock` reads `at` (at once if it has passed). On the system clock, tokio's
+/// timer (millisecond ticks, waking 1–3 ms late) sleeps to `FINE` (4 ms) before `at`, and a
+/// blocking thread sleeps the rest, to the tenth of a millisecond.
+pub async fn sleep_until(clock: Clock, at: DateTime<Utc>) {
+    loop {
+        let Ok(wait) = (at - clock.now()).to_std() else {
+            return;
+        };
+        if wait.is_zero() {
+            return;
+        }
+        match clock {
+            Clock::System if wait <= FINE => {
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await;
+            }
+            Clock::System => tokio::time::sleep(wait - FINE).await,
+            Clock::Tokio { .. } => tokio::time::sleep(wait).await,
+        }
     }
 }
 
@@ -179,6 +207,27 @@ mod tests {
         assert_eq!(timer.next_due().await, vec!["later"]);
         assert_eq!(timer.clock().now(), at(6, 0, 0));
         assert!(timer.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_with_a_lead_releases_that_much_before_the_instant() {
+        let mut timer =
+            Timer::with_clock(Clock::tokio_from(at(0, 0, 0))).with_lead(Duration::from_millis(50));
+        timer.arm(at(0, 0, 1), "a");
+        timer.arm(at(0, 0, 1) + chrono::Duration::milliseconds(30), "b");
+        timer.arm(at(0, 0, 2), "c");
+        let started = tokio::time::Instant::now();
+        assert_eq!(timer.next_due().await, vec!["a"]);
+        assert_eq!(started.elapsed(), Duration::from_millis(950));
+        assert_eq!(timer.next_due().await, vec!["b"]);
+        assert_eq!(started.elapsed(), Duration::from_millis(980));
+        sleep_until(timer.clock(), at(0, 0, 1)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        // An instant that has passed: no sleep.
+        sleep_until(timer.clock(), at(0, 0, 0)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert_eq!(timer.next_due().await, vec!["c"]);
+        assert_eq!(started.elapsed(), Duration::from_millis(1950));
     }
 
     #[tokio::test(start_paused = true)]

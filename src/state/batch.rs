@@ -107,15 +107,48 @@ impl Store {
         Ok(claimed)
     }
 
+    /// Takes back the claims of runs that never started (`run_ids`, claimed ahead of their
+    /// slot and then not run): their rows go, as if never claimed. A run that has started
+    /// (an attempt counted) or finished keeps its row.
+    pub async fn release_all(&self, run_ids: &[String]) -> Result<(), StateError> {
+        for chunk in run_ids.chunks(MAX_BATCH) {
+            let mut sql = String::from(
+                "DELETE FROM ferry_runs WHERE state = 'running' AND attempts = 0 AND run_id IN (",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                self.placeholder(&mut sql, i + 1);
+            }
+            sql.push(')');
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for run_id in chunk {
+                query = query.bind(run_id.to_owned());
+            }
+            query.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends the `n`th (from 1) bound parameter's placeholder to `sql`: SQLite looks `$N`
+    /// names up one by one in a list (quadratic in the parameters: 10 ms for a 500-claim
+    /// statement) and binds anonymous `?` by position; PostgreSQL takes only `$N`.
+    fn placeholder(&self, sql: &mut String, n: usize) {
+        match self.backend() {
+            super::Backend::Sqlite => sql.push('?'),
+            super::Backend::Postgres => {
+                let _ = std::fmt::Write::write_fmt(sql, format_args!("${n}"));
+            }
+        }
+    }
+
     /// Inserts `claims` (at most [`MAX_BATCH`]) in one statement; for each, whether it was
     /// inserted.
     async fn claim_many(&self, claims: &[Claim<'_>]) -> Result<Vec<bool>, StateError> {
         let mut sql = String::from(
             "INSERT INTO ferry_runs (job, slot, slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at, claim_key) VALUES ",
         );
-        // SQLite looks `$N` names up one by one in a list (quadratic in the parameters:
-        // 10 ms for a 500-claim statement) and binds anonymous `?` by position.
-        let sqlite = self.backend() == super::Backend::Sqlite;
         let mut param = 0;
         for i in 0..claims.len() {
             sql.push_str(if i == 0 { "(" } else { ", (" });
@@ -124,11 +157,7 @@ impl Store {
                     sql.push_str("'running', 0, ");
                 }
                 param += 1;
-                if sqlite {
-                    sql.push('?');
-                } else {
-                    sql.push_str(&format!("${param}"));
-                }
+                self.placeholder(&mut sql, param);
                 if column < 8 {
                     sql.push_str(", ");
                 }
@@ -149,7 +178,8 @@ impl Store {
                 .bind(claim.uuid.to_owned())
                 .bind(claim.owner.to_owned())
                 .bind(millis(now + lease))
-                .bind(millis(now))
+                // Claimed ahead of its slot, a run starts at the slot.
+                .bind(millis(now.max(claim.slot)))
                 .bind(if claim.manual {
                     claim.run_id.to_owned()
                 } else {

@@ -341,6 +341,7 @@ writers = [{ type = "local", path = "out/stuck" }]
 /// answers only when the test lets it, so a run lasts exactly as long as the test wants.
 #[tokio::test(start_paused = true)]
 async fn overlapping_firings_are_skipped_by_default_and_allowed_on_request() {
+    let _still = Hold::new();
     for overlap in ["skip", "allow"] {
         let answers = Arc::new(Semaphore::new(0));
         let held = Arc::clone(&answers);
@@ -403,7 +404,70 @@ writers = [{{ type = "local", path = "out/{{scheduled:%H%M}}" }}]
             &["out/1201", "out/1202"]
         };
         assert_eq!(ws.files(), want_files, "overlap = {overlap}");
+        // The skipped slot was claimed ahead of its instant; the claim was taken back.
+        let store = ferry::state::Store::open("sqlite://ferry-state.db", ws.path())
+            .await
+            .expect("open the daemon's store");
+        let slots: Vec<String> = store
+            .history(Some("long"), 10)
+            .await
+            .expect("history")
+            .into_iter()
+            .map(|run| run.slot_local)
+            .collect();
+        let want_slots: &[&str] = if overlap == "skip" {
+            &["2026-06-01T12:01:00+00:00"]
+        } else {
+            &["2026-06-01T12:02:00+00:00", "2026-06-01T12:01:00+00:00"]
+        };
+        assert_eq!(slots, want_slots, "overlap = {overlap}");
     }
+}
+
+/// Runs are claimed a little ahead of their slot and start at it. A daemon stopped in
+/// between starts nothing and takes its claims back: nothing is left to resume.
+#[tokio::test(start_paused = true)]
+async fn a_daemon_stopped_between_claim_and_slot_starts_nothing_and_leaves_no_claim() {
+    let _still = Hold::new();
+    let ws = Workspace::new();
+    let config = ws.job_file(
+        r#"
+[[jobs]]
+name = "soon"
+schedule = "0 1 12 * * *"
+source = { type = "inline", data = "x" }
+writers = [{ type = "local", path = "out/soon" }]
+"#,
+    );
+    let mut daemon = boot_at(&config, utc("2026-06-01T12:00:59Z"));
+    daemon.ready().await;
+    // 12:00:59.990: claimed, not started.
+    daemon.advance(Duration::from_millis(990)).await;
+    let store = ferry::state::Store::open("sqlite://ferry-state.db", ws.path())
+        .await
+        .expect("open the daemon's store");
+    let deadline = std::time::Instant::now() + WAIT;
+    let claimed = loop {
+        let unfinished = store.unfinished().await.expect("read");
+        if !unfinished.is_empty() || std::time::Instant::now() > deadline {
+            break unfinished;
+        }
+        // Real time, while the daemon goes on (the paused clock stands still).
+        let nap = tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(10)));
+        nap.await.expect("nap");
+    };
+    assert_eq!(claimed.len(), 1, "claimed ahead of the slot");
+    assert_eq!(claimed[0].slot_local, "2026-06-01T12:01:00+00:00");
+    let events = daemon.stop().await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Started { .. } | Event::Finished(_))),
+        "{events:#?}"
+    );
+    assert!(store.unfinished().await.expect("read").is_empty());
+    assert!(store.history(None, 10).await.expect("read").is_empty());
+    assert!(ws.files().is_empty());
 }
 
 /// Jobs due at one instant are claimed together: each that its slot allows starts, and one

@@ -527,3 +527,57 @@ async fn claims_written_all_at_once_are_answered_in_order() {
         assert_eq!(recorded.len(), 3099, "{backend}");
     }
 }
+
+/// `release_all` takes back claims of runs that never started, over more than one
+/// statement's worth, and leaves a run that has started (an attempt counted) or finished.
+#[tokio::test]
+async fn claims_of_runs_that_never_started_are_taken_back() {
+    for (backend, store, _dir) in stores().await {
+        let job = unique_job("release");
+        let run_ids: Vec<String> = (0..3002)
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect();
+        let claims: Vec<Claim<'_>> = run_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| claim(&job, slot(i as i64), id, "a"))
+            .collect();
+        assert!(
+            store
+                .claim_all(&claims)
+                .await
+                .expect("claim")
+                .iter()
+                .all(|c| *c)
+        );
+        store
+            .attempt(&run_ids[0], 1, Duration::from_secs(60))
+            .await
+            .expect("attempt");
+        store
+            .finish(&run_ids[1], &Outcome::failed(1, "broken"))
+            .await
+            .expect("finish");
+        store.release_all(&run_ids).await.expect("release");
+        let left: Vec<String> = store
+            .history(Some(&job), 5000)
+            .await
+            .expect("history")
+            .into_iter()
+            .map(|run| run.run_id)
+            .collect();
+        assert_eq!(left.len(), 2, "{backend}: {left:?}");
+        assert!(
+            left.contains(&run_ids[0]) && left.contains(&run_ids[1]),
+            "{backend}"
+        );
+        // A released slot can be claimed again.
+        let again = uuid::Uuid::new_v4().simple().to_string();
+        assert!(
+            store
+                .claim(&claim(&job, slot(7), &again, "b"))
+                .await
+                .expect("claim")
+        );
+    }
+}
