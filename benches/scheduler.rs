@@ -118,7 +118,7 @@ fn fire_lag(jobs: usize, window: Duration) {
     let log_path = dir.path().join("ferry.log");
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["--log-format", "json", "run"])
+        .args(["--log-format", "json", "run", "-c"])
         .arg(&path)
         .env("FERRY_LOG", "info")
         .stdout(std::process::Stdio::null())

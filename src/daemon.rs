@@ -183,7 +183,7 @@ pub async fn run_on(
         return Ok(());
     };
     // Many jobs due at one instant: their claims go to the store together.
-    store.batch_claims();
+    store.batch_writes();
     let ledger = Ledger {
         store,
         owner: owner_id(),

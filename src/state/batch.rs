@@ -1,7 +1,8 @@
-//! Claims grouped into one statement: when many jobs are due at one instant (a thousand
-//! every second), their claims queue up while one is being written, and the next write
-//! takes all that queued (group commit). Enabled by the daemon ([`Store::batch_claims`]);
-//! a command that claims one run writes it alone.
+//! Writes grouped into one transaction: when many runs go at once (a thousand every
+//! second), their claims, attempts, checkpoints and outcomes queue up while one batch is
+//! being written, and the next transaction takes all that queued, one statement per kind
+//! (group commit). Enabled by the daemon ([`Store::batch_writes`]); a command that runs
+//! one job writes alone.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -61,12 +62,50 @@ impl OwnedClaim {
     }
 }
 
-/// A claim waiting for the writer, and where its answer goes.
-pub(super) type Request = (OwnedClaim, oneshot::Sender<Result<bool, StateError>>);
+/// A write waiting for the writer.
+#[derive(Debug)]
+pub(super) enum Write {
+    /// A new run ([`Store::claim`]).
+    Claim(OwnedClaim),
+    /// An attempt starts ([`Store::attempt`]).
+    Attempt {
+        run_id: String,
+        attempt: i64,
+        lease_until: i64,
+    },
+    /// A writer's progress ([`Store::save_checkpoint`]).
+    Checkpoint {
+        run_id: String,
+        writer: i64,
+        document: String,
+        bytes_done: i64,
+        at: i64,
+    },
+    /// How a run ended ([`Store::finish`]).
+    Finish(Finished),
+}
 
-/// The writer: takes the first queued claim and every one queued behind it, writes them in
-/// one statement and answers each. A failed batch is written claim by claim, so each
-/// caller gets its own answer.
+/// A run's outcome, owned, as [`Write::Finish`] carries it.
+#[derive(Debug)]
+pub(super) struct Finished {
+    pub(super) run_id: String,
+    pub(super) state: &'static str,
+    pub(super) attempts: i64,
+    pub(super) at: i64,
+    pub(super) bytes: Option<i64>,
+    pub(super) sha256: Option<String>,
+    pub(super) location: Option<String>,
+    pub(super) error: Option<String>,
+}
+
+/// A write waiting for the writer, and where its answer goes (for a claim, whether it
+/// was recorded; `true` for the others).
+pub(super) type Request = (Write, oneshot::Sender<Result<bool, StateError>>);
+
+/// The writer: takes the first queued write and every one queued behind it and writes
+/// them in one transaction, a statement per kind (claims, attempts, checkpoints, outcomes),
+/// then answers each (group commit). A failed batch is written one by one, so each caller
+/// gets its own answer.
 pub(super) async fn writer(store: Store, mut queue: mpsc::UnboundedReceiver<Request>) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
@@ -76,22 +115,243 @@ pub(super) async fn writer(store: Store, mut queue: mpsc::UnboundedReceiver<Requ
                 Err(_) => break,
             }
         }
-        let claims: Vec<Claim<'_>> = batch.iter().map(|(claim, _)| claim.borrowed()).collect();
-        match store.claim_many(&claims).await {
-            Ok(inserted) => {
-                drop(claims);
-                for ((_, answer), inserted) in batch.into_iter().zip(inserted) {
-                    let _ = answer.send(Ok(inserted));
+        match store.write_together(&batch).await {
+            Ok(answers) => {
+                for ((_, answer), written) in batch.into_iter().zip(answers) {
+                    let _ = answer.send(Ok(written));
                 }
             }
             Err(err) => {
-                tracing::debug!(error = %err, claims = batch.len(), "A batch of claims failed; writing them one by one.");
-                for (claim, answer) in batch {
-                    let _ = answer.send(store.claim_one(&claim.borrowed()).await);
+                tracing::debug!(error = %err, writes = batch.len(), "A batch of writes failed; writing them one by one.");
+                for (write, answer) in batch {
+                    let _ = answer.send(store.write_one(&write).await);
                 }
             }
         }
     }
+}
+
+impl Store {
+    /// Writes `write` through the batching writer when [`Store::batch_writes`] started
+    /// it, else alone: for a claim, whether it was recorded; `true` for the others.
+    pub(super) async fn write(&self, write: Write) -> Result<bool, StateError> {
+        let Some(queue) = self.writes.get() else {
+            return self.write_one(&write).await;
+        };
+        let (answer, answered) = oneshot::channel();
+        if let Err(mpsc::error::SendError((write, _))) = queue.send((write, answer)) {
+            return self.write_one(&write).await;
+        }
+        answered
+            .await
+            .unwrap_or(Err(StateError::Database(sqlx::Error::WorkerCrashed)))
+    }
+
+    /// `write`, alone.
+    async fn write_one(&self, write: &Write) -> Result<bool, StateError> {
+        match write {
+            Write::Claim(claim) => self.claim_one(&claim.borrowed()).await,
+            Write::Attempt {
+                run_id,
+                attempt,
+                lease_until,
+            } => {
+                self.attempt_one(run_id, *attempt, *lease_until).await?;
+                Ok(true)
+            }
+            Write::Checkpoint {
+                run_id,
+                writer,
+                document,
+                bytes_done,
+                at,
+            } => {
+                let rows = [(
+                    run_id.as_str(),
+                    *writer,
+                    document.as_str(),
+                    *bytes_done,
+                    *at,
+                )];
+                let mut conn = self.pool.acquire().await?;
+                save_checkpoints(&mut conn, self.backend(), &rows).await?;
+                Ok(true)
+            }
+            Write::Finish(finished) => {
+                let mut tx = self.pool.begin().await?;
+                finish_runs(&mut tx, self.backend(), &[finished]).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// `batch` in one transaction: for each write, its answer.
+    async fn write_together(&self, batch: &[Request]) -> Result<Vec<bool>, StateError> {
+        let backend = self.backend();
+        let mut claims = Vec::new();
+        let mut attempts = Vec::new();
+        let mut checkpoints = std::collections::HashMap::new();
+        let mut finished = Vec::new();
+        for (write, _) in batch {
+            match write {
+                Write::Claim(claim) => claims.push(claim.borrowed()),
+                Write::Attempt {
+                    run_id,
+                    attempt,
+                    lease_until,
+                } => attempts.push((run_id.as_str(), *attempt, *lease_until)),
+                // A later save of the same writer's progress replaces an earlier one.
+                Write::Checkpoint {
+                    run_id,
+                    writer,
+                    document,
+                    bytes_done,
+                    at,
+                } => {
+                    checkpoints.insert(
+                        (run_id.as_str(), *writer),
+                        (
+                            run_id.as_str(),
+                            *writer,
+                            document.as_str(),
+                            *bytes_done,
+                            *at,
+                        ),
+                    );
+                }
+                Write::Finish(run) => finished.push(run),
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let inserted = match claims.is_empty() {
+            true => Vec::new(),
+            false => self.claim_rows(&mut tx, &claims).await?,
+        };
+        if !attempts.is_empty() {
+            let mut sql = String::from(
+                "UPDATE ferry_runs SET attempts = v.column2, lease_until = v.column3 FROM (VALUES ",
+            );
+            rows(&mut sql, backend, attempts.len(), 3);
+            sql.push_str(") AS v WHERE ferry_runs.run_id = v.column1");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (run_id, attempt, lease_until) in attempts {
+                query = query.bind(run_id).bind(attempt).bind(lease_until);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        if !checkpoints.is_empty() {
+            let rows: Vec<_> = checkpoints.into_values().collect();
+            save_checkpoints(&mut tx, backend, &rows).await?;
+        }
+        if !finished.is_empty() {
+            finish_runs(&mut tx, backend, &finished).await?;
+        }
+        tx.commit().await?;
+        let mut inserted = inserted.into_iter();
+        Ok(batch
+            .iter()
+            .map(|(write, _)| match write {
+                Write::Claim(_) => inserted.next().unwrap_or(false),
+                _ => true,
+            })
+            .collect())
+    }
+}
+
+/// Appends `count` rows of `width` placeholders each to `sql`: `(?, ?), (?, ?)` on SQLite,
+/// `($1, $2), ($3, $4)` on PostgreSQL.
+fn rows(sql: &mut String, backend: super::Backend, count: usize, width: usize) {
+    for row in 0..count {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..width {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            placeholder(sql, backend, row * width + column + 1);
+        }
+        sql.push(')');
+    }
+}
+
+/// Appends the `n`th (from 1) bound parameter's placeholder to `sql`: SQLite looks `$N`
+/// names up one by one in a list (quadratic in the parameters: 10 ms for a 500-claim
+/// statement) and binds anonymous `?` by position; PostgreSQL takes only `$N`.
+fn placeholder(sql: &mut String, backend: super::Backend, n: usize) {
+    match backend {
+        super::Backend::Sqlite => sql.push('?'),
+        super::Backend::Postgres => {
+            let _ = std::fmt::Write::write_fmt(sql, format_args!("${n}"));
+        }
+    }
+}
+
+/// Saves writers' progress `(run_id, writer, document, bytes_done, at)`, each replacing
+/// what that writer of that run saved before; no two rows for the same writer.
+async fn save_checkpoints(
+    conn: &mut sqlx::AnyConnection,
+    backend: super::Backend,
+    checkpoints: &[(&str, i64, &str, i64, i64)],
+) -> Result<(), StateError> {
+    let mut sql = String::from(
+        "INSERT INTO ferry_checkpoints (run_id, writer, document, bytes_done, updated_at) VALUES ",
+    );
+    rows(&mut sql, backend, checkpoints.len(), 5);
+    sql.push_str(
+        " ON CONFLICT (run_id, writer) DO UPDATE SET document = excluded.document, bytes_done = excluded.bytes_done, updated_at = excluded.updated_at",
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (run_id, writer, document, bytes_done, at) in checkpoints {
+        query = query
+            .bind(*run_id)
+            .bind(*writer)
+            .bind(*document)
+            .bind(*bytes_done)
+            .bind(*at);
+    }
+    query.execute(conn).await?;
+    Ok(())
+}
+
+/// Records how `runs` ended and drops their checkpoints (the caller's transaction makes
+/// it one change).
+async fn finish_runs(
+    conn: &mut sqlx::AnyConnection,
+    backend: super::Backend,
+    runs: &[&Finished],
+) -> Result<(), StateError> {
+    let mut sql = String::from(
+        "UPDATE ferry_runs SET state = v.column2, attempts = v.column3, finished_at = v.column4, bytes = v.column5, sha256 = v.column6, location = v.column7, error = v.column8 FROM (VALUES ",
+    );
+    rows(&mut sql, backend, runs.len(), 8);
+    sql.push_str(") AS v WHERE ferry_runs.run_id = v.column1");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for run in runs {
+        query = query
+            .bind(run.run_id.as_str())
+            .bind(run.state)
+            .bind(run.attempts)
+            .bind(run.at)
+            .bind(run.bytes)
+            .bind(run.sha256.as_deref())
+            .bind(run.location.as_deref())
+            .bind(run.error.as_deref());
+    }
+    query.execute(&mut *conn).await?;
+    let mut sql = String::from("DELETE FROM ferry_checkpoints WHERE run_id IN (");
+    for i in 0..runs.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        placeholder(&mut sql, backend, i + 1);
+    }
+    sql.push(')');
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for run in runs {
+        query = query.bind(run.run_id.as_str());
+    }
+    query.execute(conn).await?;
+    Ok(())
 }
 
 impl Store {
@@ -102,7 +362,8 @@ impl Store {
     pub async fn claim_all(&self, claims: &[Claim<'_>]) -> Result<Vec<bool>, StateError> {
         let mut claimed = Vec::with_capacity(claims.len());
         for chunk in claims.chunks(MAX_BATCH) {
-            claimed.extend(self.claim_many(chunk).await?);
+            let mut conn = self.pool.acquire().await?;
+            claimed.extend(self.claim_rows(&mut conn, chunk).await?);
         }
         Ok(claimed)
     }
@@ -119,7 +380,7 @@ impl Store {
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                self.placeholder(&mut sql, i + 1);
+                placeholder(&mut sql, self.backend(), i + 1);
             }
             sql.push(')');
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -131,21 +392,13 @@ impl Store {
         Ok(())
     }
 
-    /// Appends the `n`th (from 1) bound parameter's placeholder to `sql`: SQLite looks `$N`
-    /// names up one by one in a list (quadratic in the parameters: 10 ms for a 500-claim
-    /// statement) and binds anonymous `?` by position; PostgreSQL takes only `$N`.
-    fn placeholder(&self, sql: &mut String, n: usize) {
-        match self.backend() {
-            super::Backend::Sqlite => sql.push('?'),
-            super::Backend::Postgres => {
-                let _ = std::fmt::Write::write_fmt(sql, format_args!("${n}"));
-            }
-        }
-    }
-
     /// Inserts `claims` (at most [`MAX_BATCH`]) in one statement; for each, whether it was
     /// inserted.
-    async fn claim_many(&self, claims: &[Claim<'_>]) -> Result<Vec<bool>, StateError> {
+    async fn claim_rows(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        claims: &[Claim<'_>],
+    ) -> Result<Vec<bool>, StateError> {
         let mut sql = String::from(
             "INSERT INTO ferry_runs (job, slot, slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at, claim_key) VALUES ",
         );
@@ -157,7 +410,7 @@ impl Store {
                     sql.push_str("'running', 0, ");
                 }
                 param += 1;
-                self.placeholder(&mut sql, param);
+                placeholder(&mut sql, self.backend(), param);
                 if column < 8 {
                     sql.push_str(", ");
                 }
@@ -186,7 +439,7 @@ impl Store {
                     String::new()
                 });
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(conn).await?;
         let inserted: HashSet<String> = rows
             .iter()
             .map(|row| row.try_get::<String, _>("run_id"))

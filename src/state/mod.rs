@@ -196,8 +196,8 @@ pub struct Store {
     /// Woken when a partition is locked or unlocked through this store (this process):
     /// runs waiting for readiness look again at once instead of at their next poll.
     changes: std::sync::Arc<tokio::sync::Notify>,
-    /// Where claims queue for the batching writer, once [`Store::batch_claims`] started it.
-    claims: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<batch::Request>>>,
+    /// Where writes queue for the batching writer, once [`Store::batch_writes`] started it.
+    writes: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<batch::Request>>>,
 }
 
 /// Which database is behind a [`Store`].
@@ -289,7 +289,7 @@ impl Store {
             pool,
             backend,
             changes: Default::default(),
-            claims: Default::default(),
+            writes: Default::default(),
         };
         if create {
             schema::migrator().run(&store.pool).await?;
@@ -303,11 +303,12 @@ impl Store {
         self.backend
     }
 
-    /// From now on, claims through this store (and its clones) that arrive together are
-    /// written together, by a task on the current runtime ([`batch`]): the daemon's many
-    /// jobs due at one instant cost one statement, not one each.
-    pub fn batch_claims(&self) {
-        let _ = self.claims.get_or_init(|| {
+    /// From now on, claims, attempts, checkpoints and outcomes written through this store
+    /// (and its clones) that arrive together are written together, in one transaction, by a
+    /// task on the current runtime ([`batch`]): the daemon's many runs due at one instant
+    /// cost a few statements, not several each.
+    pub fn batch_writes(&self) {
+        let _ = self.writes.get_or_init(|| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(batch::writer(self.clone(), rx));
             tx
@@ -318,17 +319,8 @@ impl Store {
     /// a run (this daemon's, another daemon's, or a finished one): the caller must not run
     /// it. A manual claim always has a slot of its own.
     pub async fn claim(&self, claim: &Claim<'_>) -> Result<bool, StateError> {
-        let Some(queue) = self.claims.get() else {
-            return self.claim_one(claim).await;
-        };
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        if queue.send((batch::OwnedClaim::of(claim), answer)).is_err() {
-            return self.claim_one(claim).await;
-        }
-        match answered.await {
-            Ok(result) => result,
-            Err(_) => self.claim_one(claim).await,
-        }
+        self.write(batch::Write::Claim(batch::OwnedClaim::of(claim)))
+            .await
     }
 
     /// Woken whenever a partition is locked or unlocked through this store (or a clone).

@@ -8,6 +8,7 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
+use super::batch::{Finished, Write};
 use super::{
     Backend, Checkpoint, Claim, NotificationOutcome, NotificationRecord, Outcome, RunRecord,
     RunState, StateError, Store,
@@ -102,9 +103,24 @@ impl Store {
         lease: Duration,
     ) -> Result<(), StateError> {
         let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+        self.write(Write::Attempt {
+            run_id: run_id.to_owned(),
+            attempt: i64::from(attempt),
+            lease_until: millis(until),
+        })
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn attempt_one(
+        &self,
+        run_id: &str,
+        attempt: i64,
+        lease_until: i64,
+    ) -> Result<(), StateError> {
         sqlx::query("UPDATE ferry_runs SET attempts = $1, lease_until = $2 WHERE run_id = $3")
-            .bind(i64::from(attempt))
-            .bind(millis(until))
+            .bind(attempt)
+            .bind(lease_until)
             .bind(run_id)
             .execute(&self.pool)
             .await?;
@@ -155,27 +171,17 @@ impl Store {
 
     /// Records how run `run_id` ended, and drops its checkpoints, in one transaction.
     pub async fn finish(&self, run_id: &str, outcome: &Outcome<'_>) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE ferry_runs SET state = $1, attempts = $2, finished_at = $3, bytes = $4, sha256 = $5, location = $6, error = $7
-             WHERE run_id = $8",
-        )
-        .bind(outcome.state.as_str())
-        .bind(i64::from(outcome.attempts))
-        .bind(millis(Utc::now()))
-        .bind(outcome.bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
-        .bind(outcome.sha256)
-        .bind(outcome.location)
-        .bind(outcome.error)
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM ferry_checkpoints WHERE run_id = $1")
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let finished = Finished {
+            run_id: run_id.to_owned(),
+            state: outcome.state.as_str(),
+            attempts: i64::from(outcome.attempts),
+            at: millis(Utc::now()),
+            bytes: outcome.bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+            sha256: outcome.sha256.map(str::to_owned),
+            location: outcome.location.map(str::to_owned),
+            error: outcome.error.map(str::to_owned),
+        };
+        self.write(Write::Finish(finished)).await.map(drop)
     }
 
     /// The run `run_id`, if there is one.
@@ -283,20 +289,15 @@ impl Store {
         writer: usize,
         checkpoint: &Checkpoint,
     ) -> Result<(), StateError> {
-        sqlx::query(
-            "INSERT INTO ferry_checkpoints (run_id, writer, document, bytes_done, updated_at)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (run_id, writer) DO UPDATE
-             SET document = excluded.document, bytes_done = excluded.bytes_done, updated_at = excluded.updated_at",
-        )
-        .bind(run_id)
-        .bind(i64::try_from(writer).unwrap_or(i64::MAX))
-        .bind(checkpoint.document.to_string())
-        .bind(i64::try_from(checkpoint.bytes_done).unwrap_or(i64::MAX))
-        .bind(millis(Utc::now()))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.write(Write::Checkpoint {
+            run_id: run_id.to_owned(),
+            writer: i64::try_from(writer).unwrap_or(i64::MAX),
+            document: checkpoint.document.to_string(),
+            bytes_done: i64::try_from(checkpoint.bytes_done).unwrap_or(i64::MAX),
+            at: millis(Utc::now()),
+        })
+        .await
+        .map(drop)
     }
 
     /// Writer `writer`'s saved progress in run `run_id`.

@@ -128,6 +128,13 @@ struct TempFile {
     keep: bool,
 }
 
+impl TempFile {
+    /// The file has its final name: nothing is left to remove.
+    fn committed(&mut self) {
+        self.keep = true;
+    }
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.keep {
@@ -140,26 +147,27 @@ impl Drop for TempFile {
 /// How often a writing attempt makes its progress durable and records a checkpoint.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-impl LocalWriter {
-    /// Gives the finished file its `group` and `mode` (through the open file: never a
-    /// path that could have been swapped for a link), before it gets its final name.
-    async fn set_owner_and_mode(
-        &self,
-        file: &tokio::fs::File,
-        shown: &str,
-    ) -> Result<(), DeliveryError> {
+/// The finished temporary file's `group` and `mode` (set through the open file: never a
+/// path that could have been swapped for a link) and its fsync, in one blocking call.
+struct Seal {
+    group: Option<nix::unistd::Gid>,
+    mode: Option<u32>,
+}
+
+impl Seal {
+    fn run(&self, file: std::fs::File, shown: &str) -> Result<(), DeliveryError> {
         use std::os::unix::fs::PermissionsExt as _;
         if let Some(gid) = self.group {
-            nix::unistd::fchown(file, None, Some(gid)).map_err(|err| {
+            nix::unistd::fchown(&file, None, Some(gid)).map_err(|err| {
                 DeliveryError::io(format_args!("set the group of {shown}"), err.into())
             })?;
         }
         if let Some(mode) = self.mode {
             file.set_permissions(std::fs::Permissions::from_mode(mode))
-                .await
                 .map_err(|err| DeliveryError::io(format_args!("set the mode of {shown}"), err))?;
         }
-        Ok(())
+        file.sync_all()
+            .map_err(|err| DeliveryError::io(format_args!("fsync {shown}"), err))
     }
 }
 
@@ -217,27 +225,58 @@ fn recorded_temp(checkpoint: &Checkpoint, target: &Path, run_id: &str) -> Option
 }
 
 /// Creates `path` for writing, failing if anything (a file, a symbolic link) is there.
-async fn create_exclusive(path: &Path) -> Result<tokio::fs::File, DeliveryError> {
-    let mut options = tokio::fs::OpenOptions::new();
-    options
+fn create_exclusive(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
-    options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .await
-        .map_err(|err| DeliveryError::io(format_args!("create {}", path.display()), err))
+}
+
+/// One lock per directory (by a hash of its path, 64 stripes) for the calls that change
+/// it. The kernel serializes them per directory anyway; threads that queue here sleep,
+/// while threads that queue in the kernel spin on its lock while the holder works (a
+/// thousand deliveries a second into one ext4 directory spent a fifth of the CPU spinning).
+fn dir_lock(dir: &Path) -> std::sync::MutexGuard<'static, ()> {
+    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+    static STRIPES: [std::sync::Mutex<()>; 64] = [const { std::sync::Mutex::new(()) }; 64];
+    let stripe = BuildHasherDefault::<DefaultHasher>::default().hash_one(dir) as usize % 64;
+    STRIPES[stripe]
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Creates attempt's temporary file `temp` afresh: what an earlier attempt left (`old`) is
+/// removed, and whatever sits under `temp`'s own name (a link planted to make ferry write
+/// through it) is unlinked, never followed. In the usual case (nothing there) this is one
+/// `open`: no directory is changed for nothing.
+fn create_fresh(temp: &Path, old: Option<&Path>) -> Result<std::fs::File, DeliveryError> {
+    let create = |err| DeliveryError::io(format_args!("create {}", temp.display()), err);
+    let _changing = dir_lock(temp.parent().unwrap_or(Path::new(".")));
+    if let Some(old) = old {
+        let _ = std::fs::remove_file(old);
+    }
+    match create_exclusive(temp) {
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = std::fs::remove_file(temp);
+            create_exclusive(temp).map_err(create)
+        }
+        done => done.map_err(create),
+    }
 }
 
 /// Creates the directories of `dir` below `base` one at a time, refusing a symbolic link
 /// among them (`base` itself, the path template's literal prefix, is the operator's).
-async fn create_dirs_within(base: &Path, dir: &Path) -> Result<(), DeliveryError> {
+/// Directories that exist are only looked at (a `mkdir` that fails locks the directory
+/// above all the same).
+fn create_dirs_within(base: &Path, dir: &Path) -> Result<(), DeliveryError> {
     let create = |path: &Path, err| {
         DeliveryError::io(format_args!("create directory {}", path.display()), err)
     };
-    tokio::fs::create_dir_all(base)
-        .await
-        .map_err(|err| create(base, err))?;
+    if !std::fs::metadata(base).is_ok_and(|meta| meta.is_dir()) {
+        std::fs::create_dir_all(base).map_err(|err| create(base, err))?;
+    }
     let Ok(tail) = dir.strip_prefix(base) else {
         return Err(DeliveryError::new(
             ErrorKind::Config,
@@ -247,15 +286,13 @@ async fn create_dirs_within(base: &Path, dir: &Path) -> Result<(), DeliveryError
     let mut at = base.to_path_buf();
     for part in tail.components() {
         at.push(part);
-        let meta = match tokio::fs::symlink_metadata(&at).await {
+        let meta = match std::fs::symlink_metadata(&at) {
             Ok(meta) => meta,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                match tokio::fs::create_dir(&at).await {
+                match std::fs::create_dir(&at) {
                     Ok(()) => continue,
                     Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                        tokio::fs::symlink_metadata(&at)
-                            .await
-                            .map_err(|err| create(&at, err))?
+                        std::fs::symlink_metadata(&at).map_err(|err| create(&at, err))?
                     }
                     Err(err) => return Err(create(&at, err)),
                 }
@@ -282,6 +319,15 @@ async fn create_dirs_within(base: &Path, dir: &Path) -> Result<(), DeliveryError
     Ok(())
 }
 
+/// Runs file-system work `f` on tokio's blocking pool: several system calls in one hop.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DeliveryError> + Send + 'static,
+) -> Result<T, DeliveryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|err| Err(DeliveryError::new(ErrorKind::Io, format!("file-system task failed: {err}"))))
+}
+
 #[async_trait]
 impl Writer for LocalWriter {
     fn kind(&self) -> &'static str {
@@ -299,10 +345,6 @@ impl Writer for LocalWriter {
     ) -> Result<Delivery, DeliveryError> {
         let target = self.path.render_path(ctx, &self.root)?;
         let dir = target.parent().unwrap_or(Path::new(".")).to_path_buf();
-        create_dirs_within(&self.root.join(self.path.base_dir()), &dir).await?;
-        if !self.overwrite && tokio::fs::try_exists(&target).await.unwrap_or(false) {
-            return Err(exists(&target));
-        }
 
         // With checkpoints, a failed or cancelled attempt keeps its temporary file for the
         // next attempt (or the next daemon) to resume; `discard` removes it if the run fails.
@@ -323,21 +365,41 @@ impl Writer for LocalWriter {
         };
         let shown = temp.path.display().to_string();
         let document = serde_json::json!({ "temp": shown });
-        let mut file = if resumed.is_some() {
-            reopen(&temp.path, &mut payload).await?
-        } else {
-            if let Some(old) = payload.checkpoint().and_then(|c| recorded_temp(c, &target, &ctx.run_id)) {
-                // Starting over: what an earlier attempt left is of no use.
-                let _ = tokio::fs::remove_file(old).await;
+        // Starting over: what an earlier attempt left is of no use.
+        let old = match resumed {
+            Some(_) => None,
+            None => payload
+                .checkpoint()
+                .and_then(|c| recorded_temp(c, &target, &ctx.run_id)),
+        };
+        let fresh = {
+            let (base, dir, target, temp) = (
+                self.root.join(self.path.base_dir()),
+                dir.clone(),
+                target.clone(),
+                temp.path.clone(),
+            );
+            let (overwrite, resuming) = (self.overwrite, resumed.is_some());
+            blocking(move || {
+                create_dirs_within(&base, &dir)?;
+                if !overwrite && target.try_exists().unwrap_or(false) {
+                    return Err(exists(&target));
+                }
+                match resuming {
+                    true => Ok(None),
+                    false => create_fresh(&temp, old.as_deref()).map(Some),
+                }
+            })
+            .await?
+        };
+        let mut file = match fresh {
+            Some(file) => {
+                // Recorded at once, so that a run failing before its first checkpoint
+                // still removes this file (`discard`).
+                payload.save_checkpoint(document.clone(), 0).await;
+                tokio::fs::File::from_std(file)
             }
-            // The name is this attempt's own: whatever sits there (a link planted to make
-            // ferry write through it) is unlinked, never followed.
-            let _ = tokio::fs::remove_file(&temp.path).await;
-            let file = create_exclusive(&temp.path).await?;
-            // Recorded at once, so that a run failing before its first checkpoint still
-            // removes this file (`discard`).
-            payload.save_checkpoint(document.clone(), 0).await;
-            file
+            None => reopen(&temp.path, &mut payload).await?,
         };
         let mut written = payload.offset();
         let mut last_checkpoint = tokio::time::Instant::now();
@@ -359,17 +421,27 @@ impl Writer for LocalWriter {
         file.flush()
             .await
             .map_err(|err| DeliveryError::io(format_args!("write {shown}"), err))?;
-        self.set_owner_and_mode(&file, &shown).await?;
-        file.sync_all()
-            .await
-            .map_err(|err| DeliveryError::io(format_args!("fsync {shown}"), err))?;
-        drop(file);
+        let file = file.into_std().await;
+        let seal = Seal {
+            group: self.group,
+            mode: self.mode,
+        };
+        blocking(move || seal.run(file, &shown)).await?;
 
-        // From here on the temporary file is renamed or removed, never resumed.
-        temp.keep = false;
-        commit(&temp.path, &target, self.overwrite).await?;
-        temp.keep = true;
-        sync_dir(&dir).await?;
+        // From here on the temporary file is renamed or removed, never resumed. (Dropped
+        // before this, as when the run is cancelled during the fsync, `temp` is removed
+        // or kept for a resume here; from here on the move completes either way.)
+        let overwrite = self.overwrite;
+        let target = blocking(move || {
+            temp.keep = false;
+            let changing = dir_lock(&dir);
+            commit(&temp.path, &target, overwrite)?;
+            temp.committed();
+            drop(changing);
+            sync_dir(&dir)?;
+            Ok(target)
+        })
+        .await?;
 
         let location = std::path::absolute(&target).unwrap_or(target);
         let link = format!("file://{}", location.display());
@@ -459,18 +531,18 @@ fn exists(target: &Path) -> DeliveryError {
 /// Moves the finished temporary file onto the final name. Without `overwrite`, a hard link
 /// makes the final name only if it does not exist yet (atomically), then the temporary
 /// name is removed.
-async fn commit(temp: &Path, target: &Path, overwrite: bool) -> Result<(), DeliveryError> {
+fn commit(temp: &Path, target: &Path, overwrite: bool) -> Result<(), DeliveryError> {
     let rename = |err| DeliveryError::io(format_args!("rename onto {}", target.display()), err);
     if overwrite {
-        return tokio::fs::rename(temp, target).await.map_err(rename);
+        return std::fs::rename(temp, target).map_err(rename);
     }
-    match tokio::fs::hard_link(temp, target).await {
+    match std::fs::hard_link(temp, target) {
         Ok(()) => {
-            let _ = tokio::fs::remove_file(temp).await;
+            let _ = std::fs::remove_file(temp);
             Ok(())
         }
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            let _ = tokio::fs::remove_file(temp).await;
+            let _ = std::fs::remove_file(temp);
             Err(exists(target))
         }
         Err(err) => Err(rename(err)),
@@ -478,8 +550,7 @@ async fn commit(temp: &Path, target: &Path, overwrite: bool) -> Result<(), Deliv
 }
 
 /// Makes a rename in `dir` durable.
-async fn sync_dir(dir: &Path) -> Result<(), DeliveryError> {
+fn sync_dir(dir: &Path) -> Result<(), DeliveryError> {
     let sync = |err| DeliveryError::io(format_args!("fsync directory {}", dir.display()), err);
-    let handle = tokio::fs::File::open(dir).await.map_err(sync)?;
-    handle.sync_all().await.map_err(sync)
+    std::fs::File::open(dir).map_err(sync)?.sync_all().map_err(sync)
 }

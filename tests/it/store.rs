@@ -463,7 +463,7 @@ async fn old_finished_runs_are_pruned_and_running_ones_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_made_together_are_written_together_with_the_same_answers() {
     for (backend, store, _dir) in stores().await {
-        store.batch_claims();
+        store.batch_writes();
         let jobs: Vec<String> = (0..300).map(|i| unique_job(&format!("batch{i}"))).collect();
         // Each job's slot is claimed twice at once (two daemons, say), plus once as a
         // manual run: one of the two scheduled claims wins, the manual one always does.
@@ -579,5 +579,79 @@ async fn claims_of_runs_that_never_started_are_taken_back() {
                 .await
                 .expect("claim")
         );
+    }
+}
+
+/// With the batching writer, attempts, checkpoints and outcomes of many runs at once are
+/// written together, each exactly as it would be alone: every run's attempts and lease,
+/// each writer's latest checkpoint, and the outcome (with its checkpoints gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_writes_made_together_land_as_if_made_alone() {
+    for (backend, store, _dir) in stores().await {
+        store.batch_writes();
+        let job = unique_job("together");
+        let run_ids: Vec<String> = (0..400)
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, run_id) in run_ids.iter().cloned().enumerate() {
+            let (store, job) = (store.clone(), job.clone());
+            tasks.spawn(async move {
+                let id = run_id.as_str();
+                assert!(store.claim(&claim(&job, slot(i as i64), id, "a")).await?);
+                store.attempt(id, 2, Duration::from_secs(600)).await?;
+                for (writer, bytes_done) in [(0, 10), (1, 20), (0, 30)] {
+                    let checkpoint = Checkpoint {
+                        document: json!({ "at": bytes_done }),
+                        bytes_done,
+                    };
+                    store.save_checkpoint(id, writer, &checkpoint).await?;
+                }
+                // Every other run ends; the rest stay running, their checkpoints kept.
+                if i % 2 == 0 {
+                    let error = format!("error {i}");
+                    let outcome = Outcome {
+                        state: RunState::Failed,
+                        attempts: 2,
+                        bytes: Some(i as u64),
+                        sha256: Some("abc"),
+                        location: Some(id),
+                        error: Some(&error),
+                    };
+                    store.finish(id, &outcome).await?;
+                }
+                Ok::<_, ferry::state::StateError>(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("task").expect("writes");
+        }
+        let runs = store.history(Some(&job), 1000).await.expect("history");
+        assert_eq!(runs.len(), 400, "{backend}");
+        for run in &runs {
+            let i = run_ids
+                .iter()
+                .position(|id| *id == run.run_id)
+                .expect("ours");
+            assert_eq!(run.attempts, 2, "{backend}");
+            assert!(run.lease_until > Utc::now() + chrono::Duration::minutes(5));
+            let checkpoint = store.checkpoint(&run.run_id, 0).await.expect("read");
+            if i % 2 == 0 {
+                assert_eq!(run.state, RunState::Failed, "{backend}");
+                assert_eq!(run.bytes, Some(i as u64));
+                assert_eq!(run.location.as_deref(), Some(run.run_id.as_str()));
+                assert_eq!(run.error, Some(format!("error {i}")));
+                assert!(run.finished_at.is_some());
+                assert!(
+                    checkpoint.is_none(),
+                    "{backend}: checkpoints go with the outcome"
+                );
+            } else {
+                assert_eq!(run.state, RunState::Running, "{backend}");
+                assert_eq!(checkpoint.map(|c| c.bytes_done), Some(30), "{backend}");
+                let other = store.checkpoint(&run.run_id, 1).await.expect("read");
+                assert_eq!(other.map(|c| c.bytes_done), Some(20), "{backend}");
+            }
+        }
     }
 }
