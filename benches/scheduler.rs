@@ -111,7 +111,7 @@ async fn many_jobs(jobs: usize, idle: Duration) {
 /// second, for `window`, and reads each run's lag off its own "Run started." log line: the
 /// line's timestamp minus the run's slot, so the claim, the logging and everything else
 /// before the start counts. The job file, its SQLite store and the delivered files are on
-/// the disk (not tmpfs), so fsyncs cost what they cost.
+/// the disk (not tmpfs) unless `TMPDIR` says otherwise, so fsyncs cost what they cost.
 fn fire_lag(jobs: usize, window: Duration) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = job_file(dir.path(), jobs, "* * * * * *");
@@ -165,8 +165,9 @@ fn fire_lag(jobs: usize, window: Duration) {
         }
     }
     println!(
-        "{jobs} jobs firing every second for {} s (release binary, JSON log, SQLite store on disk):",
-        window.as_secs()
+        "{jobs} jobs firing every second for {} s (release binary, JSON log, SQLite store and files under {}):",
+        window.as_secs(),
+        std::env::temp_dir().display()
     );
     if lags.is_empty() {
         println!("  no run started");

@@ -291,9 +291,11 @@ impl ArmKey {
     }
 }
 
-/// How long before their slot runs due at the same instant are claimed: the store writes a
-/// thousand claims in 10–20 ms, so at the slot only the starts are left to do.
-const CLAIM_AHEAD: Duration = Duration::from_millis(50);
+/// How long before their slot runs due at the same instant are claimed, so that at the slot
+/// only the starts are left to do. The store writes a thousand claims in 10–20 ms, but they
+/// share the writer with the outcomes of the runs still finishing from the last second
+/// (a commit of both took up to 75 ms on a busy disk).
+const CLAIM_AHEAD: Duration = Duration::from_millis(250);
 
 /// A run the timer released: its job, its slot, the job's running count and its waiting
 /// token.

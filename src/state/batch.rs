@@ -115,7 +115,12 @@ pub(super) async fn writer(store: Store, mut queue: mpsc::UnboundedReceiver<Requ
                 Err(_) => break,
             }
         }
-        match store.write_together(&batch).await {
+        // One write alone is one statement, without a transaction around it.
+        let written = match batch.as_slice() {
+            [(write, _)] => store.write_one(write).await.map(|answer| vec![answer]),
+            _ => store.write_together(&batch).await,
+        };
+        match written {
             Ok(answers) => {
                 for ((_, answer), written) in batch.into_iter().zip(answers) {
                     let _ = answer.send(Ok(written));

@@ -1,6 +1,7 @@
 //! The store's queries: claims, leases, outcomes, history, checkpoints, notifications and
 //! cursors. Every statement is one round trip in one transaction, written once for both
-//! backends (sqlx's `Any` driver, `$n` placeholders).
+//! backends (sqlx's `Any` driver, `$n` placeholders). In the daemon, a run's writes go
+//! through the batching writer ([`super::batch`]) and share a transaction with others'.
 
 use std::time::Duration;
 
