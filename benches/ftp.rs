@@ -2,6 +2,7 @@
 //!
 //!   cargo bench --bench ftp                     (1 GiB)
 //!   FERRY_BENCH_MIB=256 cargo bench --bench ftp
+//!   FERRY_BENCH_FTP_SERVERS=vsftpd cargo bench --bench ftp   (only vsftpd)
 //!
 //! Starts an FTP server (libunftp with its file-system backend, the one the tests use) on
 //! 127.0.0.1 in this process, then uploads a random file with `ferry trigger` (file source →
@@ -31,36 +32,57 @@ fn main() {
     let input = work.path().join("input.bin");
     write_random(&input, mib << 20);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let port = runtime.block_on(serve(&served));
-    println!("FTP server libunftp on 127.0.0.1:{port}; {mib} MiB of random data");
-    let login = format!(
-        "username = \"{USER}\", password = \"{PASSWORD}\", allow_plaintext_password = true"
-    );
-    compare(
-        work.path(),
-        mib,
-        port,
-        &login,
-        "/",
-        &format!("{USER}:{PASSWORD}"),
-    );
-    for name in ["ferry.bin", "curl.bin"] {
-        let stored = std::fs::metadata(served.join(name)).map(|m| m.len());
-        println!("  stored {name}: {stored:?} bytes");
+    let servers =
+        std::env::var("FERRY_BENCH_FTP_SERVERS").unwrap_or_else(|_| "libunftp,vsftpd".into());
+    // Kept alive until the end: the libunftp server runs on it.
+    let _runtime;
+    if servers.contains("libunftp") {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let port = runtime.block_on(serve(&served));
+        println!("FTP server libunftp on 127.0.0.1:{port}; {mib} MiB of random data");
+        let login = format!(
+            "username = \"{USER}\", password = \"{PASSWORD}\", allow_plaintext_password = true"
+        );
+        compare(
+            work.path(),
+            mib,
+            port,
+            &login,
+            "/",
+            &format!("{USER}:{PASSWORD}"),
+        );
+        for name in ["ferry.bin", "curl.bin"] {
+            let stored = std::fs::metadata(served.join(name)).map(|m| m.len());
+            println!("  stored {name}: {stored:?} bytes");
+        }
+
+        _runtime = runtime;
     }
 
     // vsftpd, a server that is not the bottleneck (libunftp writes 4 KiB at a time).
     let vsftpd = std::env::var("FERRY_BENCH_VSFTPD").unwrap_or_else(|_| "/usr/sbin/vsftpd".into());
+    if !servers.contains("vsftpd") {
+        return;
+    }
     if !Path::new(&vsftpd).exists() {
         println!("vsftpd not run: {vsftpd} is missing (apt-get install vsftpd)");
         return;
     }
-    let (port, mut server, uploads) = start_vsftpd(&vsftpd, work.path());
-    println!("FTP server vsftpd on 127.0.0.1:{port}");
+    // The server's files in memory where it can: its disk's writeback (the previous run's
+    // gigabyte) made either client's wall time vary 3× from run to run.
+    let server_dir = match Path::new("/dev/shm").is_dir() {
+        true => tempfile::tempdir_in("/dev/shm"),
+        false => tempfile::tempdir(),
+    }
+    .expect("server dir");
+    let (port, mut server, uploads) = start_vsftpd(&vsftpd, server_dir.path());
+    println!(
+        "FTP server vsftpd on 127.0.0.1:{port}, storing under {}",
+        server_dir.path().display()
+    );
     // vsftpd runs as the launching user here, without a chroot: paths are the file system's.
     let login = "username = \"anonymous\", password = \"bench\", allow_plaintext_password = true";
     let dir = format!("{}/", uploads.display());

@@ -239,7 +239,9 @@ impl DeliveryActivity {
             tasks.push((index, AbortOnDropHandle::new(task)));
         }
 
-        let pumped = pump(stream, senders, len).await;
+        // A stream from byte 0 is hashed here, once for every writer; a resumed one by
+        // each writer, which holds the prefix (or its hash state).
+        let pumped = pump(stream, senders, len, offset == 0).await;
         let mut failures = Vec::new();
         for (index, task) in tasks {
             let writer = self.writers[index].describe();
@@ -347,22 +349,34 @@ fn throttle(stream: ByteStream, bytes_per_second: u64) -> ByteStream {
     Box::pin(paced)
 }
 
-/// Reads `stream` and hands each chunk to every writer still listening. Returns the number
-/// of bytes read, or the source's error (which every writer is also told).
+/// Reads `stream` and hands each chunk to every writer still listening, with the sha256
+/// state after it when `hash` is set (each byte hashed once, here, for all writers, while
+/// they write the chunk before). Returns the number of bytes read, or the source's error
+/// (which every writer is also told).
 async fn pump(
     mut stream: ByteStream,
     mut senders: Vec<mpsc::Sender<Frame>>,
     len: Option<u64>,
+    hash: bool,
 ) -> Result<u64, DeliveryError> {
+    let mut hasher = hash.then(<sha2::Sha256 as sha2::Digest>::new);
     let mut total = 0u64;
     let failure = loop {
         match stream.next().await {
             Some(Ok(chunk)) => {
                 total += chunk.len() as u64;
+                let after = hasher.as_mut().map(|hasher| {
+                    sha2::Digest::update(hasher, &chunk);
+                    Arc::new(hasher.clone())
+                });
                 let mut live = Vec::with_capacity(senders.len());
                 for tx in senders {
                     // A closed channel means the writer gave up; its task reports why.
-                    if tx.send(Frame::Data(chunk.clone())).await.is_ok() {
+                    if tx
+                        .send(Frame::Data(chunk.clone(), after.clone()))
+                        .await
+                        .is_ok()
+                    {
                         live.push(tx);
                     }
                 }

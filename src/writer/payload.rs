@@ -5,6 +5,7 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -21,8 +22,9 @@ use crate::state::{Checkpoint, Ledger};
 /// One message from the activity to a writer.
 #[derive(Debug)]
 pub(crate) enum Frame {
-    /// The next chunk.
-    Data(Bytes),
+    /// The next chunk, with the payload's sha256 state after it when the activity hashes
+    /// once for every writer (see [`Payload`]).
+    Data(Bytes, Option<Arc<Sha256>>),
     /// The source failed; the writer must give up.
     Failed(DeliveryError),
     /// The source ended; every chunk has been sent.
@@ -30,6 +32,13 @@ pub(crate) enum Frame {
 }
 
 /// The bytes a writer consumes: a stream of chunks that counts and hashes what is read.
+///
+/// Each byte is hashed once per run: the activity hashes every chunk as it hands it to the
+/// writers and sends its sha256 state along, and a payload takes that state when its writer
+/// has read the whole chunk (a writer cutting a chunk in parts, asking for the hash in the
+/// middle, gets the state before the chunk plus the part it read). A resumed stream (one
+/// not starting at byte 0) hashes what its writer reads itself, from the prefix or saved
+/// state the writer supplies.
 ///
 /// The stream ends cleanly only when the source did; if the source failed or the sending
 /// side went away early, the last item is an error, so a writer that stops at the first
@@ -40,12 +49,23 @@ pub struct Payload {
     pending: Option<Bytes>,
     len: Option<u64>,
     bytes: u64,
+    /// The sha256 of every byte counted, except those of `part`.
     hasher: Sha256,
+    /// A chunk hashed by the activity that the writer has read part of.
+    part: Option<Part>,
     finished: bool,
     offset: u64,
     absorbed: u64,
     checkpoints: Option<Checkpoints>,
     resumed: Option<Checkpoint>,
+}
+
+/// A chunk the writer is reading in parts: the chunk, how much of it was read, and the
+/// activity's hash state after all of it.
+struct Part {
+    whole: Bytes,
+    taken: usize,
+    after: Arc<Sha256>,
 }
 
 /// Where a writer's checkpoints go: its run and its place among the job's writers.
@@ -102,6 +122,7 @@ impl Payload {
             len,
             bytes: 0,
             hasher: Sha256::new(),
+            part: None,
             finished: false,
             offset,
             absorbed: 0,
@@ -141,7 +162,40 @@ impl Payload {
     pub fn hash_state(&self) -> HashState {
         HashState {
             bytes: self.bytes,
-            state: hex::encode(self.hasher.serialize()),
+            state: hex::encode(self.hasher_now().serialize()),
+        }
+    }
+
+    /// The sha256 state after every byte read.
+    fn hasher_now(&self) -> Sha256 {
+        let mut hasher = self.hasher.clone();
+        if let Some(part) = &self.part {
+            hasher.update(&part.whole[..part.taken]);
+        }
+        hasher
+    }
+
+    /// Counts `piece`, the next bytes the writer reads, into the size and hash; `chunk` is
+    /// set when `piece` begins a chunk from the activity: the chunk and, if the activity
+    /// hashed it, its hash state after it.
+    fn account(&mut self, piece: &[u8], chunk: Option<(&Bytes, Option<Arc<Sha256>>)>) {
+        self.bytes += piece.len() as u64;
+        if let Some((whole, Some(after))) = chunk {
+            self.part = Some(Part {
+                whole: whole.clone(),
+                taken: 0,
+                after,
+            });
+        }
+        match &mut self.part {
+            Some(part) => {
+                part.taken += piece.len();
+                if part.taken >= part.whole.len() {
+                    self.hasher = Sha256::clone(&part.after);
+                    self.part = None;
+                }
+            }
+            None => self.hasher.update(piece),
         }
     }
 
@@ -170,20 +224,21 @@ impl Payload {
     /// The next chunk, at most `max` bytes long (a longer one is split and its rest comes
     /// next): lets a writer cut the payload at exact boundaries, with the hash in step.
     pub async fn next_up_to(&mut self, max: usize) -> Option<io::Result<Bytes>> {
-        let chunk = match self.pending.take() {
-            Some(chunk) => chunk,
+        let (mut piece, fresh) = match self.pending.take() {
+            Some(rest) => (rest, None),
             None => match std::future::poll_fn(|cx| self.poll_frame(cx)).await? {
-                Ok(chunk) => chunk,
+                Ok((chunk, after)) => (chunk.clone(), Some((chunk, after))),
                 Err(err) => return Some(Err(err)),
             },
         };
-        let mut chunk = chunk;
-        if chunk.len() > max.max(1) {
-            self.pending = Some(chunk.split_off(max.max(1)));
+        if piece.len() > max.max(1) {
+            self.pending = Some(piece.split_off(max.max(1)));
         }
-        self.bytes += chunk.len() as u64;
-        self.hasher.update(&chunk);
-        Some(Ok(chunk))
+        self.account(
+            &piece,
+            fresh.as_ref().map(|(chunk, after)| (chunk, after.clone())),
+        );
+        Some(Ok(piece))
     }
 
     /// Whether checkpoints are kept for this run (a state store is configured).
@@ -219,7 +274,7 @@ impl Payload {
         let (tx, rx) = mpsc::channel(chunks.len() + 1);
         for chunk in chunks {
             // The channel has room for every frame.
-            let _ = tx.try_send(Frame::Data(chunk));
+            let _ = tx.try_send(Frame::Data(chunk, None));
         }
         let _ = tx.try_send(Frame::End);
         Payload::new(rx, Some(len), 0, None)
@@ -254,20 +309,24 @@ impl Payload {
         }
         Ok(Digest {
             bytes: self.bytes,
-            sha256: hex::encode(self.hasher.finalize()),
+            sha256: hex::encode(self.hasher_now().finalize()),
         })
     }
 }
 
 impl Payload {
     /// The next chunk from the activity, not yet counted or hashed.
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+    #[allow(clippy::type_complexity)]
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<(Bytes, Option<Arc<Sha256>>)>>> {
         if self.finished {
             return Poll::Ready(None);
         }
         match self.frames.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Frame::Data(chunk))) => Poll::Ready(Some(Ok(chunk))),
+            Poll::Ready(Some(Frame::Data(chunk, after))) => Poll::Ready(Some(Ok((chunk, after)))),
             Poll::Ready(Some(Frame::End)) => {
                 self.finished = true;
                 Poll::Ready(None)
@@ -286,16 +345,19 @@ impl Stream for Payload {
     type Item = io::Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let chunk = match self.pending.take() {
-            Some(chunk) => chunk,
-            None => match self.poll_frame(cx) {
-                Poll::Ready(Some(Ok(chunk))) => chunk,
-                other => return other,
-            },
-        };
-        self.bytes += chunk.len() as u64;
-        self.hasher.update(&chunk);
-        Poll::Ready(Some(Ok(chunk)))
+        if let Some(rest) = self.pending.take() {
+            self.account(&rest, None);
+            return Poll::Ready(Some(Ok(rest)));
+        }
+        match self.poll_frame(cx) {
+            Poll::Ready(Some(Ok((chunk, after)))) => {
+                self.account(&chunk, Some((&chunk, after)));
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -306,4 +368,84 @@ pub struct HashState {
     pub bytes: u64,
     /// The sha256 state, serialized, in hex.
     pub state: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha256_hex(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    /// A payload fed as the activity feeds it when it hashes once: each chunk with the hash
+    /// state after it.
+    fn hashed_once(chunks: &[&'static [u8]]) -> Payload {
+        let (tx, rx) = mpsc::channel(chunks.len() + 1);
+        let mut hasher = Sha256::new();
+        for chunk in chunks {
+            hasher.update(chunk);
+            let after = Arc::new(hasher.clone());
+            let _ = tx.try_send(Frame::Data(Bytes::from_static(chunk), Some(after)));
+        }
+        let _ = tx.try_send(Frame::End);
+        Payload::new(rx, None, 0, None)
+    }
+
+    #[tokio::test]
+    async fn a_writer_cutting_chunks_gets_the_hash_of_exactly_what_it_read() {
+        let chunks: [&'static [u8]; 3] = [b"hello ", b"wide world", b"!"];
+        let all = b"hello wide world!";
+        let mut payload = hashed_once(&chunks);
+        let mut read = Vec::new();
+        // Parts of 4 bytes cut every chunk; the hash state after each is the prefix's.
+        while let Some(piece) = payload.next_up_to(4).await {
+            read.extend_from_slice(&piece.expect("data"));
+            let state = payload.hash_state();
+            assert_eq!(state.bytes, read.len() as u64);
+            let mut resumed = Payload::from_chunks(vec![]);
+            resumed.offset = read.len() as u64;
+            resumed.resume_hash(&state).expect("state");
+            assert_eq!(
+                hex::encode(resumed.hasher.finalize()),
+                sha256_hex(&read),
+                "after {} bytes",
+                read.len()
+            );
+        }
+        assert_eq!(read, all);
+        let digest = payload.finish().expect("read to the end");
+        assert_eq!(digest.sha256, sha256_hex(all));
+        assert_eq!(digest.bytes, all.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_payload_takes_the_activitys_hash_instead_of_hashing_again() {
+        // The state sent with the chunk is not the chunk's: a payload that hashed the bytes
+        // itself would report the true sha256.
+        let (tx, rx) = mpsc::channel(4);
+        let mut other = Sha256::new();
+        other.update(b"something else");
+        let claimed = hex::encode(other.clone().finalize());
+        let _ = tx.try_send(Frame::Data(
+            Bytes::from_static(b"data"),
+            Some(Arc::new(other)),
+        ));
+        let _ = tx.try_send(Frame::End);
+        let mut payload = Payload::new(rx, None, 0, None);
+        while let Some(chunk) = futures::StreamExt::next(&mut payload).await {
+            chunk.expect("data");
+        }
+        assert_eq!(payload.finish().expect("end").sha256, claimed);
+    }
+
+    #[tokio::test]
+    async fn chunks_without_a_hash_are_hashed_by_the_payload() {
+        let mut payload =
+            Payload::from_chunks(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]);
+        while let Some(piece) = payload.next_up_to(3).await {
+            piece.expect("data");
+        }
+        assert_eq!(payload.finish().expect("end").sha256, sha256_hex(b"abcd"));
+    }
 }
