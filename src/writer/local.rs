@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::{Delivery, Payload, Writer, WriterSettings};
 use crate::build_env::BuildEnv;
@@ -146,6 +146,77 @@ impl Drop for TempFile {
 
 /// How often a writing attempt makes its progress durable and records a checkpoint.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The temporary file, written by one blocking thread for the whole attempt: each chunk
+/// goes from the payload to `write(2)` as it is, with no copy into another buffer and no
+/// hand-off to the blocking pool per write (tokio's `File` does both for every chunk).
+struct FileSink {
+    orders: tokio::sync::mpsc::Sender<Order>,
+    done: tokio::task::JoinHandle<std::io::Result<std::fs::File>>,
+}
+
+enum Order {
+    Write(bytes::Bytes),
+    /// fsync what was written before, and answer.
+    Sync(tokio::sync::oneshot::Sender<std::io::Result<()>>),
+}
+
+impl FileSink {
+    /// Chunks queued for the thread: one being written, two waiting.
+    const QUEUED: usize = 2;
+
+    fn start(file: std::fs::File) -> FileSink {
+        let (orders, mut queue) = tokio::sync::mpsc::channel(FileSink::QUEUED);
+        let done = tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let mut file = file;
+            while let Some(order) = queue.blocking_recv() {
+                match order {
+                    Order::Write(chunk) => file.write_all(&chunk)?,
+                    Order::Sync(answer) => {
+                        let _ = answer.send(file.sync_data());
+                    }
+                }
+            }
+            Ok(file)
+        });
+        FileSink { orders, done }
+    }
+
+    async fn write(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        match self.orders.send(Order::Write(chunk)).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.failure().await),
+        }
+    }
+
+    /// Makes everything written so far durable.
+    async fn sync(&mut self) -> std::io::Result<()> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        if self.orders.send(Order::Sync(answer)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        match answered.await {
+            Ok(synced) => synced,
+            Err(_) => Err(self.failure().await),
+        }
+    }
+
+    /// Waits until everything is written; the file.
+    async fn finish(self) -> std::io::Result<std::fs::File> {
+        drop(self.orders);
+        self.done.await.unwrap_or_else(|err| Err(std::io::Error::other(err)))
+    }
+
+    /// Why the thread stopped taking orders (it stops only at an error).
+    async fn failure(&mut self) -> std::io::Error {
+        match (&mut self.done).await {
+            Ok(Err(err)) => err,
+            Ok(Ok(_)) => std::io::Error::other("the writing thread stopped"),
+            Err(err) => std::io::Error::other(err),
+        }
+    }
+}
 
 /// The finished temporary file's `group` and `mode` (set through the open file: never a
 /// path that could have been swapped for a link) and its fsync, in one blocking call.
@@ -392,25 +463,25 @@ impl Writer for LocalWriter {
             })
             .await?
         };
-        let mut file = match fresh {
+        let file = match fresh {
             Some(file) => {
                 // Recorded at once, so that a run failing before its first checkpoint
                 // still removes this file (`discard`).
                 payload.save_checkpoint(document.clone(), 0).await;
-                tokio::fs::File::from_std(file)
+                file
             }
-            None => reopen(&temp.path, &mut payload).await?,
+            None => reopen(&temp.path, &mut payload).await?.into_std().await,
         };
+        let write_error = |err| DeliveryError::io(format_args!("write {shown}"), err);
+        let mut sink = FileSink::start(file);
         let mut written = payload.offset();
         let mut last_checkpoint = tokio::time::Instant::now();
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|err| DeliveryError::io("read the data", err))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|err| DeliveryError::io(format_args!("write {shown}"), err))?;
             written += chunk.len() as u64;
+            sink.write(chunk).await.map_err(write_error)?;
             if payload.checkpointing() && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                file.sync_data()
+                sink.sync()
                     .await
                     .map_err(|err| DeliveryError::io(format_args!("fsync {shown}"), err))?;
                 payload.save_checkpoint(document.clone(), written).await;
@@ -418,10 +489,7 @@ impl Writer for LocalWriter {
             }
         }
         let digest = payload.finish()?;
-        file.flush()
-            .await
-            .map_err(|err| DeliveryError::io(format_args!("write {shown}"), err))?;
-        let file = file.into_std().await;
+        let file = sink.finish().await.map_err(write_error)?;
         let seal = Seal {
             group: self.group,
             mode: self.mode,
