@@ -89,6 +89,8 @@ pub struct DeliveryActivity {
     transform: Option<Transform>,
     rate_limit: Option<u64>,
     writers: Vec<Arc<dyn Writer>>,
+    /// For each writer, where its checksum file goes (`checksum_file = true`).
+    checksum_files: Vec<Option<Arc<dyn Writer>>>,
     gate: Option<Arc<Gate>>,
 }
 
@@ -100,8 +102,16 @@ impl DeliveryActivity {
             transform: None,
             rate_limit: None,
             writers,
+            checksum_files: Vec::new(),
             gate: None,
         }
+    }
+
+    /// Writes a checksum file (`NAME.sha256`) after each delivery of the writers that have
+    /// one here, by the writer's index.
+    pub fn with_checksum_files(mut self, files: Vec<Option<Arc<dyn Writer>>>) -> DeliveryActivity {
+        self.checksum_files = files;
+        self
     }
 
     /// Locks the run's partition and waits for what it requires ([`Gate`]).
@@ -263,12 +273,15 @@ impl DeliveryActivity {
                         ),
                     ));
                 }
-                (Ok(delivery), _) => {
-                    let writer = self.writers[index].kind().to_owned();
-                    progress
-                        .delivered
-                        .insert(index, Delivery { writer, ..delivery });
-                }
+                (Ok(delivery), _) => match self.write_checksum_file(ctx, index, &delivery).await {
+                    Ok(()) => {
+                        let writer = self.writers[index].kind().to_owned();
+                        progress
+                            .delivered
+                            .insert(index, Delivery { writer, ..delivery });
+                    }
+                    Err(err) => failures.push(err.context(format_args!("writer {writer}"))),
+                },
                 (Err(err), _) => failures.push(err.context(format_args!("writer {writer}"))),
             }
         }
@@ -288,6 +301,26 @@ impl DeliveryActivity {
 }
 
 impl DeliveryActivity {
+    /// Writes writer `index`'s checksum file for `delivery`, if it has one: after the
+    /// delivery, so that a consumer finding the checksum finds the file it describes.
+    async fn write_checksum_file(
+        &self,
+        ctx: &RunContext,
+        index: usize,
+        delivery: &Delivery,
+    ) -> Result<(), DeliveryError> {
+        let Some(Some(sidecar)) = self.checksum_files.get(index) else {
+            return Ok(());
+        };
+        let line = crate::writer::checksum_line(delivery);
+        let payload = Payload::from_chunks(vec![bytes::Bytes::from(line)]);
+        sidecar
+            .write(ctx, payload)
+            .await
+            .map(drop)
+            .map_err(|err| err.context(format_args!("checksum file {}", sidecar.describe())))
+    }
+
     /// Where this attempt can start: the fewest bytes a pending writer still holds from an
     /// earlier attempt (per its checkpoint), if every writer holding more can go back to it
     /// (a local file can; an upload keeping its hash state at its last part cannot), else 0;

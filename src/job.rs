@@ -101,7 +101,23 @@ impl Job {
             &env.base_dir,
         )
         .map_err(in_job)?;
+        let checksum_files = job
+            .writers
+            .iter()
+            .map(|writer| match writer.settings().checksum_file() {
+                false => Ok(None),
+                true => match writer.settings().checksum_sidecar() {
+                    Some(sidecar) => sidecar.build(env).map(Some),
+                    None => Err(DeliveryError::new(
+                        ErrorKind::Config,
+                        format!("a {} writer cannot write a checksum file", writer.kind()),
+                    )),
+                },
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(in_job)?;
         let activity = DeliveryActivity::new(source, writers)
+            .with_checksum_files(checksum_files)
             .with_transform(job.transform)
             .with_rate_limit(job.rate_limit.map(|rate| rate.0))
             .with_gate(gate);

@@ -86,6 +86,10 @@ pub struct FtpConfig {
     /// Whether an existing file under the final name is replaced (`true`, the default).
     #[serde(default = "default_overwrite")]
     pub overwrite: bool,
+    /// Whether a checksum file `NAME.sha256` (`sha256sum -c` format) is written beside each
+    /// delivery, after it, for consumers that verify what they download.
+    #[serde(default)]
+    pub checksum_file: bool,
     /// How long connecting and each control exchange or data write may take (default `"30s"`).
     #[serde(default)]
     pub timeout: Option<ConfigDuration>,
@@ -190,6 +194,20 @@ impl WriterSettings for FtpConfig {
         Some(Box::new(FtpConfig {
             path: super::beside(&self.path, name),
             overwrite: true,
+            checksum_file: false,
+            ..self.clone()
+        }))
+    }
+
+    fn checksum_file(&self) -> bool {
+        self.checksum_file
+    }
+
+    fn checksum_sidecar(&self) -> Option<Box<dyn WriterSettings>> {
+        Some(Box::new(FtpConfig {
+            path: format!("{}.sha256", self.path),
+            overwrite: true,
+            checksum_file: false,
             ..self.clone()
         }))
     }

@@ -49,6 +49,10 @@ pub struct LocalConfig {
     /// its members can read deliveries. ferry must be a member (or root).
     #[serde(default)]
     pub group: Option<String>,
+    /// Whether a checksum file `NAME.sha256` (`sha256sum -c` format) is written beside each
+    /// delivery, after it, for consumers that verify what they download.
+    #[serde(default)]
+    pub checksum_file: bool,
 }
 
 fn default_overwrite() -> bool {
@@ -93,6 +97,20 @@ impl WriterSettings for LocalConfig {
         Some(Box::new(LocalConfig {
             path: super::beside(&self.path, name),
             overwrite: true,
+            checksum_file: false,
+            ..self.clone()
+        }))
+    }
+
+    fn checksum_file(&self) -> bool {
+        self.checksum_file
+    }
+
+    fn checksum_sidecar(&self) -> Option<Box<dyn WriterSettings>> {
+        Some(Box::new(LocalConfig {
+            path: format!("{}.sha256", self.path),
+            overwrite: true,
+            checksum_file: false,
             ..self.clone()
         }))
     }

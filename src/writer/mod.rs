@@ -87,6 +87,30 @@ pub trait WriterSettings: fmt::Debug + Send + Sync {
     fn marker(&self, _name: &str) -> Option<Box<dyn WriterSettings>> {
         None
     }
+
+    /// Whether the job file asks for a checksum file beside each delivery
+    /// (`checksum_file = true`).
+    fn checksum_file(&self) -> bool {
+        false
+    }
+
+    /// The same destination for the checksum file: the delivered path with `.sha256`
+    /// appended, always overwritten, with no checksum file of its own. `None` when the kind
+    /// cannot write one.
+    fn checksum_sidecar(&self) -> Option<Box<dyn WriterSettings>> {
+        None
+    }
+}
+
+/// A checksum file's text for `delivery`, in `sha256sum -c` format: the sha256, two spaces
+/// and the delivered file's name (the last segment of its location).
+pub fn checksum_line(delivery: &crate::report::Delivery) -> String {
+    let name = delivery
+        .location
+        .rsplit('/')
+        .next()
+        .unwrap_or(&delivery.location);
+    format!("{}  {name}\n", delivery.sha256)
 }
 
 /// `path` with its last segment replaced by `name`: `out/{scheduled:%F}/data.csv` →
@@ -110,6 +134,14 @@ impl<T: WriterSettings + ?Sized> WriterSettings for Box<T> {
 
     fn marker(&self, name: &str) -> Option<Box<dyn WriterSettings>> {
         (**self).marker(name)
+    }
+
+    fn checksum_file(&self) -> bool {
+        (**self).checksum_file()
+    }
+
+    fn checksum_sidecar(&self) -> Option<Box<dyn WriterSettings>> {
+        (**self).checksum_sidecar()
     }
 }
 

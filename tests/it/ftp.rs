@@ -70,6 +70,32 @@ async fn a_small_file_lands_under_its_final_name() {
     assert!(!delivery.link.as_deref().unwrap_or("").contains(PASSWORD));
 }
 
+/// `checksum_file = true`: `NAME.sha256` lands beside the file, after it.
+#[tokio::test]
+async fn a_checksum_file_lands_beside_the_file() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (port, _server) = serve(root.path()).await;
+    let ws = Workspace::new();
+    let text = ftp_job(
+        r#"{ type = "inline", data = "a,b\n1,2\n" }"#,
+        port,
+        "/in/export.csv",
+        ", checksum_file = true",
+    );
+    let report = run(&ws, &text).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(
+        files_under(root.path()),
+        vec![
+            "in/export.csv".to_owned(),
+            "in/export.csv.sha256".to_owned()
+        ]
+    );
+    let line = std::fs::read_to_string(root.path().join("in/export.csv.sha256")).expect("read");
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"a,b\n1,2\n"));
+    assert_eq!(line, format!("{want}  export.csv\n"));
+}
+
 #[tokio::test]
 async fn nested_directories_are_created_and_big_files_arrive_whole() {
     let root = tempfile::tempdir().expect("temp dir");

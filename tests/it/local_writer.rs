@@ -247,3 +247,34 @@ async fn mode_and_group_are_set_on_the_delivered_file() {
         .to_string();
     assert!(errors.contains("writers[0].mode"), "{errors}");
 }
+
+/// `checksum_file = true` writes `NAME.sha256` beside the delivery, which `sha256sum -c`
+/// accepts in that directory; a changed byte makes it fail.
+#[tokio::test]
+async fn a_checksum_file_beside_the_delivery_passes_sha256sum() {
+    let ws = Workspace::new();
+    random_file(&ws.path().join("in.bin"), 3 << 20);
+    let text = job(
+        r#"{ type = "file", path = "in.bin" }"#,
+        r#"{ type = "local", path = "out/{job}.bin", checksum_file = true }"#,
+    );
+    let report = run_job(&ws, &text, "w").await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let line = std::fs::read_to_string(ws.path().join("out/w.bin.sha256")).expect("sidecar");
+    assert_eq!(line, format!("{}  w.bin\n", report.deliveries[0].sha256));
+    let check = |dir: &std::path::Path| {
+        std::process::Command::new("sha256sum")
+            .args(["-c", "--strict", "w.bin.sha256"])
+            .current_dir(dir)
+            .output()
+            .expect("run sha256sum (coreutils)")
+    };
+    let out = ws.path().join("out");
+    let checked = check(&out);
+    assert!(checked.status.success(), "{}", show(&checked));
+    // The check can fail: one byte changed.
+    let mut bytes = std::fs::read(out.join("w.bin")).expect("read");
+    bytes[1000] ^= 1;
+    std::fs::write(out.join("w.bin"), bytes).expect("write");
+    assert!(!check(&out).status.success());
+}

@@ -5,10 +5,12 @@
 //! with bounded concurrency: at most `concurrency` part buffers exist at once (the one being
 //! filled included), so memory stays within part size × concurrency. The object
 //! exists only once CompleteMultipartUpload succeeds; a HEAD then checks its size. The
-//! sha256 ferry computed while streaming is stored as user metadata (`x-amz-meta-sha256`):
-//! with the PUT itself, or, for a multipart upload whose hash is known only at the end, by
-//! copying the object onto itself with the metadata replaced. `if_none_match = true` makes
-//! the write create-only.
+//! sha256 ferry computed while streaming is in the receipt and the state store; a single
+//! PUT also stores it as user metadata (`x-amz-meta-sha256`). A multipart object's hash is
+//! known only after its last part, when its metadata can no longer change: copying the
+//! object onto itself to add it would cost the store a second pass over every byte and fails
+//! above 5 GiB, so `checksum_file = true` writes `KEY.sha256` beside it instead.
+//! `if_none_match = true` makes the write create-only.
 //!
 //! With a state store, every finished part is checkpointed (upload id and part list); a retry
 //! or a restarted daemon lists the upload's parts and continues after the finished ones when
@@ -29,7 +31,7 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{MetadataDirective, ServerSideEncryption, StorageClass};
+use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -130,6 +132,11 @@ pub struct S3Config {
     /// 7 days); `s3://bucket/key` otherwise.
     #[serde(default)]
     pub presign: Option<ConfigDuration>,
+    /// Whether a checksum file `NAME.sha256` (`sha256sum -c` format) is written beside each
+    /// delivery, after it, for consumers that verify what they download: a multipart
+    /// object's only server-side sha256 (see the module's doc).
+    #[serde(default)]
+    pub checksum_file: bool,
 }
 
 /// `checksums`: when the SDK computes and checks checksums.
@@ -272,6 +279,21 @@ impl WriterSettings for S3Config {
         Some(Box::new(S3Config {
             key: crate::writer::beside(&self.key, name),
             content_type: None,
+            checksum_file: false,
+            ..self.clone()
+        }))
+    }
+
+    fn checksum_file(&self) -> bool {
+        self.checksum_file
+    }
+
+    fn checksum_sidecar(&self) -> Option<Box<dyn WriterSettings>> {
+        Some(Box::new(S3Config {
+            key: format!("{}.sha256", self.key),
+            content_type: Some("text/plain".to_owned()),
+            if_none_match: false,
+            checksum_file: false,
             ..self.clone()
         }))
     }
@@ -494,7 +516,6 @@ impl Writer for S3Writer {
             .await?;
         let digest = payload.finish()?;
         self.verify(&key, digest.bytes).await?;
-        self.store_sha256(ctx, &key, &digest.sha256).await;
         tracing::debug!(%location, "Multipart upload complete.");
         self.receipt(key, digest).await
     }
@@ -546,26 +567,6 @@ impl S3Writer {
         Ok(())
     }
 
-    /// Records the sha256 of a multipart object (known only now) by copying the object onto
-    /// itself with the metadata replaced. Logged, not fatal, when the store refuses.
-    async fn store_sha256(&self, ctx: &RunContext, key: &str, sha256: &str) {
-        let source = format!("{}/{}", self.settings.bucket, urlencode_key(key));
-        let copy = self
-            .client()
-            .await
-            .copy_object()
-            .bucket(&self.settings.bucket)
-            .key(key)
-            .copy_source(source)
-            .metadata_directive(MetadataDirective::Replace);
-        let copied = with_attributes!(copy, self, self.metadata(ctx, Some(sha256)))
-            .send()
-            .await;
-        if let Err(err) = copied {
-            tracing::warn!(location = %self.location(key), error = %s3_error("copy", err), "Cannot store the sha256 as object metadata.");
-        }
-    }
-
     async fn receipt(&self, key: String, digest: super::Digest) -> Result<Delivery, DeliveryError> {
         let location = self.location(&key);
         let link = match self.settings.presign {
@@ -600,19 +601,6 @@ fn too_many_parts(location: &str, part_size: u64) -> DeliveryError {
             part_size.saturating_mul(MAX_PARTS) >> 30
         ),
     )
-}
-
-/// Percent-encodes a key for `x-amz-copy-source`, keeping `/`.
-fn urlencode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for byte in key.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
