@@ -488,10 +488,8 @@ impl Writer for S3Writer {
             // Starting over: the earlier attempt's upload is of no use.
             self.abort(&old.key, &old.upload_id).await;
         }
-        if let Some(len) = payload.len_hint()
-            && len > self.part_size.saturating_mul(MAX_PARTS)
-        {
-            return Err(too_many_parts(&location, self.part_size));
+        if let Some(len) = payload.len_hint() {
+            plan_parts(len, self.part_size).map_err(|()| too_many_parts(&location, self.part_size))?;
         }
         let mut parts = Parts {
             size: usize::try_from(self.part_size).unwrap_or(usize::MAX),
@@ -591,6 +589,13 @@ impl S3Writer {
     }
 }
 
+/// How many parts of `part_size` a payload of `len` bytes takes (a single PUT when it fits
+/// in one); `Err` when that is more than S3's [`MAX_PARTS`].
+fn plan_parts(len: u64, part_size: u64) -> Result<u64, ()> {
+    let parts = len.div_ceil(part_size.max(1)).max(1);
+    if parts > MAX_PARTS { Err(()) } else { Ok(parts) }
+}
+
 /// The error for a payload that needs more than [`MAX_PARTS`] parts of `part_size`.
 fn too_many_parts(location: &str, part_size: u64) -> DeliveryError {
     DeliveryError::new(
@@ -631,6 +636,22 @@ mod tests {
             .expect_err("refused");
         assert_eq!(err.kind(), ErrorKind::Rejected);
         assert!(err.to_string().contains("more than 10000 parts of 5 MiB"), "{err}");
+    }
+
+    #[test]
+    fn a_6_gib_payload_is_planned_within_s3s_part_limits() {
+        const GIB: u64 = 1 << 30;
+        // The default part size: 384 parts of 16 MiB, each within 5 MiB..5 GiB, the last
+        // one full.
+        assert_eq!(plan_parts(6 * GIB, DEFAULT_PART), Ok(384));
+        assert!((MIN_PART..=MAX_PART).contains(&DEFAULT_PART));
+        // The smallest part size S3 takes: 1,229 parts, the last one 4 MiB.
+        assert_eq!(plan_parts(6 * GIB, MIN_PART), Ok(1229));
+        assert_eq!(6 * GIB - 1228 * MIN_PART, 4 << 20);
+        // 10,000 parts is the limit: 5 MiB parts carry at most 48.8 GiB.
+        assert_eq!(plan_parts(MIN_PART * MAX_PARTS, MIN_PART), Ok(MAX_PARTS));
+        assert_eq!(plan_parts(MIN_PART * MAX_PARTS + 1, MIN_PART), Err(()));
+        assert_eq!(plan_parts(0, DEFAULT_PART), Ok(1));
     }
 
     #[test]
