@@ -85,6 +85,25 @@ pub(super) enum Write {
     Finish(Finished),
 }
 
+/// A checkpoint as a row: run id, writer, document, bytes done, when.
+type CheckpointRow<'a> = (&'a str, i64, &'a str, i64, i64);
+
+impl Write {
+    /// A [`Write::Checkpoint`]'s row.
+    fn checkpoint_row(&self) -> Option<CheckpointRow<'_>> {
+        match self {
+            Write::Checkpoint {
+                run_id,
+                writer,
+                document,
+                bytes_done,
+                at,
+            } => Some((run_id, *writer, document, *bytes_done, *at)),
+            _ => None,
+        }
+    }
+}
+
 /// A run's outcome, owned, as [`Write::Finish`] carries it.
 #[derive(Debug)]
 pub(super) struct Finished {
@@ -164,20 +183,8 @@ impl Store {
                 self.attempt_one(run_id, *attempt, *lease_until).await?;
                 Ok(true)
             }
-            Write::Checkpoint {
-                run_id,
-                writer,
-                document,
-                bytes_done,
-                at,
-            } => {
-                let rows = [(
-                    run_id.as_str(),
-                    *writer,
-                    document.as_str(),
-                    *bytes_done,
-                    *at,
-                )];
+            Write::Checkpoint { .. } => {
+                let rows: Vec<CheckpointRow<'_>> = write.checkpoint_row().into_iter().collect();
                 let mut conn = self.pool.acquire().await?;
                 save_checkpoints(&mut conn, self.backend(), &rows).await?;
                 Ok(true)
@@ -207,23 +214,10 @@ impl Store {
                     lease_until,
                 } => attempts.push((run_id.as_str(), *attempt, *lease_until)),
                 // A later save of the same writer's progress replaces an earlier one.
-                Write::Checkpoint {
-                    run_id,
-                    writer,
-                    document,
-                    bytes_done,
-                    at,
-                } => {
-                    checkpoints.insert(
-                        (run_id.as_str(), *writer),
-                        (
-                            run_id.as_str(),
-                            *writer,
-                            document.as_str(),
-                            *bytes_done,
-                            *at,
-                        ),
-                    );
+                Write::Checkpoint { .. } => {
+                    if let Some(row) = write.checkpoint_row() {
+                        checkpoints.insert((row.0, row.1), row);
+                    }
                 }
                 Write::Finish(run) => finished.push(run),
             }
@@ -296,7 +290,7 @@ fn placeholder(sql: &mut String, backend: super::Backend, n: usize) {
 async fn save_checkpoints(
     conn: &mut sqlx::AnyConnection,
     backend: super::Backend,
-    checkpoints: &[(&str, i64, &str, i64, i64)],
+    checkpoints: &[CheckpointRow<'_>],
 ) -> Result<(), StateError> {
     let mut sql = String::from(
         "INSERT INTO ferry_checkpoints (run_id, writer, document, bytes_done, updated_at) VALUES ",
