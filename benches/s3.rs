@@ -1,13 +1,15 @@
-//! ferry against rclone, uploading the same file to the same local S3 server.
+//! ferry against the AWS CLI and rclone, uploading the same file to the same local S3 server.
 //!
 //!   cargo bench --bench s3                      (1 GiB)
 //!   FERRY_BENCH_MIB=256 cargo bench --bench s3
 //!
-//! Starts an S3 server (s3s + s3s-fs, the one the tests use) on 127.0.0.1 in this process,
-//! then uploads a random file with `ferry trigger` (file source → s3 writer, 16 MiB parts,
-//! 4 at a time) and with `rclone copyto` (same part size and concurrency), each under GNU
-//! time, and prints wall time, MiB/s and peak RSS. Needs rclone (`apt-get install rclone`)
-//! and GNU time; a missing tool is reported and its row skipped.
+//! Starts an S3 server (s3s + s3s-fs, the one the tests use, storing under /dev/shm where
+//! there is one, so its disk's writeback does not decide the clients' times) on 127.0.0.1
+//! in this process, then uploads a random file three times each, alternating, with
+//! `ferry trigger` (file source → s3 writer, its defaults: 16 MiB parts, 4 at a time),
+//! `aws s3 cp` (its defaults: 8 MiB parts, 10 at a time; `pip install awscli`) and
+//! `rclone copyto` (16 MiB parts, 4 at a time), each under GNU time, and prints wall time,
+//! MiB/s, CPU seconds and peak RSS. A missing tool is reported and its rows skipped.
 
 mod common;
 
@@ -28,7 +30,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
     let work = tempfile::tempdir().expect("temp dir");
-    let store = work.path().join("store");
+    let served = match Path::new("/dev/shm").is_dir() {
+        true => tempfile::tempdir_in("/dev/shm"),
+        false => tempfile::tempdir(),
+    }
+    .expect("server dir");
+    let store = served.path().join("store");
     std::fs::create_dir_all(store.join(BUCKET)).expect("bucket directory");
     let input = work.path().join("input.bin");
     write_random(&input, mib << 20);
@@ -55,7 +62,7 @@ state = "sqlite://state.db"
 name = "upload"
 schedule = "@yearly"
 source = {{ type = "file", path = "input.bin" }}
-writers = [{{ type = "s3", bucket = "{BUCKET}", key = "ferry.bin", endpoint = "{endpoint}", path_style = true, region = "us-east-1", access_key_id = "{ACCESS_KEY}", secret_access_key = "{SECRET_KEY}", part_size = "16MiB", concurrency = 4 }}]
+writers = [{{ type = "s3", bucket = "{BUCKET}", key = "ferry.bin", endpoint = "{endpoint}", path_style = true, region = "us-east-1", access_key_id = "{ACCESS_KEY}", secret_access_key = "{SECRET_KEY}" }}]
 "#
         ),
     )
@@ -63,48 +70,94 @@ writers = [{{ type = "s3", bucket = "{BUCKET}", key = "ferry.bin", endpoint = "{
 
     let ferry = env!("CARGO_BIN_EXE_ferry");
     let config_arg = config.display().to_string();
-    measure(
-        "ferry",
-        mib,
-        work.path(),
-        Command::new(ferry)
-            .args(["trigger", "upload", "--config", &config_arg])
-            .env("FERRY_LOG", "warn"),
-    );
-
     let input_arg = input.display().to_string();
-    let target = format!("bench:{BUCKET}/rclone.bin");
     let rclone_bin = std::env::var("FERRY_BENCH_RCLONE").unwrap_or_else(|_| "rclone".into());
-    if let Ok(out) = Command::new(&rclone_bin).arg("version").output() {
-        let version = String::from_utf8_lossy(&out.stdout);
-        println!(
-            "{}",
-            version.lines().next().unwrap_or("rclone: unknown version")
+    let has = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| {
+                let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr);
+                text.lines().next().unwrap_or_default().to_owned()
+            })
+    };
+    let aws = has("aws", "--version");
+    let rclone = has(&rclone_bin, "version");
+    println!(
+        "{}",
+        aws.as_deref()
+            .unwrap_or("aws: not found (pip install awscli)")
+    );
+    println!("{}", rclone.as_deref().unwrap_or("rclone: not found"));
+    // The server runs in this process: its CPU time per upload says whether it is the
+    // bottleneck (the same for every client, near one core for the whole upload).
+    let server_cpu = || {
+        let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            .expect("getrusage");
+        let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        seconds(usage.user_time()) + seconds(usage.system_time())
+    };
+    let measure = |name: &str, command: &mut Command| {
+        let before = server_cpu();
+        measure(name, mib, work.path(), command);
+        println!("  the server used {:.2} s CPU", server_cpu() - before);
+    };
+    for _ in 0..3 {
+        measure(
+            "ferry",
+            Command::new(ferry)
+                .args(["trigger", "upload", "--config", &config_arg])
+                .env("FERRY_LOG", "warn"),
         );
+        if aws.is_some() {
+            measure(
+                "aws s3 cp",
+                Command::new("aws")
+                    .args([
+                        "s3",
+                        "cp",
+                        "--only-show-errors",
+                        "--endpoint-url",
+                        &endpoint,
+                    ])
+                    .arg(&input_arg)
+                    .arg(format!("s3://{BUCKET}/aws.bin"))
+                    .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                    .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                    .env("AWS_DEFAULT_REGION", "us-east-1")
+                    .env("AWS_CONFIG_FILE", "/dev/null")
+                    .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+            );
+        }
+        if rclone.is_some() {
+            let target = format!("bench:{BUCKET}/rclone.bin");
+            let mut copy = Command::new(&rclone_bin);
+            copy.args([
+                "copyto",
+                &input_arg,
+                &target,
+                "--s3-chunk-size",
+                "16M",
+                "--s3-upload-concurrency",
+                "4",
+                "--s3-upload-cutoff",
+                "16M",
+            ])
+            .env("RCLONE_CONFIG_BENCH_TYPE", "s3")
+            .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("RCLONE_CONFIG_BENCH_ENDPOINT", &endpoint)
+            .env("RCLONE_CONFIG_BENCH_REGION", "us-east-1")
+            .env("RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE", "true");
+            measure("rclone copyto", &mut copy);
+        }
     }
-    let mut rclone = Command::new(&rclone_bin);
-    rclone
-        .args([
-            "copyto",
-            &input_arg,
-            &target,
-            "--s3-chunk-size",
-            "16M",
-            "--s3-upload-concurrency",
-            "4",
-            "--s3-upload-cutoff",
-            "16M",
-        ])
-        .env("RCLONE_CONFIG_BENCH_TYPE", "s3")
-        .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
-        .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("RCLONE_CONFIG_BENCH_ENDPOINT", &endpoint)
-        .env("RCLONE_CONFIG_BENCH_REGION", "us-east-1")
-        .env("RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE", "true");
-    measure("rclone copyto", mib, work.path(), &mut rclone);
 
-    for name in ["ferry.bin", "rclone.bin"] {
+    for name in ["ferry.bin", "aws.bin", "rclone.bin"] {
         let stored = std::fs::metadata(store.join(BUCKET).join(name)).map(|m| m.len());
         println!("  stored {name}: {stored:?} bytes");
     }

@@ -113,6 +113,7 @@ impl Store {
         .map(drop)
     }
 
+    /// [`Store::attempt`] alone, its lease's end given in milliseconds.
     pub(super) async fn attempt_one(
         &self,
         run_id: &str,
