@@ -2,6 +2,7 @@
 //!
 //!   cargo bench --bench s3                      (1 GiB)
 //!   FERRY_BENCH_MIB=256 cargo bench --bench s3
+//!   FERRY_BENCH_S3_SETTINGS='part_size = "8MiB", concurrency = 8' cargo bench --bench s3
 //!
 //! Starts an S3 server (s3s + s3s-fs, the one the tests use, storing under /dev/shm where
 //! there is one, so its disk's writeback does not decide the clients' times) on 127.0.0.1
@@ -62,8 +63,11 @@ state = "sqlite://state.db"
 name = "upload"
 schedule = "@yearly"
 source = {{ type = "file", path = "input.bin" }}
-writers = [{{ type = "s3", bucket = "{BUCKET}", key = "ferry.bin", endpoint = "{endpoint}", path_style = true, region = "us-east-1", access_key_id = "{ACCESS_KEY}", secret_access_key = "{SECRET_KEY}" }}]
-"#
+writers = [{{ type = "s3", bucket = "{BUCKET}", key = "ferry.bin", endpoint = "{endpoint}", path_style = true, region = "us-east-1", access_key_id = "{ACCESS_KEY}", secret_access_key = "{SECRET_KEY}"{extra} }}]
+"#,
+            extra = std::env::var("FERRY_BENCH_S3_SETTINGS")
+                .map(|extra| format!(", {extra}"))
+                .unwrap_or_default(),
         ),
     )
     .expect("job file");
