@@ -127,13 +127,15 @@ impl FileSource {
 /// Chunks read ahead of the consumer: one being read, two waiting.
 const READ_AHEAD: usize = 2;
 
-/// Reads `file` on one blocking thread for the whole stream, each read going straight into
+/// Reads `file` on a thread of its own for the whole stream, each read going straight into
 /// the chunk handed on: no hand-off to the blocking pool per read and no copy between
-/// buffers (tokio's `File` does both for every chunk). Reading stops when the stream is
+/// buffers (tokio's `File` does both for every chunk). Not a thread of tokio's blocking
+/// pool: it waits for the consumer for as long as the delivery lasts, and many such waits
+/// must not use up the pool the consumers' own steps need. Reading stops when the stream is
 /// dropped.
 fn read_on_a_thread(file: std::fs::File, shown: String) -> super::ByteStream {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
-    tokio::task::spawn_blocking(move || {
+    let spawned = std::thread::Builder::new().name("ferry-read".into()).spawn(move || {
         use std::io::Read as _;
         let mut file = file;
         loop {
@@ -160,5 +162,9 @@ fn read_on_a_thread(file: std::fs::File, shown: String) -> super::ByteStream {
             }
         }
     });
+    if let Err(err) = spawned {
+        let err = DeliveryError::io("start a thread to read the file", err).into_io();
+        return Box::pin(futures::stream::once(async move { Err(err) }));
+    }
     Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }

@@ -165,12 +165,15 @@ impl Drop for TempFile {
 /// How often a writing attempt makes its progress durable and records a checkpoint.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The temporary file, written by one blocking thread for the whole attempt: each chunk
+/// The temporary file, written by one thread of its own for the whole attempt: each chunk
 /// goes from the payload to `write(2)` as it is, with no copy into another buffer and no
-/// hand-off to the blocking pool per write (tokio's `File` does both for every chunk).
+/// hand-off to the blocking pool per write (tokio's `File` does both for every chunk). The
+/// thread is not one of tokio's blocking pool: it waits for data for as long as the
+/// delivery lasts, and a thousand such waits must not use up the pool that the steps
+/// feeding them need.
 struct FileSink {
     orders: tokio::sync::mpsc::Sender<Order>,
-    done: tokio::task::JoinHandle<std::io::Result<std::fs::File>>,
+    done: tokio::sync::oneshot::Receiver<std::io::Result<std::fs::File>>,
 }
 
 enum Order {
@@ -183,22 +186,31 @@ impl FileSink {
     /// Chunks queued for the thread: one being written, two waiting.
     const QUEUED: usize = 2;
 
-    fn start(file: std::fs::File) -> FileSink {
+    fn start(file: std::fs::File) -> std::io::Result<FileSink> {
         let (orders, mut queue) = tokio::sync::mpsc::channel(FileSink::QUEUED);
-        let done = tokio::task::spawn_blocking(move || {
-            use std::io::Write as _;
-            let mut file = file;
-            while let Some(order) = queue.blocking_recv() {
-                match order {
-                    Order::Write(chunk) => file.write_all(&chunk)?,
-                    Order::Sync(answer) => {
-                        let _ = answer.send(file.sync_data());
+        let (finished, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("ferry-write".into())
+            .spawn(move || {
+                use std::io::Write as _;
+                let mut file = file;
+                let mut written = Ok(());
+                while let Some(order) = queue.blocking_recv() {
+                    match order {
+                        Order::Write(chunk) => {
+                            written = file.write_all(&chunk);
+                            if written.is_err() {
+                                break;
+                            }
+                        }
+                        Order::Sync(answer) => {
+                            let _ = answer.send(file.sync_data());
+                        }
                     }
                 }
-            }
-            Ok(file)
-        });
-        FileSink { orders, done }
+                let _ = finished.send(written.map(|()| file));
+            })?;
+        Ok(FileSink { orders, done })
     }
 
     async fn write(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
@@ -223,15 +235,16 @@ impl FileSink {
     /// Waits until everything is written; the file.
     async fn finish(self) -> std::io::Result<std::fs::File> {
         drop(self.orders);
-        self.done.await.unwrap_or_else(|err| Err(std::io::Error::other(err)))
+        self.done
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the writing thread stopped")))
     }
 
     /// Why the thread stopped taking orders (it stops only at an error).
     async fn failure(&mut self) -> std::io::Error {
         match (&mut self.done).await {
             Ok(Err(err)) => err,
-            Ok(Ok(_)) => std::io::Error::other("the writing thread stopped"),
-            Err(err) => std::io::Error::other(err),
+            _ => std::io::Error::other("the writing thread stopped"),
         }
     }
 }
@@ -491,7 +504,7 @@ impl Writer for LocalWriter {
             None => reopen(&temp.path, &mut payload).await?.into_std().await,
         };
         let write_error = |err| DeliveryError::io(format_args!("write {shown}"), err);
-        let mut sink = FileSink::start(file);
+        let mut sink = FileSink::start(file).map_err(write_error)?;
         let mut written = payload.offset();
         let mut last_checkpoint = tokio::time::Instant::now();
         while let Some(chunk) = payload.next().await {

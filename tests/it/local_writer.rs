@@ -278,3 +278,35 @@ async fn a_checksum_file_beside_the_delivery_passes_sha256sum() {
     std::fs::write(out.join("w.bin"), bytes).expect("write");
     assert!(!check(&out).status.success());
 }
+
+/// Reading a file and writing files hold a thread each for a whole delivery; they are not
+/// tokio's blocking-pool threads, which the steps feeding them need. With a pool of two
+/// threads, a file fanned out to four files still arrives (holding pool threads, the reader
+/// and the first writer would wait forever for writers that get no thread).
+#[test]
+fn long_transfers_do_not_use_up_the_blocking_pool() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ws = Workspace::new();
+    random_file(&ws.path().join("in.bin"), 8 << 20);
+    let writers = (0..4)
+        .map(|i| format!(r#"{{ type = "local", path = "out/{i}.bin" }}"#))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = job(r#"{ type = "file", path = "in.bin" }"#, &writers);
+    let report = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(60), run_job(&ws, &text, "w"))
+            .await
+            .expect("the delivery finishes")
+    });
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(report.deliveries.len(), 4);
+    for i in 0..4 {
+        let len = std::fs::metadata(ws.path().join(format!("out/{i}.bin"))).map(|m| m.len());
+        assert_eq!(len.ok(), Some(8 << 20));
+    }
+}
