@@ -263,13 +263,19 @@ impl Store {
 fn rows(sql: &mut String, backend: super::Backend, count: usize, width: usize) {
     for row in 0..count {
         sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..width {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            placeholder(sql, backend, row * width + column + 1);
-        }
+        placeholders(sql, backend, row * width + 1, width);
         sql.push(')');
+    }
+}
+
+/// Appends `count` placeholders separated by commas, numbered from `first`: `?, ?` on
+/// SQLite, `$3, $4` on PostgreSQL.
+fn placeholders(sql: &mut String, backend: super::Backend, first: usize, count: usize) {
+    for n in first..first + count {
+        if n > first {
+            sql.push_str(", ");
+        }
+        placeholder(sql, backend, n);
     }
 }
 
@@ -338,12 +344,7 @@ async fn finish_runs(
     }
     query.execute(&mut *conn).await?;
     let mut sql = String::from("DELETE FROM ferry_checkpoints WHERE run_id IN (");
-    for i in 0..runs.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        placeholder(&mut sql, backend, i + 1);
-    }
+    placeholders(&mut sql, backend, 1, runs.len());
     sql.push(')');
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for run in runs {
@@ -375,12 +376,7 @@ impl Store {
             let mut sql = String::from(
                 "DELETE FROM ferry_runs WHERE state = 'running' AND attempts = 0 AND run_id IN (",
             );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                placeholder(&mut sql, self.backend(), i + 1);
-            }
+            placeholders(&mut sql, self.backend(), 1, chunk.len());
             sql.push(')');
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for run_id in chunk {
