@@ -3,6 +3,8 @@
 //!   cargo bench --bench scheduler                  (all of it, about 3 minutes)
 //!   cargo bench --bench scheduler -- --quick       (shorter idle and lag windows)
 //!   FERRY_BENCH_LAG_JOBS=1000 cargo bench --bench scheduler   (only that lag figure)
+//!   FERRY_BENCH_LAG_PATH='out/{job}/{scheduled:%H%M%S}' ...   (a new file per run instead
+//!                                                 of one file per job replaced by each run)
 //!
 //! 1. 10,000 jobs in one file: time to load and check the file, to build and arm every
 //!    job (until the daemon is ready), resident memory, and CPU used while idle (the jobs
@@ -20,12 +22,19 @@ use std::time::{Duration, Instant};
 use ferry::daemon::{self, Control, Event};
 use tokio::sync::mpsc;
 
+/// The local writer's path template of every job: `FERRY_BENCH_LAG_PATH`, or one file per
+/// job replaced by each run.
+fn writer_path() -> String {
+    std::env::var("FERRY_BENCH_LAG_PATH").unwrap_or_else(|_| "out/{job}".into())
+}
+
 fn job_file(dir: &Path, jobs: usize, schedule: &str) -> std::path::PathBuf {
     let mut text = String::new();
+    let writer_path = writer_path();
     for i in 0..jobs {
         let _ = write!(
             text,
-            "[[jobs]]\nname = \"job-{i}\"\nschedule = \"{schedule}\"\nsource = {{ type = \"inline\", data = \"{i}\" }}\nwriters = [{{ type = \"local\", path = \"out/{{job}}\" }}]\n\n"
+            "[[jobs]]\nname = \"job-{i}\"\nschedule = \"{schedule}\"\nsource = {{ type = \"inline\", data = \"{i}\" }}\nwriters = [{{ type = \"local\", path = \"{writer_path}\" }}]\n\n"
         );
     }
     let path = dir.join("jobs.toml");
@@ -165,9 +174,10 @@ fn fire_lag(jobs: usize, window: Duration) {
         }
     }
     println!(
-        "{jobs} jobs firing every second for {} s (release binary, JSON log, SQLite store and files under {}):",
+        "{jobs} jobs firing every second for {} s (release binary, JSON log, SQLite store and files under {}, path \"{}\"):",
         window.as_secs(),
-        std::env::temp_dir().display()
+        std::env::temp_dir().display(),
+        writer_path()
     );
     if lags.is_empty() {
         println!("  no run started");

@@ -887,6 +887,7 @@ async fn manual_job(config: &Config, name: &str) -> Result<(Job, Ledger), Outcom
     })?;
     let store = open_store(config).await?;
     let ledger = Ledger {
+        metrics: crate::metrics::Metrics::counting(store.failures()),
         store,
         owner: owner_id(),
         lease: std::time::Duration::from_secs(60),

@@ -185,13 +185,23 @@ pub async fn run_on(
     // Many jobs due at one instant: their claims go to the store together.
     store.batch_writes();
     let ledger = Ledger {
+        metrics: crate::metrics::Metrics::counting(store.failures()),
         store,
         owner: owner_id(),
         lease: LEASE,
     };
-    let api = crate::api::start(&config.api, &config.base_dir, ledger.store.clone())
-        .await
-        .map_err(DaemonError::Build)?;
+    let monitor = crate::api::Monitor {
+        metrics: ledger.metrics.clone(),
+        ready: Default::default(),
+    };
+    let api = crate::api::start(
+        &config.api,
+        &config.base_dir,
+        ledger.store.clone(),
+        monitor.clone(),
+    )
+    .await
+    .map_err(DaemonError::Build)?;
     let mut daemon = Daemon {
         path: path.to_path_buf(),
         clock,
@@ -208,6 +218,7 @@ pub async fn run_on(
         keep_history: config.daemon.keep_history.get(),
         api_config: config.api.clone(),
         api,
+        ready: Arc::clone(&monitor.ready),
     };
     if let Some(api) = &daemon.api {
         daemon.emit(Event::Listening {
@@ -218,6 +229,20 @@ pub async fn run_on(
         daemon.insert(job).await;
     }
     daemon.prune().await;
+    daemon.ledger.metrics.jobs(daemon.armed.len());
+    match daemon.ledger.store.last_successes().await {
+        Ok(last) => {
+            for (job, at) in last {
+                if daemon.armed.contains_key(&job) {
+                    daemon.ledger.metrics.last_success(&job, at);
+                }
+            }
+        }
+        Err(err) => {
+            daemon.ledger.store.count_failure();
+            tracing::warn!(error = %err, "Cannot read the last successes from the store.");
+        }
+    }
     daemon.resume_unfinished().await?;
     daemon.catch_up().await?;
     let armed = daemon.armed.values().filter(|a| a.next.is_some()).count();
@@ -226,6 +251,9 @@ pub async fn run_on(
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("{armed} jobs armed")),
     ]);
+    daemon
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     daemon.emit(Event::Ready { armed });
     // The parsed file is not needed while serving (a reload reads the file again).
     drop(config);
@@ -346,6 +374,8 @@ struct Daemon {
     api_config: crate::api::ApiConfig,
     /// The HTTP API, when `[api] listen` is set.
     api: Option<crate::api::Api>,
+    /// Whether every job is armed and nothing is stopping (`/readyz`).
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How often finished runs older than `keep_history` are deleted.
@@ -461,7 +491,10 @@ impl Daemon {
             Ok(runs) => {
                 tracing::info!(runs, keep_history = %humantime::format_duration(self.keep_history), "Old runs deleted from the store.")
             }
-            Err(err) => tracing::warn!(error = %err, "Cannot delete old runs from the store."),
+            Err(err) => {
+                self.ledger.store.count_failure();
+                tracing::warn!(error = %err, "Cannot delete old runs from the store.");
+            }
         }
     }
 
@@ -504,6 +537,22 @@ impl Daemon {
         };
         self.armed.insert(name.clone(), armed);
         self.arm(&name, self.clock.now()).await;
+        self.measure_schedule(&name);
+    }
+
+    /// Tells the metrics how often job `name` fires, until it first fires: the gap between
+    /// its next two fire times.
+    fn measure_schedule(&self, name: &str) {
+        let interval = self.armed.get(name).and_then(|armed| {
+            if !armed.job.enabled {
+                return None;
+            }
+            match armed.job.schedule.upcoming(self.clock.now(), 2)[..] {
+                [first, second] => second.signed_duration_since(first).to_std().ok(),
+                _ => None,
+            }
+        });
+        self.ledger.metrics.schedule(name, interval);
     }
 
     /// Arms job `name` for its first slot after `after`.
@@ -600,6 +649,9 @@ impl Daemon {
             }
         };
         self.arm_slot(&fire.job, next).await;
+        // The gap to compare a job's last success with: over a weekend for a weekday job.
+        let interval = next.and_then(|next| next.signed_duration_since(slot).to_std().ok());
+        self.ledger.metrics.schedule(&fire.job, interval);
         Some(Due {
             job,
             slot,
@@ -650,17 +702,11 @@ impl Daemon {
                     continue;
                 }
                 let Some(running) = Running::enter(due.running, job.overlap) else {
-                    skipped(spawner.events.as_ref(), &job, slot);
+                    skipped(spawner.events.as_ref(), &ledger, &job, slot);
                     not_started.push(run.ctx.run_id);
                     continue;
                 };
-                tell(
-                    spawner.events.as_ref(),
-                    Event::Started {
-                        job: job.name.clone(),
-                        slot,
-                    },
-                );
+                started(spawner.events.as_ref(), &ledger, clock, &job, slot);
                 begun.push((Begun::now(&run.ctx), job, run.ctx, running));
             }
             for (begun, job, ctx, running) in begun {
@@ -672,6 +718,7 @@ impl Daemon {
             if !not_started.is_empty()
                 && let Err(err) = ledger.store.release_all(&not_started).await
             {
+                ledger.store.count_failure();
                 tracing::warn!(error = %err, runs = not_started.len(), "Cannot take back the claims of runs that did not start; the next start resumes them.");
             }
         });
@@ -710,16 +757,10 @@ impl Daemon {
                 }
             }
             let Some(_running) = Running::enter(running, job.overlap) else {
-                skipped(events.as_ref(), &job, slot);
+                skipped(events.as_ref(), &ledger, &job, slot);
                 return None;
             };
-            tell(
-                events.as_ref(),
-                Event::Started {
-                    job: job.name.clone(),
-                    slot,
-                },
-            );
+            started(events.as_ref(), &ledger, clock, &job, slot);
             match job.run_claimed(&ledger, slot).await {
                 Ok(report) => {
                     if report.is_none() {
@@ -758,6 +799,7 @@ impl Daemon {
             },
         }
         let armed = self.armed.values().filter(|a| a.next.is_some()).count();
+        self.ledger.metrics.jobs(self.armed.len());
         systemd(&[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&format!("{armed} jobs armed")),
@@ -793,6 +835,7 @@ impl Daemon {
         for name in &removed {
             self.disarm(name);
             self.armed.remove(name);
+            self.ledger.metrics.forget(name);
         }
         let (mut added, mut rearmed, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         for job in jobs {
@@ -813,6 +856,7 @@ impl Daemon {
                         armed.generation = generation;
                     }
                     self.arm(&name, self.clock.now()).await;
+                    self.measure_schedule(&name);
                     rearmed.push(name);
                 }
                 None => {
@@ -839,6 +883,8 @@ impl Daemon {
     async fn shutdown(&mut self, mut control: mpsc::Receiver<Control>, now: bool) {
         let began = tokio::time::Instant::now();
         systemd(&[sd_notify::NotifyState::Stopping]);
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Release);
         tracing::info!(
             running = self.tracker.len(),
             deadline = %humantime::format_duration(self.shutdown_timeout),
@@ -930,9 +976,34 @@ fn tell(events: Option<&mpsc::UnboundedSender<Event>>, event: Event) {
     }
 }
 
+/// Tells `events` and the fire-lag histogram that `job`'s run for `slot` starts now.
+fn started(
+    events: Option<&mpsc::UnboundedSender<Event>>,
+    ledger: &Ledger,
+    clock: Clock,
+    job: &Job,
+    slot: DateTime<Tz>,
+) {
+    let lag = clock.now().signed_duration_since(slot).to_std();
+    ledger.metrics.fire_lag(lag.unwrap_or_default());
+    tell(
+        events,
+        Event::Started {
+            job: job.name.clone(),
+            slot,
+        },
+    );
+}
+
 /// Logs (and tells `events`) that `job`'s firing for `slot` was skipped because its
 /// previous run is still going.
-fn skipped(events: Option<&mpsc::UnboundedSender<Event>>, job: &Job, slot: DateTime<Tz>) {
+fn skipped(
+    events: Option<&mpsc::UnboundedSender<Event>>,
+    ledger: &Ledger,
+    job: &Job,
+    slot: DateTime<Tz>,
+) {
+    ledger.metrics.skipped(&job.name);
     tracing::warn!(
         job = %job.name,
         slot = %slot.to_rfc3339(),

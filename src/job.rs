@@ -220,10 +220,10 @@ impl Job {
         // A few quick tries: a run waits seconds for a busy store, not minutes. (A claim
         // whose answer was lost reads as "taken" on the next try: the row is ours, still
         // `running`, and is resumed like any interrupted run.)
-        let claimed = crate::state::with_retries("claim the slot", CLAIM_TRIES, || {
-            ledger.store.claim(&claim)
-        })
-        .await;
+        let claimed = ledger
+            .store
+            .with_retries("claim the slot", CLAIM_TRIES, || ledger.store.claim(&claim))
+            .await;
         match claimed {
             Ok(claimed) => Ok(claimed.then_some(run.ctx)),
             Err(err) => {
@@ -241,10 +241,12 @@ impl Job {
         runs: &[(std::sync::Arc<Job>, NewRun)],
     ) -> Result<Vec<bool>, StateError> {
         let claims: Vec<Claim<'_>> = runs.iter().map(|(_, run)| run.claim.borrowed()).collect();
-        let claimed = crate::state::with_retries("claim the slots", CLAIM_TRIES, || {
-            ledger.store.claim_all(&claims)
-        })
-        .await;
+        let claimed = ledger
+            .store
+            .with_retries("claim the slots", CLAIM_TRIES, || {
+                ledger.store.claim_all(&claims)
+            })
+            .await;
         if let Err(err) = &claimed {
             for (job, run) in runs {
                 job.not_claimed(run, err).await;

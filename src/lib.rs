@@ -68,6 +68,7 @@ pub mod gate;
 pub mod http;
 pub mod job;
 mod kinds;
+pub mod metrics;
 pub mod notify;
 pub mod partition;
 pub mod report;

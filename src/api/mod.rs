@@ -1,5 +1,5 @@
 //! The HTTP API (`[api]`): the partition registry with seed 003's endpoints, an OpenAPI
-//! description, and `/healthz`.
+//! description, `/metrics`, `/healthz` and `/readyz`.
 //!
 //! Off unless `listen` is set. Plain HTTP on the listen address, or TLS (rustls) with
 //! `tls_cert_file` and `tls_key_file`. Every request is bounded: a query string of at most
@@ -7,6 +7,7 @@
 //! [`HANDSHAKE_TIMEOUT`] for a TLS handshake. Errors are RFC 9457 problem details. Logs
 //! name the method and path, never the query string (it may carry an access token).
 
+mod monitor;
 mod registry;
 
 use std::net::SocketAddr;
@@ -80,10 +81,20 @@ impl ApiConfig {
     }
 }
 
+/// What the daemon shows its monitors: its metrics, and whether every job is armed.
+#[derive(Debug, Clone, Default)]
+pub struct Monitor {
+    /// The daemon's metrics.
+    pub metrics: crate::metrics::Metrics,
+    /// Set once every job is armed (`/readyz`).
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 struct ApiState {
     store: Store,
+    monitor: Monitor,
     read_token: Option<Arc<Secret>>,
     admin_token: Option<Arc<Secret>>,
 }
@@ -105,18 +116,21 @@ impl Api {
     }
 }
 
-/// Starts the API of `config` (relative paths from `base_dir`) on `store`; `None` when no
-/// `listen` is set. Errors (address in use, unreadable certificate) are reported now.
+/// Starts the API of `config` (relative paths from `base_dir`) on `store`, showing
+/// `monitor`; `None` when no `listen` is set. Errors (address in use, unreadable
+/// certificate) are reported now.
 pub async fn start(
     config: &ApiConfig,
     base_dir: &Path,
     store: Store,
+    monitor: Monitor,
 ) -> Result<Option<Api>, DeliveryError> {
     let Some(listen) = &config.listen else {
         return Ok(None);
     };
     let state = ApiState {
         store,
+        monitor,
         read_token: config.read_token.resolve(base_dir)?.map(Arc::new),
         admin_token: config.admin_token.resolve(base_dir)?.map(Arc::new),
     };
@@ -164,7 +178,7 @@ pub async fn start(
 
 fn router(state: ApiState) -> Router {
     registry::routes()
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .merge(monitor::routes())
         .route("/openapi.json", axum::routing::get(openapi))
         .fallback(|| async {
             Problem::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")

@@ -114,7 +114,7 @@ fn access_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Result<&'
 }
 
 /// Checks a configured token (`[api] read_token` or `admin_token`) in constant time.
-fn require(
+pub(super) fn require(
     configured: Option<&Arc<Secret>>,
     headers: &HeaderMap,
     what: &str,

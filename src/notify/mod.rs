@@ -115,7 +115,11 @@ impl Notifications {
                         attempts: outcome.attempts,
                         error: outcome.result.as_ref().err().map(String::as_str),
                     };
+                    ledger
+                        .metrics
+                        .notification(handler.name(), outcome.result.is_ok());
                     if let Err(err) = ledger.store.record_notification(&record).await {
+                        ledger.store.count_failure();
                         tracing::warn!(error = %err, "Cannot record a notification in the state store.");
                     }
                 }

@@ -78,14 +78,19 @@ impl<A: Activity> RetryingActivity<A> {
                     .attempt(&ctx.run_id, ctx.attempt, ledger.lease)
                     .await
             {
+                ledger.store.count_failure();
                 tracing::warn!(error = %err, "Cannot record the attempt in the state store.");
             }
             let attempt = self.attempt(&ctx, &mut progress);
             let result = attempt
                 .instrument(tracing::info_span!("attempt", attempt = ctx.attempt))
                 .await;
+            let metrics = ctx.ledger.as_ref().map(|ledger| &ledger.metrics);
             let err = match result {
                 Ok(deliveries) => {
+                    if let Some(metrics) = metrics {
+                        metrics.attempt(&ctx.job, None, false);
+                    }
                     return Attempted {
                         result: Ok(deliveries),
                         attempts: ctx.attempt,
@@ -96,11 +101,16 @@ impl<A: Activity> RetryingActivity<A> {
                 Err(err) => err,
             };
             let resumed_from = progress.resumed_from;
-            let stop = |err: DeliveryError, why: String| Attempted {
-                result: Err(err),
-                attempts: ctx.attempt,
-                gave_up: Some(why),
-                resumed_from,
+            let stop = |err: DeliveryError, why: String| {
+                if let Some(metrics) = metrics {
+                    metrics.attempt(&ctx.job, Some(err.kind()), false);
+                }
+                Attempted {
+                    result: Err(err),
+                    attempts: ctx.attempt,
+                    gave_up: Some(why),
+                    resumed_from,
+                }
             };
             if !self.policy.retries(err.kind()) {
                 let why = format!("a {} error is not retried", err.kind());
@@ -131,6 +141,9 @@ impl<A: Activity> RetryingActivity<A> {
                 error = %display_chain(&err.chain()),
                 "Attempt failed; retrying."
             );
+            if let Some(metrics) = metrics {
+                metrics.attempt(&ctx.job, Some(err.kind()), true);
+            }
             tokio::time::sleep(delay).await;
             ctx.attempt += 1;
         }
@@ -254,6 +267,7 @@ impl<A: Activity> ActivityRunner<A> {
             clock,
         } = begun;
         async {
+            let _in_flight = ctx.ledger.as_ref().map(|l| l.metrics.run_started());
             let attempted = match &ctx.ledger {
                 None => self.activity.run(&ctx).await,
                 Some(ledger) => tokio::select! {
@@ -290,6 +304,7 @@ impl<A: Activity> ActivityRunner<A> {
                 error,
             };
             if let Some(ledger) = &ctx.ledger {
+                ledger.metrics.run_finished(&report);
                 record(ledger, &report).await;
             }
             let handlers = match status {
@@ -381,12 +396,14 @@ async fn record(ledger: &Ledger, report: &RunReport) {
         error: error.as_deref(),
     };
     let finish = || ledger.store.finish(&report.run_id, &outcome);
-    if let Err(err) = crate::state::with_retries(
-        "record the run's outcome",
-        crate::state::STORE_TRIES,
-        finish,
-    )
-    .await
+    if let Err(err) = ledger
+        .store
+        .with_retries(
+            "record the run's outcome",
+            crate::state::STORE_TRIES,
+            finish,
+        )
+        .await
     {
         tracing::error!(
             error = %err,

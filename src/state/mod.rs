@@ -67,6 +67,8 @@ pub struct Ledger {
     pub owner: String,
     /// How long the owner's claim holds without renewal.
     pub lease: Duration,
+    /// What the runs count for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Ledger {
@@ -76,6 +78,7 @@ impl Ledger {
         match self.store.checkpoint(run_id, writer).await {
             Ok(found) => found,
             Err(err) => {
+                self.store.count_failure();
                 tracing::warn!(error = %err, "Cannot read a checkpoint; starting over.");
                 None
             }
@@ -198,6 +201,8 @@ pub struct Store {
     changes: std::sync::Arc<tokio::sync::Notify>,
     /// Where writes queue for the batching writer, once [`Store::batch_writes`] started it.
     writes: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<batch::Request>>>,
+    /// Operations that failed (`ferry_store_errors_total`), shared by clones.
+    errors: prometheus_client::metrics::counter::Counter,
 }
 
 /// Which database is behind a [`Store`].
@@ -290,6 +295,7 @@ impl Store {
             backend,
             changes: Default::default(),
             writes: Default::default(),
+            errors: Default::default(),
         };
         if create {
             schema::migrator().run(&store.pool).await?;
@@ -321,6 +327,47 @@ impl Store {
     pub async fn claim(&self, claim: &Claim<'_>) -> Result<bool, StateError> {
         self.write(batch::Write::Claim(batch::OwnedClaim::of(claim)))
             .await
+    }
+
+    /// Whether the store answers a query.
+    pub async fn ping(&self) -> Result<(), StateError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Counts a failed operation on this store (a failed write is counted by
+    /// [`Store::with_retries`] itself).
+    pub fn count_failure(&self) {
+        self.errors.inc();
+    }
+
+    /// The count of failed operations, for [`Metrics`](crate::metrics::Metrics).
+    pub fn failures(&self) -> prometheus_client::metrics::counter::Counter {
+        self.errors.clone()
+    }
+
+    /// [`with_retries`] on this store: every failed try is counted.
+    pub async fn with_retries<T, F, Fut>(
+        &self,
+        what: &str,
+        tries: usize,
+        mut op: F,
+    ) -> Result<T, StateError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StateError>>,
+    {
+        with_retries(what, tries, || {
+            let attempt = op();
+            async move {
+                let result = attempt.await;
+                if result.is_err() {
+                    self.count_failure();
+                }
+                result
+            }
+        })
+        .await
     }
 
     /// Woken whenever a partition is locked or unlocked through this store (or a clone).

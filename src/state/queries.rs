@@ -258,6 +258,23 @@ impl Store {
         Ok(out)
     }
 
+    /// When each job's last successful run ended (`ferry_last_success_timestamp_seconds`
+    /// carries on across restarts).
+    pub async fn last_successes(&self) -> Result<Vec<(String, DateTime<Utc>)>, StateError> {
+        let rows = sqlx::query(
+            "SELECT job, MAX(finished_at) AS finished FROM ferry_runs WHERE state = 'succeeded' GROUP BY job",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(finished) = row.try_get::<Option<i64>, _>("finished")? {
+                out.push((row.try_get("job")?, instant(finished)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Recent runs, newest slot first, of one job or all.
     pub async fn history(
         &self,

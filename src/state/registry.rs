@@ -567,6 +567,21 @@ impl Store {
         Ok(())
     }
 
+    /// How many partitions each source has, locked and not: `(source, locked, count)`.
+    pub async fn partition_counts(&self) -> Result<Vec<(String, bool, i64)>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT source, locked, COUNT(*) AS n FROM ferry_partitions GROUP BY source, locked ORDER BY source, locked",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let locked: i64 = row.try_get("locked")?;
+            out.push((row.try_get("source")?, locked != 0, row.try_get("n")?));
+        }
+        Ok(out)
+    }
+
     /// The latest `limit` partitions (by start), of `source` or of every source.
     pub async fn partitions(
         &self,

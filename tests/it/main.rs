@@ -8,6 +8,7 @@ mod dst;
 mod fanout;
 mod ftp;
 mod local_writer;
+mod monitoring;
 mod notify;
 mod process;
 mod readiness;

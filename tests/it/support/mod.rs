@@ -75,6 +75,7 @@ impl Workspace {
                 .expect("open the store"),
             owner: "test".into(),
             lease: Duration::from_secs(60),
+            metrics: ferry::metrics::Metrics::new(),
         }
     }
 

@@ -1,0 +1,445 @@
+//! What the daemon counts for Prometheus (`GET /metrics`, OpenMetrics text).
+//!
+//! One [`Metrics`] per daemon, shared through the [`Ledger`](crate::state::Ledger) every run
+//! carries. Labels are bounded: job, writer and notifier names come from the job file,
+//! outcomes and error kinds from fixed lists; no run id or slot is ever a label. A job's label
+//! is `job_name`: Prometheus gives `job` to the scrape job and would rename ours
+//! `exported_job`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::error::ErrorKind;
+use crate::report::{RunReport, RunStatus};
+
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabel {
+    job_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobOutcome {
+    job_name: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobKind {
+    job_name: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobWriter {
+    job_name: String,
+    writer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifierOutcome {
+    notifier: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceState {
+    source: String,
+    state: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+struct Families {
+    registry: Registry,
+    runs: Family<JobOutcome, Counter>,
+    run_duration: Family<JobLabel, Histogram>,
+    fire_lag: Histogram,
+    attempts: Family<JobOutcome, Counter>,
+    retries: Family<JobKind, Counter>,
+    bytes: Family<JobWriter, Counter>,
+    last_success: Family<JobLabel, FloatGauge>,
+    interval: Family<JobLabel, FloatGauge>,
+    in_flight: Gauge,
+    skipped: Family<JobLabel, Counter>,
+    notifications: Family<NotifierOutcome, Counter>,
+    partitions: Family<SourceState, Gauge>,
+    jobs: Gauge,
+}
+
+/// The daemon's counters, gauges and histograms. Cheap to clone: clones share them.
+#[derive(Clone)]
+pub struct Metrics {
+    families: Arc<Families>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    // 10 ms to about 45 minutes.
+    Histogram::new(exponential_buckets(0.01, 4.0, 10))
+}
+
+impl Metrics {
+    /// Every family registered, each empty.
+    pub fn new() -> Metrics {
+        Metrics::counting(Counter::default())
+    }
+
+    /// [`Metrics::new`], with `store_errors` (the state store's count of its failures,
+    /// `Store::failures`) as `ferry_store_errors_total`.
+    pub fn counting(store_errors: Counter) -> Metrics {
+        let mut registry = Registry::with_prefix("ferry");
+        let runs = Family::<JobOutcome, Counter>::default();
+        registry.register(
+            "runs",
+            "Runs that ended, by job and outcome (succeeded, failed)",
+            runs.clone(),
+        );
+        let run_duration =
+            Family::<JobLabel, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
+        registry.register_with_unit(
+            "run_duration",
+            "How long runs took from start to end, retries included",
+            Unit::Seconds,
+            run_duration.clone(),
+        );
+        // 0.5 ms to about 8 s.
+        let fire_lag = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
+        registry.register_with_unit(
+            "fire_lag",
+            "How long after its scheduled time each scheduled run started",
+            Unit::Seconds,
+            fire_lag.clone(),
+        );
+        let attempts = Family::<JobOutcome, Counter>::default();
+        registry.register(
+            "attempts",
+            "Attempts made, by job and outcome (succeeded, failed)",
+            attempts.clone(),
+        );
+        let retries = Family::<JobKind, Counter>::default();
+        registry.register(
+            "retries",
+            "Failed attempts that were retried, by job and the error's kind",
+            retries.clone(),
+        );
+        let bytes = Family::<JobWriter, Counter>::default();
+        registry.register_with_unit(
+            "delivered",
+            "Bytes delivered by successful runs, by job and writer kind",
+            Unit::Bytes,
+            bytes.clone(),
+        );
+        let last_success = Family::<JobLabel, FloatGauge>::default();
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When each job's last successful run ended (Unix time)",
+            last_success.clone(),
+        );
+        let interval = Family::<JobLabel, FloatGauge>::default();
+        registry.register_with_unit(
+            "schedule_interval",
+            "The gap between each enabled job's last fire time and its next (before it first fires: its next two), for alerts on overdue jobs",
+            Unit::Seconds,
+            interval.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register("runs_in_flight", "Runs going now", in_flight.clone());
+        let skipped = Family::<JobLabel, Counter>::default();
+        registry.register(
+            "skipped_runs",
+            "Scheduled runs not started because the job's previous run was still going",
+            skipped.clone(),
+        );
+        let notifications = Family::<NotifierOutcome, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notifications, by notifier and outcome (sent, failed)",
+            notifications.clone(),
+        );
+        let partitions = Family::<SourceState, Gauge>::default();
+        registry.register(
+            "partitions",
+            "Partitions in the registry, by source and state (ready, locked)",
+            partitions.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Operations on the state store that failed",
+            store_errors.clone(),
+        );
+        let jobs = Gauge::default();
+        registry.register("jobs", "Jobs in the job file", jobs.clone());
+        registry.register(
+            "build",
+            "The running ferry",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics {
+            families: Arc::new(Families {
+                registry,
+                runs,
+                run_duration,
+                fire_lag,
+                attempts,
+                retries,
+                bytes,
+                last_success,
+                interval,
+                in_flight,
+                skipped,
+                notifications,
+                partitions,
+                jobs,
+            }),
+        }
+    }
+
+    /// The text Prometheus scrapes ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.families.registry);
+        text
+    }
+
+    /// A run started; it counts as in flight until the guard is dropped.
+    pub fn run_started(&self) -> InFlight {
+        self.families.in_flight.inc();
+        InFlight(self.families.in_flight.clone())
+    }
+
+    /// A scheduled run started `lag` after its slot.
+    pub fn fire_lag(&self, lag: Duration) {
+        self.families.fire_lag.observe(lag.as_secs_f64());
+    }
+
+    /// An attempt of `job` ended: with `failure`'s kind, and `retried` when another attempt
+    /// follows.
+    pub fn attempt(&self, job: &str, failure: Option<ErrorKind>, retried: bool) {
+        let outcome = if failure.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        self.families
+            .attempts
+            .get_or_create(&JobOutcome {
+                job_name: job.to_owned(),
+                outcome,
+            })
+            .inc();
+        if let Some(kind) = failure
+            && retried
+        {
+            self.families
+                .retries
+                .get_or_create(&JobKind {
+                    job_name: job.to_owned(),
+                    kind: kind.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// A run ended as `report` says.
+    pub fn run_finished(&self, report: &RunReport) {
+        let f = &self.families;
+        let outcome = match report.status {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+        };
+        let job = report.job.clone();
+        f.runs
+            .get_or_create(&JobOutcome {
+                job_name: job.clone(),
+                outcome,
+            })
+            .inc();
+        f.run_duration
+            .get_or_create(&JobLabel {
+                job_name: job.clone(),
+            })
+            .observe(report.duration.as_secs_f64());
+        for delivery in &report.deliveries {
+            f.bytes
+                .get_or_create(&JobWriter {
+                    job_name: job.clone(),
+                    writer: delivery.writer.clone(),
+                })
+                .inc_by(delivery.bytes);
+        }
+        if report.status == RunStatus::Succeeded {
+            let ended =
+                report.started_at + chrono::Duration::from_std(report.duration).unwrap_or_default();
+            self.last_success(&job, ended);
+        }
+    }
+
+    /// `job`'s last successful run ended at `at` (also read from the store at start-up).
+    pub fn last_success(&self, job: &str, at: DateTime<Utc>) {
+        let gauge = self.families.last_success.get_or_create(&JobLabel {
+            job_name: job.to_owned(),
+        });
+        let seconds = at.timestamp_millis() as f64 / 1e3;
+        if seconds > gauge.get() {
+            gauge.set(seconds);
+        }
+    }
+
+    /// `job` fires every `interval` for now; `None`: it does not fire (disabled, or no
+    /// future fire time).
+    pub fn schedule(&self, job: &str, interval: Option<Duration>) {
+        let label = JobLabel {
+            job_name: job.to_owned(),
+        };
+        match interval {
+            Some(interval) => {
+                self.families
+                    .interval
+                    .get_or_create(&label)
+                    .set(interval.as_secs_f64());
+            }
+            None => {
+                self.families.interval.remove(&label);
+            }
+        }
+    }
+
+    /// `job` left the job file: its gauges go (its counters stay, as counters do).
+    pub fn forget(&self, job: &str) {
+        let label = JobLabel {
+            job_name: job.to_owned(),
+        };
+        self.families.interval.remove(&label);
+        self.families.last_success.remove(&label);
+    }
+
+    /// A scheduled run of `job` was skipped: its previous run was still going.
+    pub fn skipped(&self, job: &str) {
+        self.families
+            .skipped
+            .get_or_create(&JobLabel {
+                job_name: job.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Notifier `notifier` was called, and the notification was `sent` or not.
+    pub fn notification(&self, notifier: &str, sent: bool) {
+        self.families
+            .notifications
+            .get_or_create(&NotifierOutcome {
+                notifier: notifier.to_owned(),
+                outcome: if sent { "sent" } else { "failed" },
+            })
+            .inc();
+    }
+
+    /// The registry's partitions now: `(source, locked, count)` for each pair that has any.
+    pub fn partitions(&self, counts: &[(String, bool, i64)]) {
+        let family = &self.families.partitions;
+        family.clear();
+        for (source, locked, count) in counts {
+            family
+                .get_or_create(&SourceState {
+                    source: source.clone(),
+                    state: if *locked { "locked" } else { "ready" },
+                })
+                .set(*count);
+        }
+    }
+
+    /// The job file holds `count` jobs.
+    pub fn jobs(&self, count: usize) {
+        self.families
+            .jobs
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+}
+
+/// A run in flight; dropping it ends it.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_follow_prometheus_naming() {
+        let metrics = Metrics::new();
+        metrics.attempt("daily", Some(ErrorKind::Network), true);
+        metrics.attempt("daily", None, false);
+        metrics.fire_lag(Duration::from_millis(3));
+        let text = metrics.encode();
+        assert!(
+            text.contains("ferry_attempts_total{job_name=\"daily\",outcome=\"failed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_retries_total{job_name=\"daily\",kind=\"network\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("ferry_fire_lag_seconds_count 1"), "{text}");
+        assert!(text.contains("ferry_build_info{version="), "{text}");
+        assert!(text.contains("# TYPE ferry_attempts counter"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn in_flight_counts_down_when_the_run_ends() {
+        let metrics = Metrics::new();
+        let first = metrics.run_started();
+        let second = metrics.run_started();
+        assert!(metrics.encode().contains("ferry_runs_in_flight 2"));
+        drop(first);
+        drop(second);
+        assert!(metrics.encode().contains("ferry_runs_in_flight 0"));
+    }
+
+    #[test]
+    fn a_last_success_never_goes_back_in_time() {
+        let metrics = Metrics::new();
+        let later = DateTime::from_timestamp(2_000_000_000, 0).unwrap_or_default();
+        let earlier = DateTime::from_timestamp(1_000_000_000, 0).unwrap_or_default();
+        metrics.last_success("daily", later);
+        metrics.last_success("daily", earlier);
+        assert!(
+            metrics
+                .encode()
+                .contains("ferry_last_success_timestamp_seconds{job_name=\"daily\"} 2000000000"),
+            "{}",
+            metrics.encode()
+        );
+    }
+}
