@@ -230,6 +230,13 @@ impl DeliveryActivity {
             None => stream,
         };
 
+        let live = ctx
+            .ledger
+            .as_ref()
+            .and_then(|ledger| ledger.metrics.live_run(&ctx.run_id));
+        if let Some(live) = &live {
+            live.set_total(len.map(|len| len + offset));
+        }
         let mut senders = Vec::with_capacity(pending.len());
         let mut tasks = Vec::with_capacity(pending.len());
         for &index in pending {
@@ -243,8 +250,12 @@ impl DeliveryActivity {
                 writer: index,
             });
             let total = len.map(|len| len + offset);
-            let payload =
-                Payload::new(rx, total, offset, checkpoints).with_checkpoint(saved.remove(&index));
+            let shown = live
+                .as_ref()
+                .map(|live| live.writer(index, writer.describe()));
+            let payload = Payload::new(rx, total, offset, checkpoints)
+                .with_checkpoint(saved.remove(&index))
+                .showing(shown);
             let task = tokio::spawn(async move { writer.write(&ctx, payload).await });
             tasks.push((index, AbortOnDropHandle::new(task)));
         }

@@ -192,7 +192,7 @@ pub async fn run_on(
     };
     let monitor = crate::api::Monitor {
         metrics: ledger.metrics.clone(),
-        ready: Default::default(),
+        ..Default::default()
     };
     let api = crate::api::start(
         &config.api,
@@ -218,7 +218,7 @@ pub async fn run_on(
         keep_history: config.daemon.keep_history.get(),
         api_config: config.api.clone(),
         api,
-        ready: Arc::clone(&monitor.ready),
+        monitor: monitor.clone(),
     };
     if let Some(api) = &daemon.api {
         daemon.emit(Event::Listening {
@@ -251,7 +251,9 @@ pub async fn run_on(
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("{armed} jobs armed")),
     ]);
+    daemon.show_jobs();
     daemon
+        .monitor
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
     daemon.emit(Event::Ready { armed });
@@ -374,8 +376,9 @@ struct Daemon {
     api_config: crate::api::ApiConfig,
     /// The HTTP API, when `[api] listen` is set.
     api: Option<crate::api::Api>,
-    /// Whether every job is armed and nothing is stopping (`/readyz`).
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    /// What `/readyz` and the status page read: whether every job is armed and nothing is
+    /// stopping, and the jobs.
+    monitor: crate::api::Monitor,
 }
 
 /// How often finished runs older than `keep_history` are deleted.
@@ -538,6 +541,21 @@ impl Daemon {
         self.armed.insert(name.clone(), armed);
         self.arm(&name, self.clock.now()).await;
         self.measure_schedule(&name);
+    }
+
+    /// Shows the jobs armed now on the status page.
+    fn show_jobs(&self) {
+        let mut jobs: Vec<crate::api::status::ShownJob> = self
+            .armed
+            .values()
+            .map(|armed| crate::api::status::ShownJob {
+                name: armed.job.name.clone(),
+                schedule: armed.job.schedule.clone(),
+                enabled: armed.job.enabled,
+            })
+            .collect();
+        jobs.sort_by(|a, b| a.name.cmp(&b.name));
+        *self.monitor.jobs.write() = Arc::new(jobs);
     }
 
     /// Tells the metrics how often job `name` fires, until it first fires: the gap between
@@ -800,6 +818,7 @@ impl Daemon {
         }
         let armed = self.armed.values().filter(|a| a.next.is_some()).count();
         self.ledger.metrics.jobs(self.armed.len());
+        self.show_jobs();
         systemd(&[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&format!("{armed} jobs armed")),
@@ -883,7 +902,8 @@ impl Daemon {
     async fn shutdown(&mut self, mut control: mpsc::Receiver<Control>, now: bool) {
         let began = tokio::time::Instant::now();
         systemd(&[sd_notify::NotifyState::Stopping]);
-        self.ready
+        self.monitor
+            .ready
             .store(false, std::sync::atomic::Ordering::Release);
         tracing::info!(
             running = self.tracker.len(),

@@ -6,8 +6,11 @@
 //! is `job_name`: Prometheus gives `job` to the scrape job and would rename ours
 //! `exported_job`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -64,6 +67,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 
 struct Families {
     registry: Registry,
+    live: Live,
     runs: Family<JobOutcome, Counter>,
     run_duration: Family<JobLabel, Histogram>,
     fire_lag: Histogram,
@@ -201,6 +205,7 @@ impl Metrics {
         Metrics {
             families: Arc::new(Families {
                 registry,
+                live: Live::default(),
                 runs,
                 run_duration,
                 fire_lag,
@@ -226,10 +231,42 @@ impl Metrics {
         text
     }
 
-    /// A run started; it counts as in flight until the guard is dropped.
-    pub fn run_started(&self) -> InFlight {
+    /// Run `run_id` of `job` for `slot` started; it counts as in flight, and shows in
+    /// [`Metrics::live_runs`], until the guard is dropped.
+    pub fn run_started(&self, job: &str, run_id: &str, slot: String) -> InFlight {
         self.families.in_flight.inc();
-        InFlight(self.families.in_flight.clone())
+        let run = Arc::new(LiveRun {
+            job: job.to_owned(),
+            run_id: run_id.to_owned(),
+            slot,
+            started: Utc::now(),
+            clock: std::time::Instant::now(),
+            total: AtomicU64::new(UNKNOWN),
+            writers: Mutex::new(Vec::new()),
+        });
+        self.families
+            .live
+            .runs
+            .lock()
+            .insert(run_id.to_owned(), Arc::clone(&run));
+        InFlight {
+            gauge: self.families.in_flight.clone(),
+            live: self.families.live.clone(),
+            run,
+        }
+    }
+
+    /// Run `run_id`'s live progress, while it is in flight.
+    pub fn live_run(&self, run_id: &str) -> Option<Arc<LiveRun>> {
+        self.families.live.runs.lock().get(run_id).cloned()
+    }
+
+    /// Every run in flight, oldest first.
+    pub fn live_runs(&self) -> Vec<LiveSnapshot> {
+        let runs: Vec<Arc<LiveRun>> = self.families.live.runs.lock().values().cloned().collect();
+        let mut out: Vec<LiveSnapshot> = runs.iter().map(|run| run.snapshot()).collect();
+        out.sort_by(|a, b| a.started.cmp(&b.started).then(a.job.cmp(&b.job)));
+        out
     }
 
     /// A scheduled run started `lag` after its slot.
@@ -382,12 +419,128 @@ impl Metrics {
 }
 
 /// A run in flight; dropping it ends it.
-#[derive(Debug)]
-pub struct InFlight(Gauge);
+pub struct InFlight {
+    gauge: Gauge,
+    live: Live,
+    run: Arc<LiveRun>,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("InFlight").field(&self.run.run_id).finish()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.dec();
+        self.gauge.dec();
+        self.live.runs.lock().remove(&self.run.run_id);
+    }
+}
+
+/// `total` when the length is not known.
+const UNKNOWN: u64 = u64::MAX;
+
+/// The runs in flight, by run id.
+#[derive(Clone, Default)]
+struct Live {
+    runs: Arc<Mutex<BTreeMap<String, Arc<LiveRun>>>>,
+}
+
+/// A run going now: what its writers have taken so far, for the status page and
+/// `ferry trigger`'s progress bars.
+pub struct LiveRun {
+    job: String,
+    run_id: String,
+    slot: String,
+    started: DateTime<Utc>,
+    clock: std::time::Instant,
+    total: AtomicU64,
+    writers: Mutex<Vec<(String, Arc<AtomicU64>)>>,
+}
+
+impl LiveRun {
+    /// The payload's length, when the source says it (`None`: unknown).
+    pub fn set_total(&self, total: Option<u64>) {
+        self.total
+            .store(total.unwrap_or(UNKNOWN), Ordering::Relaxed);
+    }
+
+    /// The counter of the bytes writer `index` (`what`) has taken, from the start of the
+    /// payload; the same one for every attempt.
+    pub fn writer(&self, index: usize, what: String) -> Arc<AtomicU64> {
+        let mut writers = self.writers.lock();
+        while writers.len() <= index {
+            writers.push((String::new(), Arc::new(AtomicU64::new(0))));
+        }
+        writers[index].0 = what;
+        Arc::clone(&writers[index].1)
+    }
+
+    fn snapshot(&self) -> LiveSnapshot {
+        let total = self.total.load(Ordering::Relaxed);
+        LiveSnapshot {
+            job: self.job.clone(),
+            run_id: self.run_id.clone(),
+            slot: self.slot.clone(),
+            started: self.started,
+            elapsed_seconds: self.clock.elapsed().as_secs_f64(),
+            total: (total != UNKNOWN).then_some(total),
+            writers: self
+                .writers
+                .lock()
+                .iter()
+                .filter(|(what, _)| !what.is_empty())
+                .map(|(what, bytes)| (what.clone(), bytes.load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+}
+
+/// A run in flight at one moment.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveSnapshot {
+    /// The job.
+    pub job: String,
+    /// The run's id.
+    pub run_id: String,
+    /// Its slot, in the job's zone (RFC 3339).
+    pub slot: String,
+    /// When it started.
+    pub started: DateTime<Utc>,
+    /// How long it has been going, in seconds.
+    pub elapsed_seconds: f64,
+    /// The payload's length, when known.
+    pub total: Option<u64>,
+    /// Each writer (described) and the bytes it has taken.
+    pub writers: Vec<(String, u64)>,
+}
+
+impl LiveSnapshot {
+    /// The slowest writer's bytes.
+    pub fn done(&self) -> u64 {
+        self.writers
+            .iter()
+            .map(|(_, bytes)| *bytes)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Bytes per second so far (of the slowest writer).
+    pub fn rate(&self) -> f64 {
+        let seconds = self.elapsed_seconds;
+        if seconds > 0.0 {
+            self.done() as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// How long the rest should take at [`LiveSnapshot::rate`], when the length is known.
+    pub fn eta(&self) -> Option<Duration> {
+        let left = self.total?.saturating_sub(self.done());
+        let rate = self.rate();
+        (rate > 0.0).then(|| Duration::from_secs_f64(left as f64 / rate))
     }
 }
 
@@ -419,12 +572,14 @@ mod tests {
     #[test]
     fn in_flight_counts_down_when_the_run_ends() {
         let metrics = Metrics::new();
-        let first = metrics.run_started();
-        let second = metrics.run_started();
+        let first = metrics.run_started("a", "run-1", String::new());
+        let second = metrics.run_started("b", "run-2", String::new());
+        assert_eq!(metrics.live_runs().len(), 2);
         assert!(metrics.encode().contains("ferry_runs_in_flight 2"));
         drop(first);
         drop(second);
         assert!(metrics.encode().contains("ferry_runs_in_flight 0"));
+        assert!(metrics.live_runs().is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP API (`[api]`): the partition registry with seed 003's endpoints, an OpenAPI
-//! description, `/metrics`, `/healthz` and `/readyz`.
+//! description, `/metrics`, `/healthz` and `/readyz`, and the status page (`/`,
+//! `/status.json`).
 //!
 //! Off unless `listen` is set. Plain HTTP on the listen address, or TLS (rustls) with
 //! `tls_cert_file` and `tls_key_file`. Every request is bounded: a query string of at most
@@ -9,6 +10,7 @@
 
 mod monitor;
 mod registry;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -88,6 +90,8 @@ pub struct Monitor {
     pub metrics: crate::metrics::Metrics,
     /// Set once every job is armed (`/readyz`).
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// The jobs the daemon runs now (the status page), replaced at each reload.
+    pub jobs: Arc<parking_lot::RwLock<Arc<Vec<status::ShownJob>>>>,
 }
 
 /// What the handlers share.
@@ -179,6 +183,7 @@ pub async fn start(
 fn router(state: ApiState) -> Router {
     registry::routes()
         .merge(monitor::routes())
+        .merge(status::routes())
         .route("/openapi.json", axum::routing::get(openapi))
         .fallback(|| async {
             Problem::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")

@@ -267,7 +267,10 @@ impl<A: Activity> ActivityRunner<A> {
             clock,
         } = begun;
         async {
-            let _in_flight = ctx.ledger.as_ref().map(|l| l.metrics.run_started());
+            let _in_flight = ctx.ledger.as_ref().map(|l| {
+                l.metrics
+                    .run_started(&ctx.job, &ctx.run_id, ctx.slot.to_rfc3339())
+            });
             let attempted = match &ctx.ledger {
                 None => self.activity.run(&ctx).await,
                 Some(ledger) => tokio::select! {

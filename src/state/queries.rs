@@ -258,6 +258,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Each job's latest finished run (by slot), in one query (the status page).
+    pub async fn latest_finished(&self) -> Result<Vec<RunRecord>, StateError> {
+        let rows = sqlx::query(select_runs!(
+            "WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER (PARTITION BY job ORDER BY slot DESC, started_at DESC) AS n FROM ferry_runs WHERE state <> 'running') AS latest WHERE n = 1) ORDER BY job"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(run_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// The `limit` latest failed runs, the last to end first.
+    pub async fn recent_failures(&self, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        let rows = sqlx::query(select_runs!(
+            "WHERE state = 'failed' ORDER BY finished_at DESC, job LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(run_from_row).collect::<Result<_, _>>()?)
+    }
+
     /// When each job's last successful run ended (`ferry_last_success_timestamp_seconds`
     /// carries on across restarts).
     pub async fn last_successes(&self) -> Result<Vec<(String, DateTime<Utc>)>, StateError> {

@@ -6,6 +6,7 @@ use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -58,6 +59,8 @@ pub struct Payload {
     absorbed: u64,
     checkpoints: Option<Checkpoints>,
     resumed: Option<Checkpoint>,
+    /// Where the bytes taken so far are shown while the run goes (status page, progress).
+    shown: Option<Arc<AtomicU64>>,
 }
 
 /// A chunk the writer is reading in parts: the chunk, how much of it was read, and the
@@ -128,6 +131,19 @@ impl Payload {
             absorbed: 0,
             checkpoints,
             resumed: None,
+            shown: None,
+        }
+    }
+
+    /// The same payload, keeping `shown` at the count of bytes taken.
+    pub(crate) fn showing(mut self, shown: Option<Arc<AtomicU64>>) -> Payload {
+        self.shown = shown;
+        self
+    }
+
+    fn show(&self) {
+        if let Some(shown) = &self.shown {
+            shown.store(self.bytes, Ordering::Relaxed);
         }
     }
 
@@ -155,6 +171,7 @@ impl Payload {
         self.absorbed += prefix.len() as u64;
         self.bytes += prefix.len() as u64;
         self.hasher.update(prefix);
+        self.show();
     }
 
     /// The hash of everything consumed so far (prefix included), to keep in a checkpoint and
@@ -180,6 +197,7 @@ impl Payload {
     /// hashed it, its hash state after it.
     fn account(&mut self, piece: &[u8], chunk: Option<(&Bytes, Option<Arc<Sha256>>)>) {
         self.bytes += piece.len() as u64;
+        self.show();
         if let Some((whole, Some(after))) = chunk {
             self.part = Some(Part {
                 whole: whole.clone(),

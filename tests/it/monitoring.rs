@@ -417,3 +417,288 @@ writers = [{{ type = "local", path = "out/tick/{{scheduled:%H%M%S}}" }}]
         "the overdue rule's two sides have the same labels"
     );
 }
+
+/// The status page's facts as JSON.
+async fn status_json(url: &str, token: Option<&str>) -> serde_json::Value {
+    let (status, kind, body) = get(&format!("{url}/status.json"), token).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(kind.starts_with("application/json"), "{kind}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+#[tokio::test]
+async fn the_status_page_shows_a_running_runs_bytes_and_needs_the_read_token() {
+    let ws = Workspace::new();
+    let token = ws.secret("read", "r3ad-status");
+    // 100,000 bytes, then the run waits for the test to create `go`.
+    let jobs = format!(
+        r#"
+[[jobs]]
+name = "slow"
+schedule = "{}"
+source = {{ type = "command", command = ["sh", "-c", "head -c 100000 /dev/zero; while [ ! -e go ]; do sleep 0.05; done"] }}
+writers = [{{ type = "local", path = "out/slow" }}, {{ type = "local", path = "out/copy" }}]
+"#,
+        in_seconds(&[2])
+    );
+    let (mut daemon, url) =
+        daemon_with_api(&ws, &format!("read_token_file = {token:?}"), &jobs).await;
+    daemon.ready().await;
+
+    // A browser is asked for the token; Basic's password and a bearer token both work.
+    let response = reqwest::get(format!("{url}/")).await.expect("GET /");
+    assert_eq!(response.status(), 401);
+    let challenge = response.headers().get("www-authenticate").cloned();
+    assert_eq!(
+        challenge.and_then(|v| v.to_str().ok().map(str::to_owned)),
+        Some("Basic realm=\"ferry\", charset=\"UTF-8\"".to_owned())
+    );
+    let basic = reqwest::Client::new()
+        .get(format!("{url}/"))
+        .basic_auth("anyone", Some("r3ad-status"))
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(basic.status(), 200);
+    let wrong = reqwest::Client::new()
+        .get(format!("{url}/status.json"))
+        .basic_auth("anyone", Some("wrong"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(wrong.status(), 401);
+
+    daemon
+        .until(Duration::from_secs(30), |e| {
+            matches!(e, Event::Started { .. })
+        })
+        .await;
+    let mut status = serde_json::Value::Null;
+    for _ in 0..200 {
+        status = status_json(&url, Some("r3ad-status")).await;
+        let writers = &status["in_flight"][0]["progress"]["writers"];
+        if writers[0][1] == 100_000 && writers[1][1] == 100_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let run = &status["in_flight"][0];
+    assert_eq!(run["job"], "slow", "{status:#}");
+    let writers = &run["progress"]["writers"];
+    assert_eq!(writers[0][1], 100_000, "{status:#}");
+    assert_eq!(writers[1][1], 100_000, "{status:#}");
+    assert!(
+        writers[0][0]
+            .as_str()
+            .is_some_and(|w| w.contains("out/slow")),
+        "{status:#}"
+    );
+    let (_, _, page) = get(&format!("{url}/"), Some("r3ad-status")).await;
+    assert!(page.contains("97.7 KiB at "), "{page}");
+
+    std::fs::write(ws.path().join("go"), "").expect("go");
+    let (report, _) = daemon.finished().await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let status = status_json(&url, Some("r3ad-status")).await;
+    assert_eq!(status["in_flight"], serde_json::json!([]), "{status:#}");
+    assert_eq!(
+        status["jobs"][0]["last"]["state"], "succeeded",
+        "{status:#}"
+    );
+    assert_eq!(status["jobs"][0]["last"]["bytes"], 100_000, "{status:#}");
+}
+
+/// The Chromium binary to load the status page in, from `FERRY_TEST_CHROMIUM` (set by
+/// `.ci/run`, which installs Debian's `chromium`).
+fn chromium() -> Option<std::ffi::OsString> {
+    let binary = std::env::var_os("FERRY_TEST_CHROMIUM");
+    if binary.is_none() {
+        eprintln!("Chromium test not run: FERRY_TEST_CHROMIUM is not set");
+    }
+    binary
+}
+
+/// Runs headless Chromium on `url` with `args`; returns its standard output. (Not blocking:
+/// the daemon answering it runs on this test's thread.)
+async fn headless(binary: &std::ffi::OsStr, profile: &Path, url: &str, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(binary)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run chromium");
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+#[tokio::test]
+async fn chromium_renders_every_job_with_its_next_fire_time_and_last_outcome() {
+    let Some(binary) = chromium() else {
+        return;
+    };
+    let ws = Workspace::new();
+    let jobs = format!(
+        r#"
+[[jobs]]
+name = "orders-export"
+schedule = "{schedule}"
+timezone = "Europe/Berlin"
+source = {{ type = "inline", data = "id,total\n1,9.99\n" }}
+writers = [{{ type = "local", path = "out/orders.csv" }}]
+
+[[jobs]]
+name = "broken-feed"
+schedule = "{schedule}"
+source = {{ type = "file", path = "missing.csv" }}
+writers = [{{ type = "local", path = "out/feed" }}]
+
+[[jobs]]
+name = "paused-job"
+schedule = "0 0 6 * * *"
+enabled = false
+source = {{ type = "inline", data = "x" }}
+writers = [{{ type = "local", path = "out/paused" }}]
+"#,
+        schedule = in_seconds(&[2])
+    );
+    let (mut daemon, url) = daemon_with_api(&ws, "", &jobs).await;
+    finished(&mut daemon, 2).await;
+    // A partitioned source, for the timeline.
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = serde_json::from_str(
+        &http
+            .post(format!("{url}/sources/register"))
+            .query(&[("source_name", "shop.orders"), ("owner", "data")])
+            .send()
+            .await
+            .expect("register")
+            .text()
+            .await
+            .expect("body"),
+    )
+    .expect("JSON");
+    let token = created["registered_object"]["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let post = |path: &str, query: Vec<(&str, &str)>| {
+        http.post(format!("{url}{path}"))
+            .bearer_auth(&token)
+            .query(&query)
+            .send()
+    };
+    let status = post("/providers/register", vec![("provider_name", "loader")])
+        .await
+        .expect("provider")
+        .status();
+    assert_eq!(status, 201);
+    for (start, end) in [("2026-11-23", "2026-11-24"), ("2026-11-24", "2026-11-25")] {
+        let partition = vec![
+            ("source_name", "shop.orders"),
+            ("provider_name", "loader"),
+            ("start", start),
+            ("end", end),
+        ];
+        let status = post("/partitions/register", partition.clone())
+            .await
+            .expect("partition")
+            .status();
+        assert_eq!(status, 201);
+        if start == "2026-11-24" {
+            let status = post("/partitions/lock", partition)
+                .await
+                .expect("lock")
+                .status();
+            assert_eq!(status, 200);
+        }
+    }
+
+    let (_, kind, served) = get(&format!("{url}/"), None).await;
+    assert_eq!(kind, "text/html; charset=utf-8");
+    let profile = ws.path().join("chromium");
+    let dom = headless(&binary, &profile, &format!("{url}/"), &["--dump-dom"]).await;
+    let row = |job: &str| {
+        let start = dom
+            .find(&format!("<tr data-job=\"{job}\">"))
+            .unwrap_or_else(|| panic!("{job} missing from the DOM:\n{dom}"));
+        let end = start + dom[start..].find("</tr>").expect("row end");
+        dom[start..end].to_owned()
+    };
+    let orders = row("orders-export");
+    assert!(orders.contains("succeeded"), "{orders}");
+    assert!(orders.contains("Europe/Berlin"), "{orders}");
+    // Next fire times carry their UTC offset (+01:00 or +02:00 in Berlin).
+    assert!(
+        orders.contains("+01:00") || orders.contains("+02:00"),
+        "{orders}"
+    );
+    let broken = row("broken-feed");
+    assert!(broken.contains("failed"), "{broken}");
+    assert!(broken.contains("missing.csv"), "{broken}");
+    assert!(broken.contains("+00:00"), "{broken}");
+    let paused = row("paused-job");
+    assert!(paused.contains("disabled"), "{paused}");
+    assert!(paused.contains("never ran"), "{paused}");
+    assert!(dom.contains("data-source=\"shop.orders\""), "{dom}");
+    assert!(dom.contains("class=\"locked\""), "{dom}");
+    assert!(dom.contains("class=\"ready\""), "{dom}");
+
+    // Nothing is loaded from elsewhere: no external URL in the page at all.
+    for external in ["http://", "https://", "src=", "url("] {
+        assert!(!served.contains(external), "{external} in\n{served}");
+    }
+    // Well-formed HTML: html5lib's strict parser finds no parse error.
+    let python = std::env::var("FERRY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let page_file = ws.path().join("status.html");
+    std::fs::write(&page_file, &served).expect("page");
+    let checked = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys, html5lib; html5lib.HTMLParser(strict=True).parse(open(sys.argv[1], 'rb'))",
+        ])
+        .arg(&page_file)
+        .output()
+        .expect("python3");
+    assert!(
+        checked.status.success(),
+        "html5lib: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // A screenshot for a person to look at, on a desktop and on a phone.
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshots dir");
+    for (name, size) in [
+        ("status-page.png", "1280,800"),
+        ("status-page-phone.png", "390,844"),
+    ] {
+        let shot = shots.join(name);
+        let _ = std::fs::remove_file(&shot);
+        headless(
+            &binary,
+            &profile,
+            &format!("{url}/"),
+            &[
+                &format!("--screenshot={}", shot.display()),
+                &format!("--window-size={size}"),
+            ],
+        )
+        .await;
+        let png = std::fs::read(&shot).expect("screenshot written");
+        assert!(png.starts_with(b"\x89PNG"), "{name} is a PNG");
+    }
+}
