@@ -140,6 +140,14 @@ pub enum Command {
         /// Exclusive end.
         end: String,
     },
+    /// What the daemon is doing: every job's next fire times and last run, the runs in
+    /// flight with their progress, recent failures, partitions. Asks the daemon's API when
+    /// `[api] listen` is set and it answers, else reads the state store.
+    Status {
+        /// Print JSON (the API's `/status.json`) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show recent runs from the state store, newest first.
     History {
         /// Only this job's runs.
@@ -277,6 +285,10 @@ pub async fn execute(cli: &Cli) -> Outcome {
         },
         Command::Ready { source, start, end } => match load(cli) {
             Ok(config) => ready(&config, source, start, end).await,
+            Err(outcome) => outcome,
+        },
+        Command::Status { json } => match load(cli) {
+            Ok(config) => status(&config, *json).await,
             Err(outcome) => outcome,
         },
         Command::History { job, limit, json } => match load(cli) {
@@ -640,6 +652,211 @@ pub fn list(config: &Config, now: DateTime<Utc>) -> String {
         ]);
     }
     table(&rows)
+}
+
+/// How long `ferry status` waits for the daemon's API.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `ferry status`: the daemon's `/status.json` when its API answers, else the same facts
+/// from the state store (without live progress).
+pub async fn status(config: &Config, json: bool) -> Outcome {
+    let (facts, from) = match status_from_api(config).await {
+        Ok(Some((facts, url))) => (facts, format!("the daemon at {url}")),
+        asked => {
+            let why = match asked {
+                Err(err) => format!(" (the daemon's API did not answer: {err})"),
+                _ => String::new(),
+            };
+            // Only reads: a store that does not exist yet is not created.
+            let store = match existing_store(config, |shown| {
+                Outcome::fail(
+                    1,
+                    format!("ferry: nothing to show{why}: the state store ({shown}) does not exist yet\n"),
+                )
+            })
+            .await
+            {
+                Ok(store) => store,
+                Err(outcome) => return outcome,
+            };
+            let jobs: Vec<crate::api::status::ShownJob> = config
+                .jobs
+                .iter()
+                .filter_map(|job| {
+                    let zone = job.timezone.as_deref().unwrap_or(&config.daemon.timezone);
+                    // The file was validated: the zone and the schedule parse.
+                    let schedule = parse_timezone(zone)
+                        .and_then(|tz| Schedule::parse(&job.schedule, tz))
+                        .ok()?;
+                    Some(crate::api::status::ShownJob {
+                        name: job.name.clone(),
+                        schedule,
+                        enabled: job.enabled,
+                    })
+                })
+                .collect();
+            let gathered = crate::api::status::gather(&store, &jobs, Vec::new(), Utc::now()).await;
+            match gathered.map(serde_json::to_value) {
+                Ok(Ok(facts)) => (facts, format!("the state store{why}")),
+                Ok(Err(err)) => return Outcome::fail(1, format!("ferry: {err}\n")),
+                Err(err) => return Outcome::fail(1, format!("ferry: the state store: {err}\n")),
+            }
+        }
+    };
+    if json {
+        return Outcome::ok(format!("{facts:#}\n"));
+    }
+    Outcome::ok(status_text(&facts, &from))
+}
+
+/// Asks the daemon's API for `/status.json`: `None` when `[api] listen` is not set.
+async fn status_from_api(config: &Config) -> Result<Option<(serde_json::Value, String)>, String> {
+    let Some(listen) = &config.api.listen else {
+        return Ok(None);
+    };
+    let Ok(mut address) = listen.parse::<std::net::SocketAddr>() else {
+        return Ok(None);
+    };
+    // A daemon listening on every address answers on loopback.
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut client = reqwest::Client::builder().timeout(STATUS_TIMEOUT);
+    let scheme = match &config.api.tls_cert_file {
+        Some(cert) => {
+            let pem = std::fs::read(config.base_dir.join(cert))
+                .map_err(|err| format!("cannot read {}: {err}", cert.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|err| err.to_string())?;
+            client = client
+                .add_root_certificate(cert)
+                .danger_accept_invalid_hostnames(true);
+            "https"
+        }
+        None => "http",
+    };
+    let client = client.build().map_err(|err| err.to_string())?;
+    let url = format!("{scheme}://{address}");
+    let mut request = client.get(format!("{url}/status.json"));
+    let token = config
+        .api
+        .read_token
+        .resolve(&config.base_dir)
+        .map_err(|err| err.to_string())?;
+    if let Some(token) = &token {
+        request = request.bearer_auth(token.expose());
+    }
+    let mut response = request
+        .send()
+        .await
+        .map_err(|err| crate::http::request_error("ask the daemon", err).to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("{url}/status.json answered {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|err| err.to_string())? {
+        if body.len() + chunk.len() > STATUS_MAX_BYTES {
+            return Err(format!(
+                "{url}/status.json is larger than {STATUS_MAX_BYTES} bytes"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let facts = serde_json::from_slice(&body).map_err(|err| format!("{url}/status.json: {err}"))?;
+    Ok(Some((facts, url)))
+}
+
+/// The largest `/status.json` `ferry status` reads.
+const STATUS_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// `ferry status`'s text: from `facts` (`/status.json`'s shape), gathered `from`.
+fn status_text(facts: &serde_json::Value, from: &str) -> String {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let empty = Vec::new();
+    let list = |v: &serde_json::Value| v.as_array().unwrap_or(&empty).clone();
+    let mut out = format!("From {from}, at {}.\n\n", text(&facts["at"]));
+    let mut rows = vec![[
+        "JOB".to_owned(),
+        "NEXT RUNS".to_owned(),
+        "LAST RUN".to_owned(),
+    ]];
+    for job in list(&facts["jobs"]) {
+        let next: Vec<String> = list(&job["next"]).iter().map(text).collect();
+        let next = match job["enabled"].as_bool() {
+            Some(false) => "disabled".to_owned(),
+            _ => next.join(", "),
+        };
+        let last = &job["last"];
+        let last = if last.is_null() {
+            "never ran".to_owned()
+        } else {
+            let mut line = format!("{} {}", text(&last["state"]), text(&last["slot_local"]));
+            if let Some(error) = last["error"].as_str() {
+                let _ = write!(line, ": {}", first_line(error));
+            }
+            line
+        };
+        rows.push([text(&job["name"]), next, last]);
+    }
+    out.push_str(&table(&rows));
+    let running = list(&facts["in_flight"]);
+    out.push_str(&format!("\nRunning: {}\n", running.len()));
+    for run in &running {
+        let progress = &run["progress"];
+        let bytes: Vec<String> = list(&progress["writers"])
+            .iter()
+            .map(|w| format!("{} {} B", text(&w[0]), w[1].as_u64().unwrap_or(0)))
+            .collect();
+        let total = progress["total"]
+            .as_u64()
+            .map(|t| format!(" of {t} B"))
+            .unwrap_or_default();
+        out.push_str(&crate::error::printable(&format!(
+            "  {} slot {}{}{}\n",
+            text(&run["job"]),
+            text(&run["slot"]),
+            if bytes.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", bytes.join(", "))
+            },
+            total
+        )));
+    }
+    let failures = list(&facts["failures"]);
+    out.push_str(&format!("\nRecent failures: {}\n", failures.len()));
+    for run in &failures {
+        out.push_str(&crate::error::printable(&format!(
+            "  {} slot {}: {}\n",
+            text(&run["job"]),
+            text(&run["slot_local"]),
+            first_line(run["error"].as_str().unwrap_or_default())
+        )));
+    }
+    let sources = list(&facts["sources"]);
+    if !sources.is_empty() {
+        out.push_str("\nPartitions (latest):\n");
+        for source in &sources {
+            let partitions = list(&source["partitions"]);
+            let locked = partitions.iter().filter(|p| p["state"] == "locked").count();
+            let last = partitions.last();
+            out.push_str(&crate::error::printable(&format!(
+                "  {}: {} shown, {} locked; latest [{}, {})\n",
+                text(&source["source"]),
+                partitions.len(),
+                locked,
+                last.map(|p| text(&p["start"])).unwrap_or_default(),
+                last.map(|p| text(&p["end"])).unwrap_or_default(),
+            )));
+        }
+    }
+    out
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 /// Rows as left-aligned columns, the last one unpadded.

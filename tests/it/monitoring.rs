@@ -10,8 +10,8 @@ use chrono::{Timelike, Utc};
 use ferry::daemon::{Control, Event};
 use ferry::runner::RunStatus;
 
-use crate::support::Workspace;
 use crate::support::daemon::{Booted, boot};
+use crate::support::{Workspace, show};
 
 /// A cron schedule for the seconds `after` from now (in a minute's seconds, so it fires once).
 fn in_seconds(after: &[u32]) -> String {
@@ -701,4 +701,94 @@ writers = [{{ type = "local", path = "out/paused" }}]
         let png = std::fs::read(&shot).expect("screenshot written");
         assert!(png.starts_with(b"\x89PNG"), "{name} is a PNG");
     }
+}
+
+/// Runs the built `ferry` binary without blocking this test's thread (an in-process daemon
+/// may have to answer it).
+async fn ferry_async(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run the ferry binary")
+}
+
+#[tokio::test]
+async fn ferry_status_asks_the_daemon_and_falls_back_to_the_store() {
+    let ws = Workspace::new();
+    let token = ws.secret("read", "r3ad-cli");
+    let port = free_port();
+    let jobs = format!(
+        r#"
+[[jobs]]
+name = "nightly"
+schedule = "{}"
+source = {{ type = "file", path = "missing.csv" }}
+writers = [{{ type = "local", path = "out/nightly" }}]
+
+[[jobs]]
+name = "weekly"
+schedule = "0 0 6 * * Mon"
+timezone = "Europe/Berlin"
+source = {{ type = "inline", data = "x" }}
+writers = [{{ type = "local", path = "out/weekly" }}]
+"#,
+        in_seconds(&[2])
+    );
+    let config = ws.job_file(&format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\nread_token_file = {token:?}\n\n{jobs}"
+    ));
+    let config_arg = config.to_str().expect("UTF-8 path");
+
+    // No daemon and no store yet: said so, exit 1.
+    let output = ferry_async(&["status", "--config", config_arg]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("does not exist yet"), "{stderr}");
+    assert!(stderr.contains("did not answer"), "{stderr}");
+
+    let mut daemon = boot(&config);
+    finished(&mut daemon, 1).await;
+    let output = ferry_async(&["status", "--config", config_arg]).await;
+    assert!(output.status.success(), "{}", show(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.starts_with(&format!("From the daemon at http://127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(text.contains("nightly"), "{text}");
+    assert!(text.contains("failed"), "{text}");
+    assert!(text.contains("missing.csv"), "{text}");
+    assert!(text.contains("+01:00") || text.contains("+02:00"), "{text}");
+    assert!(text.contains("Recent failures: 1"), "{text}");
+    let output = ferry_async(&["status", "--json", "--config", config_arg]).await;
+    let facts: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(facts["jobs"][0]["name"], "nightly", "{facts:#}");
+    assert_eq!(facts["jobs"][0]["last"]["state"], "failed", "{facts:#}");
+    assert_eq!(
+        facts["jobs"][1]["last"],
+        serde_json::Value::Null,
+        "{facts:#}"
+    );
+    daemon.stop().await;
+
+    // The daemon gone: the same facts from the store, and why.
+    let output = ferry_async(&["status", "--config", config_arg]).await;
+    assert!(output.status.success(), "{}", show(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.starts_with("From the state store (the daemon's API did not answer"),
+        "{text}"
+    );
+    assert!(text.contains("missing.csv"), "{text}");
+    let output = ferry_async(&["status", "--json", "--config", config_arg]).await;
+    let facts: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(facts["jobs"][0]["last"]["state"], "failed", "{facts:#}");
+    assert_eq!(
+        facts["failures"].as_array().map(Vec::len),
+        Some(1),
+        "{facts:#}"
+    );
 }
