@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::build_env::BuildEnv;
 use crate::config::{self, Config};
@@ -147,6 +147,19 @@ pub enum Command {
         /// Print JSON (the API's `/status.json`) instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the shell completion script for SHELL on standard output, e.g.
+    /// `ferry completions bash > /usr/share/bash-completion/completions/ferry`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print ferry's man page (roff) on standard output (`ferry man | man -l -`), or write
+    /// it and a page per command (`ferry-run.1`, …) into a directory.
+    Man {
+        /// Write `ferry.1` and `ferry-COMMAND.1` here instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Show recent runs from the state store, newest first.
     History {
@@ -287,6 +300,12 @@ pub async fn execute(cli: &Cli) -> Outcome {
             Ok(config) => ready(&config, source, start, end).await,
             Err(outcome) => outcome,
         },
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "ferry", &mut script);
+            Outcome::ok(String::from_utf8_lossy(&script).into_owned())
+        }
+        Command::Man { dir } => man(dir.as_deref()),
         Command::Status { json } => match load(cli) {
             Ok(config) => status(&config, *json).await,
             Err(outcome) => outcome,
@@ -652,6 +671,41 @@ pub fn list(config: &Config, now: DateTime<Utc>) -> String {
         ]);
     }
     table(&rows)
+}
+
+/// `ferry man`: the main page on standard output, or every page written into `dir`.
+fn man(dir: Option<&std::path::Path>) -> Outcome {
+    let render = |command: clap::Command| {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command)
+            .render(&mut page)
+            .map(|()| page)
+    };
+    let main = Cli::command();
+    let Some(dir) = dir else {
+        return match render(main) {
+            Ok(page) => Outcome::ok(String::from_utf8_lossy(&page).into_owned()),
+            Err(err) => Outcome::fail(1, format!("ferry: cannot render the man page: {err}\n")),
+        };
+    };
+    let mut pages = vec![("ferry.1".to_owned(), main.clone())];
+    for command in main.get_subcommands() {
+        let name = format!("ferry-{}", command.get_name());
+        pages.push((format!("{name}.1"), command.clone().name(name)));
+    }
+    let mut written = String::new();
+    for (file, command) in pages {
+        let path = dir.join(&file);
+        let saved = render(command).and_then(|page| std::fs::write(&path, page));
+        if let Err(err) = saved {
+            return Outcome::fail(
+                1,
+                format!("ferry: cannot write {}: {err}\n", path.display()),
+            );
+        }
+        let _ = writeln!(written, "{}", path.display());
+    }
+    Outcome::ok(written)
 }
 
 /// How long `ferry status` waits for the daemon's API.

@@ -408,3 +408,75 @@ fn backfill_runs_each_slot_once_and_skips_what_succeeded() {
     ]);
     assert_eq!(backwards.status.code(), Some(2), "{}", show(&backwards));
 }
+
+#[test]
+fn bash_completes_commands_from_the_generated_script() {
+    let script = ferry(&["completions", "bash"]);
+    assert!(script.status.success(), "{}", show(&script));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ferry.bash");
+    std::fs::write(&path, &script.stdout).expect("script");
+    // bash itself loads the script and completes `ferry sta` and `ferry trigger --j`.
+    let complete = |line: &str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let output = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; COMP_WORDS=({line}); COMP_CWORD={}; COMP_LINE='{line}'; COMP_POINT={}; _ferry ferry {} {}; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                path.display(),
+                words.len() - 1,
+                line.len(),
+                words[words.len() - 1],
+                words[words.len() - 2],
+            ))
+            .output()
+            .expect("bash");
+        assert!(output.status.success(), "{}", show(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(complete("ferry sta").trim(), "status");
+    assert!(complete("ferry trigger --j").contains("--json"));
+    let unknown = ferry(&["completions", "tcsh"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", show(&unknown));
+}
+
+#[test]
+fn the_man_pages_render_and_name_every_command() {
+    let page = ferry(&["man"]);
+    assert!(page.status.success(), "{}", show(&page));
+    let text = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH ferry 1"),
+        "{text}"
+    );
+    for command in ["run", "validate", "trigger", "status", "completions"] {
+        assert!(
+            text.contains(&format!("ferry\\-{command}(1)")),
+            "{command} in {text}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir_arg = dir.path().to_str().expect("UTF-8");
+    let written = ferry(&["man", "--dir", dir_arg]);
+    assert!(written.status.success(), "{}", show(&written));
+    for file in ["ferry.1", "ferry-run.1", "ferry-status.1", "ferry-man.1"] {
+        let page = std::fs::read_to_string(dir.path().join(file)).expect(file);
+        assert!(page.contains(".SH NAME"), "{file}: {page}");
+    }
+    // man(1) formats it, when installed.
+    if let Ok(output) = std::process::Command::new("man")
+        .args(["-l", &format!("{dir_arg}/ferry-status.1")])
+        .env("MANWIDTH", "80")
+        .output()
+    {
+        let shown = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}", show(&output));
+        assert!(shown.contains("--json"), "{shown}");
+    }
+    let unwritable = ferry(&["man", "--dir", "/nonexistent/dir"]);
+    assert_eq!(unwritable.status.code(), Some(1), "{}", show(&unwritable));
+    assert!(
+        String::from_utf8_lossy(&unwritable.stderr)
+            .contains("cannot write /nonexistent/dir/ferry.1")
+    );
+}
