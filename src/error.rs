@@ -209,14 +209,15 @@ impl DeliveryError {
     }
 }
 
-/// The messages of `err` and of its causes, outermost first (a message that repeats the one
-/// before it is left out).
+/// The messages of `err` and of its causes, outermost first. A cause whose message an
+/// outer one already says (libraries often print their source in their own message) is
+/// left out, so nothing reads twice.
 pub fn chain_of(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
     let mut out = vec![err.to_string()];
     let mut next = err.source();
     while let Some(cause) = next {
         let text = cause.to_string();
-        if out.last() != Some(&text) {
+        if !text.is_empty() && !out.iter().any(|said| said.contains(&text)) {
             out.push(text);
         }
         next = cause.source();
@@ -247,6 +248,38 @@ pub fn display_chain(chain: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error that prints its source in its own message, as hyper's and rustls' do.
+    #[derive(Debug)]
+    struct Wraps(&'static str, Option<Box<Wraps>>);
+
+    impl std::fmt::Display for Wraps {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wraps {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_said_is_not_said_again() {
+        let dns = "failed to lookup address information: Name or service not known";
+        let err = Wraps(
+            "error sending request",
+            Some(Box::new(Wraps(
+                "dns error: failed to lookup address information: Name or service not known",
+                Some(Box::new(Wraps(dns, Some(Box::new(Wraps(dns, None)))))),
+            ))),
+        );
+        assert_eq!(
+            display_chain(&chain_of(&err)),
+            "error sending request: dns error: failed to lookup address information: Name or service not known"
+        );
+    }
 
     #[test]
     fn http_statuses_are_classified() {

@@ -91,7 +91,13 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Json => registry
             .with(fmt.json().with_span_list(true).with_current_span(false))
             .init(),
-        LogFormat::Human | LogFormat::Auto => registry.with(fmt.with_target(false)).init(),
+        // Colours only on a terminal: `--log-format human 2> file` stays plain text.
+        LogFormat::Human | LogFormat::Auto => registry
+            .with(
+                fmt.with_target(false)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .init(),
     }
 }
 

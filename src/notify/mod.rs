@@ -47,6 +47,12 @@ pub trait Notifier: fmt::Debug + Send + Sync {
 
     /// Tells of `report`'s run, one try. An error is logged; it never fails the run.
     async fn notify(&self, report: &RunReport) -> Result<(), DeliveryError>;
+
+    /// Whether it writes the run's line in ferry's log (a `log` notifier): the runner then
+    /// leaves its own line out, so the line is not written twice.
+    fn logs_the_run(&self) -> bool {
+        false
+    }
 }
 
 /// The job-file settings of a notifier kind.

@@ -81,10 +81,9 @@ impl<A: Activity> RetryingActivity<A> {
                 ledger.store.count_failure();
                 tracing::warn!(error = %err, "Cannot record the attempt in the state store.");
             }
-            let attempt = self.attempt(&ctx, &mut progress);
-            let result = attempt
-                .instrument(tracing::info_span!("attempt", attempt = ctx.attempt))
-                .await;
+            // Every line of the run from here on names this attempt (the run's span has it).
+            tracing::Span::current().record("attempt", ctx.attempt);
+            let result = self.attempt(&ctx, &mut progress).await;
             let metrics = ctx.ledger.as_ref().map(|ledger| &ledger.metrics);
             let err = match result {
                 Ok(deliveries) => {
@@ -113,7 +112,12 @@ impl<A: Activity> RetryingActivity<A> {
                 }
             };
             if !self.policy.retries(err.kind()) {
-                let why = format!("a {} error is not retried", err.kind());
+                let kind = err.kind().as_str();
+                let article = match kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    true => "an",
+                    false => "a",
+                };
+                let why = format!("{article} {kind} error is not retried");
                 return stop(err, why);
             }
             let Some(delay) = delays.next() else {
@@ -243,9 +247,7 @@ impl<A: Activity> ActivityRunner<A> {
                 gave_up: "the run could not be started".to_owned(),
             }),
         };
-        if let Err(err) = LogNotifier::default().notify(&report).await {
-            tracing::warn!(error = %display_chain(&err.chain()), "Cannot log the run.");
-        }
+        log_run(&report, &self.on_failure).await;
         let shared = Arc::new(report);
         self.notifications.send(&self.on_failure, &shared, None);
         Arc::unwrap_or_clone(shared)
@@ -315,9 +317,7 @@ impl<A: Activity> ActivityRunner<A> {
                 RunStatus::Failed => &self.on_failure,
             };
             // The log line is written at once; nothing else may hold up the run's end.
-            if let Err(err) = LogNotifier::default().notify(&report).await {
-                tracing::warn!(error = %display_chain(&err.chain()), "Cannot log the run.");
-            }
+            log_run(&report, handlers).await;
             let shared = Arc::new(report);
             self.notifications
                 .send(handlers, &shared, ctx.ledger.as_ref());
@@ -325,6 +325,17 @@ impl<A: Activity> ActivityRunner<A> {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Writes `report`'s line in the log, unless one of `handlers` is a `log` notifier that
+/// writes it.
+async fn log_run(report: &RunReport, handlers: &[Arc<dyn Notifier>]) {
+    if handlers.iter().any(|handler| handler.logs_the_run()) {
+        return;
+    }
+    if let Err(err) = LogNotifier::default().notify(report).await {
+        tracing::warn!(error = %display_chain(&err.chain()), "Cannot log the run.");
     }
 }
 
@@ -344,6 +355,7 @@ impl Begun {
             job = %ctx.job,
             run_id = %ctx.run_id,
             slot = %ctx.slot.to_rfc3339(),
+            attempt = ctx.attempt,
         );
         span.in_scope(|| {
             if ctx.attempt > 1 {

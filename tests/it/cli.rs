@@ -480,3 +480,88 @@ fn the_man_pages_render_and_name_every_command() {
             .contains("cannot write /nonexistent/dir/ferry.1")
     );
 }
+
+#[test]
+fn human_logs_written_to_a_file_carry_no_colour_codes() {
+    let ws = Workspace::new();
+    let config = ws.job_file(JOBS).display().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "trigger",
+            "broken",
+            "--config",
+            &config,
+            "--log-format",
+            "human",
+        ])
+        .env("FERRY_LOG", "info")
+        .output()
+        .expect("ferry");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Run failed."), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes in {stderr:?}");
+}
+
+#[test]
+fn a_named_log_notifier_does_not_log_the_run_twice() {
+    let ws = Workspace::new();
+    let config = ws.job_file(JOBS).display().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "trigger",
+            "greet",
+            "--config",
+            &config,
+            "--log-format",
+            "json",
+        ])
+        .env("FERRY_LOG", "info")
+        .output()
+        .expect("ferry");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("Run succeeded."))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("\"notifier\":\"ops\""), "{stderr}");
+}
+
+#[test]
+fn every_line_of_a_run_names_its_attempt() {
+    let ws = Workspace::new();
+    let config = ws.job_file(JOBS).display().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "trigger",
+            "broken",
+            "--config",
+            &config,
+            "--log-format",
+            "json",
+        ])
+        .env("FERRY_LOG", "info")
+        .output()
+        .expect("ferry");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let run_lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|line: &serde_json::Value| line.to_string().contains("\"run_id\""))
+        .collect();
+    assert!(run_lines.len() >= 3, "{stderr}");
+    for line in &run_lines {
+        let attempt = line["spans"]
+            .as_array()
+            .and_then(|spans| spans.iter().find_map(|span| span["attempt"].as_u64()));
+        assert!(attempt.is_some(), "no attempt in {line}");
+    }
+    let failed = run_lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "Run failed.")
+        .expect("the run's last line");
+    assert!(failed.to_string().contains("\"attempt\":2"), "{failed}");
+}

@@ -117,9 +117,10 @@ async fn permanent_failures_are_not_retried() {
         let err = attempted.result.expect_err("fails");
         assert_eq!(err.kind(), kind);
         assert_eq!(attempted.attempts, 1, "{kind} must not be retried");
+        let article = if kind == ErrorKind::Auth { "an" } else { "a" };
         assert_eq!(
             attempted.gave_up.as_deref(),
-            Some(format!("a {kind} error is not retried").as_str())
+            Some(format!("{article} {kind} error is not retried").as_str())
         );
     }
 }
