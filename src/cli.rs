@@ -983,7 +983,9 @@ pub async fn notify_test(config: &Config, name: &str, failure: bool) -> Outcome 
     } else {
         RunStatus::Succeeded
     };
-    let report = crate::notify::message::sample_report(status);
+    // The slot reads as the daemon's runs do: in the job file's zone (validated already).
+    let zone = parse_timezone(&config.daemon.timezone).unwrap_or(chrono_tz::UTC);
+    let report = crate::notify::message::sample_report(status, zone);
     let delivered = crate::notify::deliver(notifier.as_ref(), &report).await;
     let tries = format!(
         "{} attempt{}",

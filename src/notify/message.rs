@@ -207,12 +207,13 @@ fn describe(err: &minijinja::Error) -> String {
 
 /// Facts of a made-up run, for checking templates and for `ferry notify-test`.
 pub fn sample(status: RunStatus) -> Facts {
-    let report = sample_report(status);
+    let report = sample_report(status, chrono_tz::UTC);
     Facts::of(&report)
 }
 
-/// A made-up run's report: what `ferry notify-test` sends.
-pub fn sample_report(status: RunStatus) -> RunReport {
+/// A made-up run's report, its slot now in `zone` (the job file's): what `ferry notify-test`
+/// sends.
+pub fn sample_report(status: RunStatus, zone: chrono_tz::Tz) -> RunReport {
     let deliveries = match status {
         RunStatus::Succeeded => vec![Delivery {
             writer: "local".into(),
@@ -234,7 +235,9 @@ pub fn sample_report(status: RunStatus) -> RunReport {
     RunReport {
         job: "notify-test".into(),
         run_id: "notify-test-0".into(),
-        slot: chrono::Utc::now().to_rfc3339(),
+        slot: chrono::Utc::now()
+            .with_timezone(&zone)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
         status,
         attempts: if status == RunStatus::Failed { 3 } else { 1 },
         started_at: chrono::Utc::now(),
@@ -287,6 +290,12 @@ attempt{{ 's' if attempts != 1 }}: {{ error.text }}{% endif %}";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sample_slot_is_in_the_job_files_zone() {
+        let report = sample_report(RunStatus::Succeeded, chrono_tz::Asia::Tokyo);
+        assert!(report.slot.ends_with("+09:00"), "{}", report.slot);
+    }
 
     #[test]
     fn the_default_body_reads_well_for_both_outcomes() {

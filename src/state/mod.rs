@@ -25,6 +25,7 @@ mod records;
 mod registry;
 mod schema;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -47,6 +48,9 @@ pub enum StateError {
     /// The store could not be opened: unreachable, refused, or not a database.
     #[error("cannot open the state store {0}: {1}")]
     Open(String, #[source] sqlx::Error),
+    /// Every connection stayed busy for the pool's whole wait, though the store answers.
+    #[error("the state store {store} is busy: no connection came free within {wait}", store = .0, wait = humantime::format_duration(ACQUIRE_TIMEOUT))]
+    Busy(String),
     /// The database could not be reached or answered an error.
     #[error("state store: {0}")]
     Database(#[from] sqlx::Error),
@@ -162,6 +166,12 @@ fn plaintext_sslmode(url: &str) -> Option<&str> {
 const SQLITE_SETUP: &str =
     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;";
 
+/// How long a store operation waits for a free connection from the pool.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`Store::diagnose`] waits for a fresh connection.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How many times a store write that matters (a run's outcome) is tried.
 pub const STORE_TRIES: usize = 5;
 
@@ -196,6 +206,11 @@ pub fn owner_id() -> String {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// What the pool connects with (it may hold a password), to find out why the pool
+    /// timed out ([`Store::diagnose`]).
+    connect: Arc<crate::settings::Secret>,
+    /// The store's URL as logs may show it (no password).
+    shown: Arc<str>,
     /// Woken when a partition is locked or unlocked through this store (this process):
     /// runs waiting for readiness look again at once instead of at their next poll.
     changes: std::sync::Arc<tokio::sync::Notify>,
@@ -279,7 +294,7 @@ impl Store {
         let pool = AnyPoolOptions::new()
             // SQLite allows one writer at a time: more connections only queue on its lock.
             .max_connections(if backend == Backend::Sqlite { 1 } else { 8 })
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -293,6 +308,8 @@ impl Store {
         let store = Store {
             pool,
             backend,
+            connect: Arc::new(crate::settings::Secret::new(connect)),
+            shown: shown_url(url).into(),
             changes: Default::default(),
             writes: Default::default(),
             errors: Default::default(),
@@ -360,14 +377,45 @@ impl Store {
         with_retries(what, tries, || {
             let attempt = op();
             async move {
-                let result = attempt.await;
-                if result.is_err() {
-                    self.count_failure();
+                match attempt.await {
+                    Ok(done) => Ok(done),
+                    Err(err) => {
+                        self.count_failure();
+                        Err(self.diagnose(err).await)
+                    }
                 }
-                result
             }
         })
         .await
+    }
+
+    /// `err`, or, when it is the pool's timeout (which hides why no connection could be
+    /// made), the reason a fresh connection gives: "connection refused", naming the store's
+    /// host and port.
+    pub async fn diagnose(&self, err: StateError) -> StateError {
+        if !matches!(err, StateError::Database(sqlx::Error::PoolTimedOut)) {
+            return err;
+        }
+        let probe =
+            tokio::time::timeout(PROBE_TIMEOUT, AnyConnection::connect(self.connect.expose()))
+                .await;
+        match probe {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                StateError::Busy(self.shown.to_string())
+            }
+            Ok(Err(cause)) => StateError::Open(self.shown.to_string(), cause),
+            Err(_) => StateError::Open(
+                self.shown.to_string(),
+                sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer within {}",
+                        humantime::format_duration(PROBE_TIMEOUT)
+                    ),
+                )),
+            ),
+        }
     }
 
     /// Woken whenever a partition is locked or unlocked through this store (or a clone).

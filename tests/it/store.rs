@@ -655,3 +655,78 @@ async fn run_writes_made_together_land_as_if_made_alone() {
         }
     }
 }
+
+/// Relays 127.0.0.1:(returned port) to `target` until the returned task is aborted (a
+/// database "going away" for its clients: new connections are then refused).
+async fn relay(target: std::net::SocketAddr) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let task = tokio::spawn(async move {
+        let mut links = tokio::task::JoinSet::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            links.spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn a_pool_timeout_says_why_no_connection_came() {
+    use ferry::state::StateError;
+    let timed_out = || StateError::Database(sqlx::Error::PoolTimedOut);
+    // A store that answers: its connections were only busy.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = Store::open("sqlite://ferry.db", dir.path())
+        .await
+        .expect("open");
+    let busy = sqlite.diagnose(timed_out()).await.to_string();
+    assert!(
+        busy.contains("is busy: no connection came free within 30s"),
+        "{busy}"
+    );
+    let other = sqlite
+        .diagnose(StateError::Url("nope".into()))
+        .await
+        .to_string();
+    assert!(other.contains("must be sqlite://"), "{other}");
+
+    let Ok(url) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+        eprintln!("PostgreSQL part not run: FERRY_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    // The server behind a relay, which then goes away: the pool would only say it timed
+    // out; the store names the server and the refusal.
+    let authority = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|auth| auth.rsplit('@').next())
+        .expect("host:port in FERRY_TEST_POSTGRES_URL");
+    let target: std::net::SocketAddr = tokio::net::lookup_host(authority)
+        .await
+        .expect("resolve")
+        .next()
+        .expect("an address");
+    let (port, relay) = relay(target).await;
+    let relayed = url.replacen(authority, &format!("127.0.0.1:{port}"), 1);
+    let pg = Store::open(&relayed, dir.path())
+        .await
+        .expect("open through the relay");
+    relay.abort();
+    let _ = relay.await;
+    let refused = pg.diagnose(timed_out()).await.to_string();
+    assert!(
+        refused.contains(&format!("127.0.0.1:{port}")),
+        "names the host and port: {refused}"
+    );
+    assert!(
+        refused.to_lowercase().contains("refused"),
+        "says the connection was refused: {refused}"
+    );
+    assert!(!refused.contains("pool timed out"), "{refused}");
+}
