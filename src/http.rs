@@ -40,9 +40,16 @@ pub async fn status_error(action: &str, response: reqwest::Response) -> Delivery
     )
 }
 
-/// The start of an error response's body, whitespace folded: `": text"`, or nothing.
+/// The start of an error response's body, whitespace folded: `": text"`, or nothing. An
+/// HTML page (a proxy's or a framework's error page) is reduced to its `<title>`.
 async fn body_snippet(response: reqwest::Response) -> String {
-    // Enough bytes for SNIPPET_CHARS characters of any UTF-8; the rest is never read.
+    let html = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/html"));
+    // Enough bytes for SNIPPET_CHARS characters of any UTF-8 (and the head of a page); the
+    // rest is never read.
     let limit = SNIPPET_CHARS * 4;
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
@@ -55,7 +62,22 @@ async fn body_snippet(response: reqwest::Response) -> String {
             _ => break,
         }
     }
-    let text = String::from_utf8_lossy(&body);
+    snippet(&body, html)
+}
+
+/// [`body_snippet`]'s text for the first bytes of a body.
+fn snippet(body: &[u8], html: bool) -> String {
+    let text = String::from_utf8_lossy(body);
+    let head = text.trim_start().get(..14).unwrap_or_default().to_ascii_lowercase();
+    let looks_html = html || head.starts_with("<!doctype html") || head.starts_with("<html");
+    let text = if looks_html {
+        match title(&text) {
+            Some(title) => title,
+            None => return String::new(),
+        }
+    } else {
+        text.into_owned()
+    };
     let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     // A server's text may hold terminal escape sequences: shown escaped, never replayed.
     let text = printable(&text.chars().take(SNIPPET_CHARS).collect::<String>());
@@ -63,5 +85,39 @@ async fn body_snippet(response: reqwest::Response) -> String {
         String::new()
     } else {
         format!(": {text}")
+    }
+}
+
+/// The text of an HTML page's `<title>`, with the common entities decoded.
+fn title(page: &str) -> Option<String> {
+    let lower = page.to_ascii_lowercase();
+    let open = lower.find("<title")?;
+    let start = open + lower[open..].find('>')? + 1;
+    let end = start + lower[start..].find("</title")?;
+    let text = page[start..end]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_html_error_page_is_reduced_to_its_title() {
+        let page = b"<!DOCTYPE html>\n<html><head><meta charset=utf-8>\n<TITLE>502 Bad Gateway &amp; more</TITLE><style>body{}</style></head><body><h1>502</h1>...";
+        assert_eq!(snippet(page, true), ": 502 Bad Gateway & more");
+        // Without a title nothing of the markup is shown; XML is not HTML.
+        assert_eq!(snippet(b"<html><body><p>oops</p>", false), "");
+        assert_eq!(
+            snippet(b"<?xml version=\"1.0\"?><Error>NoSuchKey</Error>", false),
+            ": <?xml version=\"1.0\"?><Error>NoSuchKey</Error>"
+        );
+        // Text stays text, folded.
+        assert_eq!(snippet(b"quota   exceeded\n", false), ": quota exceeded");
     }
 }
