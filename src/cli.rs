@@ -1222,6 +1222,8 @@ pub async fn trigger(config: &Config, name: &str, slot: Option<&str>, json: bool
     };
     // SIGTERM or SIGINT stops the run (its program is killed), removes what it left and
     // records it as failed: nothing is orphaned, and no daemon resumes it later.
+    // Bars on a terminal, while the run goes.
+    let bars = crate::progress::show(ledger.metrics.clone(), ctx.run_id.clone());
     let report = tokio::select! {
         report = job.runner.run(ctx.clone()) => report,
         signal = stop_signal() => {
@@ -1235,6 +1237,9 @@ pub async fn trigger(config: &Config, name: &str, slot: Option<&str>, json: bool
             );
         }
     };
+    if let Some(bars) = bars {
+        bars.finish().await;
+    }
     let code = match report.status {
         RunStatus::Succeeded => 0,
         RunStatus::Failed => 1,

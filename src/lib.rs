@@ -71,6 +71,7 @@ mod kinds;
 pub mod metrics;
 pub mod notify;
 pub mod partition;
+pub mod progress;
 pub mod report;
 pub mod runner;
 pub mod schedule;

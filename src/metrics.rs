@@ -477,7 +477,8 @@ impl LiveRun {
         Arc::clone(&writers[index].1)
     }
 
-    fn snapshot(&self) -> LiveSnapshot {
+    /// What it has done so far.
+    pub fn snapshot(&self) -> LiveSnapshot {
         let total = self.total.load(Ordering::Relaxed);
         LiveSnapshot {
             job: self.job.clone(),

@@ -565,3 +565,46 @@ fn every_line_of_a_run_names_its_attempt() {
         .expect("the run's last line");
     assert!(failed.to_string().contains("\"attempt\":2"), "{failed}");
 }
+
+#[test]
+fn trigger_draws_progress_bars_on_a_terminal_only() {
+    let ws = Workspace::new();
+    crate::support::random_file(&ws.path().join("big.bin"), 8 * 1024 * 1024);
+    let config = ws
+        .job_file(
+            r#"
+[[jobs]]
+name = "big"
+schedule = "@daily"
+rate_limit = "8MiB"
+source = { type = "file", path = "big.bin" }
+writers = [{ type = "local", path = "out/copy.bin" }]
+"#,
+        )
+        .display()
+        .to_string();
+    // On a pipe: the receipt and nothing drawn.
+    let piped = ferry(&["trigger", "big", "--config", &config]);
+    assert_eq!(piped.status.code(), Some(0), "{}", show(&piped));
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(!stderr.contains("MiB/s"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+    // On a terminal (util-linux's script gives the run a pseudo-terminal): a bar per writer.
+    let Ok(on_tty) = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "FERRY_LOG=warn {} trigger big --config {config}",
+            env!("CARGO_BIN_EXE_ferry")
+        ))
+        .arg("/dev/null")
+        .output()
+    else {
+        eprintln!("progress on a terminal not checked: no `script`");
+        return;
+    };
+    assert!(on_tty.status.success(), "{}", show(&on_tty));
+    let screen = String::from_utf8_lossy(&on_tty.stdout);
+    assert!(screen.contains("local out/copy.bin"), "{screen}");
+    assert!(screen.contains("MiB/8.00 MiB"), "{screen}");
+    assert!(screen.contains("MiB/s"), "{screen}");
+}
