@@ -68,7 +68,8 @@ async fn body_snippet(response: reqwest::Response) -> String {
 /// [`body_snippet`]'s text for the first bytes of a body.
 fn snippet(body: &[u8], html: bool) -> String {
     let text = String::from_utf8_lossy(body);
-    let head = text.trim_start().get(..14).unwrap_or_default().to_ascii_lowercase();
+    let head: String = text.trim_start().chars().take(14).collect();
+    let head = head.to_ascii_lowercase();
     let looks_html = html || head.starts_with("<!doctype html") || head.starts_with("<html");
     let text = if looks_html {
         match title(&text) {
@@ -113,6 +114,7 @@ mod tests {
         assert_eq!(snippet(page, true), ": 502 Bad Gateway & more");
         // Without a title nothing of the markup is shown; XML is not HTML.
         assert_eq!(snippet(b"<html><body><p>oops</p>", false), "");
+        assert_eq!(snippet(b"<html>", false), "");
         assert_eq!(
             snippet(b"<?xml version=\"1.0\"?><Error>NoSuchKey</Error>", false),
             ": <?xml version=\"1.0\"?><Error>NoSuchKey</Error>"
