@@ -258,10 +258,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Each job's latest finished run (by slot), in one query (the status page).
+    /// Each job's latest finished run (by slot; of runs of one slot, the last started
+    /// comes last), in one query on the primary key's index (the status page).
     pub async fn latest_finished(&self) -> Result<Vec<RunRecord>, StateError> {
         let rows = sqlx::query(select_runs!(
-            "WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER (PARTITION BY job ORDER BY slot DESC, started_at DESC) AS n FROM ferry_runs WHERE state <> 'running') AS latest WHERE n = 1) ORDER BY job"
+            "WHERE state <> 'running' AND (job, slot) IN (SELECT job, MAX(slot) FROM ferry_runs WHERE state <> 'running' GROUP BY job) ORDER BY job, started_at"
         ))
         .fetch_all(&self.pool)
         .await?;

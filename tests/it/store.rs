@@ -730,3 +730,77 @@ async fn a_pool_timeout_says_why_no_connection_came() {
     );
     assert!(!refused.contains("pool timed out"), "{refused}");
 }
+
+/// The status page's queries: each job's latest finished run, the latest failures.
+#[tokio::test]
+async fn the_latest_finished_run_of_each_job_and_the_latest_failures() {
+    for (backend, store, _dir) in stores().await {
+        let job = unique_job("latest");
+        let other = unique_job("latest-other");
+        let finish = |run_id: String, state: RunState| {
+            let store = store.clone();
+            async move {
+                store
+                    .finish(
+                        &run_id,
+                        &Outcome {
+                            state,
+                            attempts: 1,
+                            bytes: None,
+                            sha256: None,
+                            location: None,
+                            error: (state == RunState::Failed).then_some("boom"),
+                        },
+                    )
+                    .await
+                    .expect("finish");
+            }
+        };
+        let mut ids = Vec::new();
+        for (name, n, state) in [
+            (&job, 1, Some(RunState::Failed)),
+            (&job, 2, Some(RunState::Succeeded)),
+            (&job, 3, None),
+            (&other, 1, Some(RunState::Failed)),
+        ] {
+            let run_id = uuid::Uuid::new_v4().simple().to_string();
+            store
+                .claim(&claim(name, slot(n), &run_id, "a"))
+                .await
+                .expect("claim");
+            if let Some(state) = state {
+                finish(run_id.clone(), state).await;
+            }
+            ids.push(run_id);
+        }
+        let latest = store.latest_finished().await.expect("latest");
+        let mine: Vec<(&str, DateTime<Utc>, RunState)> = latest
+            .iter()
+            .filter(|run| run.job == job || run.job == other)
+            .map(|run| (run.run_id.as_str(), run.slot, run.state))
+            .collect();
+        let expected = if job < other {
+            vec![
+                (ids[1].as_str(), slot(2), RunState::Succeeded),
+                (ids[3].as_str(), slot(1), RunState::Failed),
+            ]
+        } else {
+            vec![
+                (ids[3].as_str(), slot(1), RunState::Failed),
+                (ids[1].as_str(), slot(2), RunState::Succeeded),
+            ]
+        };
+        assert_eq!(
+            mine, expected,
+            "{backend}: the running slot 3 is not finished"
+        );
+        let failures = store.recent_failures(1000).await.expect("failures");
+        let mine: Vec<(&str, Option<&str>)> = failures
+            .iter()
+            .filter(|run| run.job == job || run.job == other)
+            .map(|run| (run.run_id.as_str(), run.error.as_deref()))
+            .collect();
+        assert_eq!(mine.len(), 2, "{backend}: {mine:?}");
+        assert!(mine.iter().all(|(_, error)| *error == Some("boom")), "{backend}");
+    }
+}
