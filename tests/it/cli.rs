@@ -481,22 +481,20 @@ fn the_man_pages_render_and_name_every_command() {
     );
 }
 
+/// `ferry trigger JOB` on the shared job file, logging at info in `format`.
+fn trigger_logging(ws: &Workspace, job: &str, format: &str) -> std::process::Output {
+    let config = ws.job_file(JOBS).display().to_string();
+    std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["trigger", job, "--config", &config, "--log-format", format])
+        .env("FERRY_LOG", "info")
+        .output()
+        .expect("ferry")
+}
+
 #[test]
 fn human_logs_written_to_a_file_carry_no_colour_codes() {
     let ws = Workspace::new();
-    let config = ws.job_file(JOBS).display().to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "trigger",
-            "broken",
-            "--config",
-            &config,
-            "--log-format",
-            "human",
-        ])
-        .env("FERRY_LOG", "info")
-        .output()
-        .expect("ferry");
+    let out = trigger_logging(&ws, "broken", "human");
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Run failed."), "{stderr}");
@@ -506,19 +504,7 @@ fn human_logs_written_to_a_file_carry_no_colour_codes() {
 #[test]
 fn a_named_log_notifier_does_not_log_the_run_twice() {
     let ws = Workspace::new();
-    let config = ws.job_file(JOBS).display().to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "trigger",
-            "greet",
-            "--config",
-            &config,
-            "--log-format",
-            "json",
-        ])
-        .env("FERRY_LOG", "info")
-        .output()
-        .expect("ferry");
+    let out = trigger_logging(&ws, "greet", "json");
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr
@@ -532,19 +518,7 @@ fn a_named_log_notifier_does_not_log_the_run_twice() {
 #[test]
 fn every_line_of_a_run_names_its_attempt() {
     let ws = Workspace::new();
-    let config = ws.job_file(JOBS).display().to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "trigger",
-            "broken",
-            "--config",
-            &config,
-            "--log-format",
-            "json",
-        ])
-        .env("FERRY_LOG", "info")
-        .output()
-        .expect("ferry");
+    let out = trigger_logging(&ws, "broken", "json");
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let run_lines: Vec<serde_json::Value> = stderr

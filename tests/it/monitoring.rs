@@ -10,7 +10,7 @@ use chrono::{Timelike, Utc};
 use ferry::daemon::{Control, Event};
 use ferry::runner::RunStatus;
 
-use crate::support::daemon::{Booted, boot};
+use crate::support::daemon::{Booted, boot, boot_with_api};
 use crate::support::{Workspace, show};
 
 /// A cron schedule for the seconds `after` from now (in a minute's seconds, so it fires once).
@@ -23,16 +23,7 @@ fn in_seconds(after: &[u32]) -> String {
 /// Boots the daemon on `jobs` with the API on a free port; returns it and the API's base URL.
 async fn daemon_with_api(ws: &Workspace, api: &str, jobs: &str) -> (Booted, String) {
     let config = ws.job_file(&format!("[api]\nlisten = \"127.0.0.1:0\"\n{api}\n\n{jobs}"));
-    let mut daemon = boot(&config);
-    let (event, _) = daemon
-        .until(Duration::from_secs(30), |e| {
-            matches!(e, Event::Listening { .. })
-        })
-        .await;
-    let Event::Listening { address } = event else {
-        unreachable!()
-    };
-    (daemon, format!("http://{address}"))
+    boot_with_api(&config).await
 }
 
 /// Waits for `count` finished runs and returns their statuses by job.

@@ -2,18 +2,16 @@
 //! the HTTP API of `[api]` against real clients (reqwest, and the seed's own Python
 //! examples with `requests`).
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
-use ferry::daemon::{Control, Event};
+use ferry::daemon::Control;
 use ferry::partition::Readiness;
 use ferry::state::{Change, RegistryError, Store};
 use serde_json::Value;
 
 use crate::support::Workspace;
-use crate::support::daemon::boot;
 
 /// Every store to test: a fresh SQLite file, and PostgreSQL when configured.
 async fn stores() -> Vec<(&'static str, Store, tempfile::TempDir)> {
@@ -215,20 +213,7 @@ async fn api_daemon(
 ) -> (crate::support::daemon::Booted, String) {
     let state = state.map_or_else(String::new, |url| format!("[daemon]\nstate = {url:?}\n"));
     let config = ws.job_file(&format!("{state}[api]\nlisten = \"127.0.0.1:0\"\n{api}\n"));
-    let mut daemon = boot(&config);
-    let (event, _) = daemon
-        .until(Duration::from_secs(30), |e| {
-            matches!(e, Event::Listening { .. })
-        })
-        .await;
-    let Event::Listening { address } = event else {
-        unreachable!()
-    };
-    (daemon, base(address, "http"))
-}
-
-fn base(address: SocketAddr, scheme: &str) -> String {
-    format!("{scheme}://{address}")
+    crate::support::daemon::boot_with_api(&config).await
 }
 
 async fn json(response: reqwest::Response) -> (u16, String, Value) {

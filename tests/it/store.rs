@@ -801,6 +801,9 @@ async fn the_latest_finished_run_of_each_job_and_the_latest_failures() {
             .map(|run| (run.run_id.as_str(), run.error.as_deref()))
             .collect();
         assert_eq!(mine.len(), 2, "{backend}: {mine:?}");
-        assert!(mine.iter().all(|(_, error)| *error == Some("boom")), "{backend}");
+        assert!(
+            mine.iter().all(|(_, error)| *error == Some("boom")),
+            "{backend}"
+        );
     }
 }

@@ -30,6 +30,21 @@ pub fn boot(config: &Path) -> Booted {
     spawn(config, Clock::System, None)
 }
 
+/// Runs the daemon on `config` (whose `[api]` listens) on the system clock, once its API
+/// listens; returns it and the API's base URL (`http://127.0.0.1:PORT`).
+pub async fn boot_with_api(config: &Path) -> (Booted, String) {
+    let mut daemon = boot(config);
+    let (event, _) = daemon
+        .until(Duration::from_secs(30), |e| {
+            matches!(e, Event::Listening { .. })
+        })
+        .await;
+    let Event::Listening { address } = event else {
+        unreachable!("matched above")
+    };
+    (daemon, format!("http://{address}"))
+}
+
 /// Runs the daemon on `config` on tokio's paused clock, which reads `at` now. The test must
 /// run on a paused current-thread runtime (`#[tokio::test(start_paused = true)]`).
 pub fn boot_at(config: &Path, at: DateTime<Utc>) -> Booted {
