@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
@@ -781,12 +782,16 @@ async fn status_from_api(config: &Config) -> Result<Option<(serde_json::Value, S
     let mut client = reqwest::Client::builder().timeout(STATUS_TIMEOUT);
     let scheme = match &config.api.tls_cert_file {
         Some(cert) => {
-            let pem = std::fs::read(config.base_dir.join(cert))
-                .map_err(|err| format!("cannot read {}: {err}", cert.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|err| err.to_string())?;
-            client = client
-                .add_root_certificate(cert)
-                .danger_accept_invalid_hostnames(true);
+            // Exactly the daemon's own certificate is trusted (as `ca_file` is elsewhere);
+            // it must name the listen address.
+            let trust = crate::tls::TlsSettings {
+                ca_file: Some(cert.clone()),
+                accept_invalid_certs: false,
+            }
+            .trust(&config.base_dir, "the daemon's API")
+            .and_then(|trust| trust.client_config())
+            .map_err(|err| err.to_string())?;
+            client = client.use_preconfigured_tls(Arc::unwrap_or_clone(trust));
             "https"
         }
         None => "http",

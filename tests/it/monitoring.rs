@@ -783,3 +783,36 @@ writers = [{{ type = "local", path = "out/weekly" }}]
         "{facts:#}"
     );
 }
+
+#[tokio::test]
+async fn ferry_status_asks_an_https_daemon_trusting_only_its_certificate() {
+    let ws = Workspace::new();
+    let tls = crate::support::self_signed(ws.path());
+    let port = free_port();
+    let config = ws.job_file(&format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\ntls_cert_file = {:?}\ntls_key_file = {:?}\n\n[[jobs]]\nname = \"hourly\"\nschedule = \"@hourly\"\nsource = {{ type = \"inline\", data = \"x\" }}\nwriters = [{{ type = \"local\", path = \"out/x\" }}]\n",
+        tls.cert, tls.key
+    ));
+    let config_arg = config.to_str().expect("UTF-8 path");
+    let (mut daemon, _) = boot_with_api(&config).await;
+    daemon.ready().await;
+    let output = ferry_async(&["status", "--config", config_arg]).await;
+    assert!(output.status.success(), "{}", show(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.starts_with(&format!("From the daemon at https://127.0.0.1:{port}")),
+        "{text}"
+    );
+    // Another certificate in the file: the daemon is not trusted, and the store answers.
+    let other = tempfile::tempdir().expect("temp dir");
+    let stranger = crate::support::self_signed(other.path());
+    std::fs::copy(&stranger.cert, &tls.cert).expect("swap the certificate file");
+    let output = ferry_async(&["status", "--config", config_arg]).await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.starts_with("From the state store (the daemon's API did not answer"),
+        "{}",
+        show(&output)
+    );
+    daemon.stop().await;
+}
