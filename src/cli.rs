@@ -692,7 +692,12 @@ fn man(dir: Option<&std::path::Path>) -> Outcome {
     let mut pages = vec![("ferry.1".to_owned(), main.clone())];
     for command in main.get_subcommands() {
         let name = format!("ferry-{}", command.get_name());
-        pages.push((format!("{name}.1"), command.clone().name(name)));
+        // The page is ferry-status(1); its synopsis reads `ferry status`.
+        let shown = format!("ferry {}", command.get_name());
+        pages.push((
+            format!("{name}.1"),
+            command.clone().name(name).bin_name(shown),
+        ));
     }
     let mut written = String::new();
     for (file, command) in pages {

@@ -472,6 +472,7 @@ fn the_man_pages_render_and_name_every_command() {
         let shown = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{}", show(&output));
         assert!(shown.contains("--json"), "{shown}");
+        assert!(shown.contains("ferry status [--json]"), "{shown}");
     }
     let unwritable = ferry(&["man", "--dir", "/nonexistent/dir"]);
     assert_eq!(unwritable.status.code(), Some(1), "{}", show(&unwritable));
