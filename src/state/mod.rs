@@ -49,8 +49,8 @@ pub enum StateError {
     #[error("cannot open the state store {0}: {1}")]
     Open(String, #[source] sqlx::Error),
     /// Every connection stayed busy for the pool's whole wait, though the store answers.
-    #[error("the state store {store} is busy: no connection came free within {wait}", store = .0, wait = humantime::format_duration(ACQUIRE_TIMEOUT))]
-    Busy(String),
+    #[error("the state store {store} is busy: no connection came free within {wait}", store = .0, wait = humantime::format_duration(*.1))]
+    Busy(String, Duration),
     /// The database could not be reached or answered an error.
     #[error("state store: {0}")]
     Database(#[from] sqlx::Error),
@@ -166,8 +166,15 @@ fn plaintext_sslmode(url: &str) -> Option<&str> {
 const SQLITE_SETUP: &str =
     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;";
 
-/// How long a store operation waits for a free connection from the pool.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a store operation waits for a free connection from the pool: SQLite's one
+/// connection is queued for under load; PostgreSQL has eight, so a longer wait means its
+/// server is gone (then [`Store::diagnose`] says why) or swamped.
+fn acquire_timeout(backend: Backend) -> Duration {
+    match backend {
+        Backend::Sqlite => Duration::from_secs(30),
+        Backend::Postgres => Duration::from_secs(10),
+    }
+}
 
 /// How long [`Store::diagnose`] waits for a fresh connection.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -294,7 +301,7 @@ impl Store {
         let pool = AnyPoolOptions::new()
             // SQLite allows one writer at a time: more connections only queue on its lock.
             .max_connections(if backend == Backend::Sqlite { 1 } else { 8 })
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(acquire_timeout(backend))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -402,7 +409,7 @@ impl Store {
         match probe {
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
-                StateError::Busy(self.shown.to_string())
+                StateError::Busy(self.shown.to_string(), acquire_timeout(self.backend))
             }
             Ok(Err(cause)) => StateError::Open(self.shown.to_string(), cause),
             Err(_) => StateError::Open(

@@ -729,6 +729,23 @@ async fn a_pool_timeout_says_why_no_connection_came() {
         "says the connection was refused: {refused}"
     );
     assert!(!refused.contains("pool timed out"), "{refused}");
+    // The same through a store operation: the broken connection first, then the refusal.
+    let job = unique_job("outage");
+    let mut said = Vec::new();
+    for _ in 0..3 {
+        if let Err(err) = pg.with_retries("read", 1, || pg.last_slot(&job)).await {
+            said.push(err.to_string());
+            if said
+                .last()
+                .is_some_and(|s| s.to_lowercase().contains("refused"))
+            {
+                break;
+            }
+        }
+    }
+    let last = said.last().cloned().unwrap_or_default();
+    assert!(last.to_lowercase().contains("refused"), "{said:#?}");
+    assert!(last.contains(&format!("127.0.0.1:{port}")), "{said:#?}");
 }
 
 /// The status page's queries: each job's latest finished run, the latest failures.
