@@ -3,10 +3,13 @@
 //!   cargo bench --bench s3                      (1 GiB)
 //!   FERRY_BENCH_MIB=256 cargo bench --bench s3
 //!   FERRY_BENCH_S3_SETTINGS='part_size = "8MiB", concurrency = 8' cargo bench --bench s3
+//!   FERRY_BENCH_S3_SERVER=~/.cargo/bin/s3s-fs cargo bench --bench s3
+//!        (the s3s-fs binary as the server: `cargo install s3s-fs --version 0.14.1
+//!         --features binary --locked`)
 //!
 //! Starts an S3 server (s3s + s3s-fs, the one the tests use, storing under /dev/shm where
-//! there is one, so its disk's writeback does not decide the clients' times) on 127.0.0.1
-//! in this process, then uploads a random file three times each, alternating, with
+//! there is one, so its disk's writeback does not decide the clients' times) on 127.0.0.1,
+//! in this process or as the `s3s-fs` binary `FERRY_BENCH_S3_SERVER` names, then uploads a random file three times each, alternating, with
 //! `ferry trigger` (file source → s3 writer, its defaults: 16 MiB parts, 4 at a time),
 //! `aws s3 cp` (its defaults: 8 MiB parts, 10 at a time; `pip install awscli`) and
 //! `rclone copyto` (16 MiB parts, 4 at a time), each under GNU time, and prints wall time,
@@ -45,12 +48,24 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let addr = runtime.block_on(serve(&store));
+    let binary = std::env::var_os("FERRY_BENCH_S3_SERVER");
+    let (addr, mut server) = match &binary {
+        Some(binary) => {
+            let (addr, child) = start_binary(Path::new(binary), &store);
+            (addr, Some(child))
+        }
+        None => (runtime.block_on(serve(&store)), None),
+    };
     let endpoint = format!("http://{addr}");
     println!(
-        "S3 server (s3s-fs) at {endpoint}; {mib} MiB of random data; {} cores",
+        "S3 server (s3s-fs, {}) at {endpoint}; {mib} MiB of random data; {} cores",
+        match &binary {
+            Some(binary) => format!("the binary {}", binary.to_string_lossy()),
+            None => "in this process".to_owned(),
+        },
         num_cpus()
     );
+    let server_pid = server.as_ref().map(std::process::Child::id);
 
     let config = work.path().join("jobs.toml");
     std::fs::write(
@@ -98,11 +113,14 @@ writers = [{{ type = "s3", bucket = "{BUCKET}", key = "ferry.bin", endpoint = "{
     println!("{}", rclone.as_deref().unwrap_or("rclone: not found"));
     // The server runs in this process: its CPU time per upload says whether it is the
     // bottleneck (the same for every client, near one core for the whole upload).
-    let server_cpu = || {
-        let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
-            .expect("getrusage");
-        let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-        seconds(usage.user_time()) + seconds(usage.system_time())
+    let server_cpu = || match server_pid {
+        Some(pid) => process_cpu(pid),
+        None => {
+            let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+                .expect("getrusage");
+            let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            seconds(usage.user_time()) + seconds(usage.system_time())
+        }
     };
     let measure = |name: &str, command: &mut Command| {
         let before = server_cpu();
@@ -165,6 +183,57 @@ writers = [{{ type = "s3", bucket = "{BUCKET}", key = "ferry.bin", endpoint = "{
         let stored = std::fs::metadata(store.join(BUCKET).join(name)).map(|m| m.len());
         println!("  stored {name}: {stored:?} bytes");
     }
+    if let Some(server) = &mut server {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}
+
+/// Starts the `s3s-fs` binary on a free port of 127.0.0.1, serving `root`; returns once it
+/// accepts connections.
+fn start_binary(binary: &Path, root: &Path) -> (std::net::SocketAddr, std::process::Child) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = Command::new(binary)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(root)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the s3s-fs binary");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return (addr, child);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the s3s-fs binary did not listen on {addr}");
+}
+
+/// CPU seconds (user + system) process `pid` has used, from /proc.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line; what follows the name starts at
+    // field 3, so they are its 11th and 12th (from 0).
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / per_second.max(1.0)
 }
 
 async fn serve(root: &Path) -> std::net::SocketAddr {
