@@ -5,8 +5,10 @@
 #
 # Builds ferry in release mode, makes a random input file of SIZE_MIB MiB in a temporary
 # directory, and runs one delivery per scenario under GNU time, printing wall time, MiB/s
-# and peak RSS. `cp` of the same file is the baseline. The page cache is not dropped
-# (that needs root and says nothing about ferry); every scenario reads a warm file.
+# and peak RSS. `cp` of the same file is a baseline, and `dd conv=fsync` (durable, as
+# ferry's writes are) the peer of the local writer, alternating with it. The page cache is
+# not dropped (that needs root and says nothing about ferry); every scenario reads a warm
+# file.
 set -euo pipefail
 
 size_mib=${1:-1024}
@@ -59,8 +61,16 @@ measure() {
     'BEGIN { printf "%-18s %8.2f s %10.1f MiB/s %9.1f MiB peak RSS\n", n, s, (s > 0 ? m / s : 0), r / 1024 }'
 }
 
-echo "ferry $("$ferry" --version | cut -d' ' -f2), ${size_mib} MiB input, $(nproc) cores"
+echo "ferry $("$ferry" --version | cut -d' ' -f2), ${size_mib} MiB input, $(nproc) cores, $work"
 measure "cp (baseline)" cp "$work/input.bin" "$work/out/cp.bin"
-for job in file-to-local file-to-two command-to-local file-zstd-local; do
+# ferry's local writer fsyncs before the rename: dd conv=fsync is the like-for-like peer.
+# Three rounds, alternating, each after a sync so neither waits for the other's writeback.
+for _ in 1 2 3; do
+  sync
+  measure "dd conv=fsync" dd if="$work/input.bin" of="$work/out/dd.bin" bs=1M conv=fsync status=none
+  sync
+  measure "file-to-local" "$ferry" trigger file-to-local --config "$work/jobs.toml"
+done
+for job in file-to-two command-to-local file-zstd-local; do
   measure "$job" "$ferry" trigger "$job" --config "$work/jobs.toml"
 done

@@ -182,6 +182,47 @@ enum Order {
     Sync(tokio::sync::oneshot::Sender<std::io::Result<()>>),
 }
 
+/// Starts the disk writing what was written, every [`WriteBehind::EVERY`] bytes, without
+/// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): the final fsync then has
+/// little left to wait for, instead of the whole payload at once (the kernel would
+/// otherwise hold it all in the page cache until then).
+#[derive(Default)]
+struct WriteBehind {
+    /// Bytes written since writeback was last started.
+    pending: usize,
+    /// Where in the file the last started writeback ended.
+    started_to: u64,
+}
+
+impl WriteBehind {
+    const EVERY: usize = 8 << 20;
+
+    fn wrote(&mut self, file: &std::fs::File, bytes: usize) {
+        use std::os::fd::AsRawFd as _;
+        self.pending += bytes;
+        if self.pending < WriteBehind::EVERY {
+            return;
+        }
+        self.pending = 0;
+        let Ok(end) = file.metadata().map(|m| m.len()) else {
+            return;
+        };
+        let (Ok(from), Ok(len)) = (
+            libc::off64_t::try_from(self.started_to),
+            libc::off64_t::try_from(end.saturating_sub(self.started_to)),
+        ) else {
+            return;
+        };
+        // SAFETY: the descriptor is open for as long as `file` is borrowed; the call only
+        // asks the kernel to start writing pages back. Its failure changes nothing: the
+        // final fsync writes whatever is left, and reports errors.
+        let _ = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        self.started_to = end;
+    }
+}
+
 impl FileSink {
     /// Chunks queued for the thread: one being written, two waiting.
     const QUEUED: usize = 2;
@@ -195,6 +236,7 @@ impl FileSink {
                 use std::io::Write as _;
                 let mut file = file;
                 let mut written = Ok(());
+                let mut behind = WriteBehind::default();
                 while let Some(order) = queue.blocking_recv() {
                     match order {
                         Order::Write(chunk) => {
@@ -202,6 +244,7 @@ impl FileSink {
                             if written.is_err() {
                                 break;
                             }
+                            behind.wrote(&file, chunk.len());
                         }
                         Order::Sync(answer) => {
                             let _ = answer.send(file.sync_data());
