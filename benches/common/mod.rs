@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Command;
 
 /// Runs `command` in `dir` under GNU time and prints wall time, MiB/s for `mib` MiB, CPU
-/// seconds (user + system) and peak RSS, or why it did not run.
-pub fn measure(name: &str, mib: u64, dir: &Path, command: &mut Command) {
+/// seconds (user + system) and peak RSS, or why it did not run; the wall time, if it ran.
+pub fn measure(name: &str, mib: u64, dir: &Path, command: &mut Command) -> Option<f64> {
     let timing = dir.join("time.out");
     let mut timed = Command::new("/usr/bin/time");
     timed
@@ -37,13 +37,20 @@ pub fn measure(name: &str, mib: u64, dir: &Path, command: &mut Command) {
                 field(2) + field(3),
                 rss / 1024.0
             );
+            Some(secs)
         }
-        Ok(output) => println!(
-            "{name:<14} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ),
-        Err(err) => println!("{name:<14} not run: {err}"),
+        Ok(output) => {
+            println!(
+                "{name:<14} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            None
+        }
+        Err(err) => {
+            println!("{name:<14} not run: {err}");
+            None
+        }
     }
 }
 
