@@ -645,9 +645,7 @@ pub fn list(config: &Config, now: DateTime<Utc>) -> String {
     ]];
     for job in &config.jobs {
         let tz_name = job.timezone.as_deref().unwrap_or(&config.daemon.timezone);
-        // The file was validated: the zone and the schedule parse.
-        let next = parse_timezone(tz_name)
-            .and_then(|tz| Schedule::parse(&job.schedule, tz))
+        let next = schedule_of(config, job)
             .map(|schedule| {
                 schedule
                     .upcoming(now, 3)
@@ -743,11 +741,7 @@ pub async fn status(config: &Config, json: bool) -> Outcome {
                 .jobs
                 .iter()
                 .filter_map(|job| {
-                    let zone = job.timezone.as_deref().unwrap_or(&config.daemon.timezone);
-                    // The file was validated: the zone and the schedule parse.
-                    let schedule = parse_timezone(zone)
-                        .and_then(|tz| Schedule::parse(&job.schedule, tz))
-                        .ok()?;
+                    let schedule = schedule_of(config, job).ok()?;
                     Some(crate::api::status::ShownJob {
                         name: job.name.clone(),
                         schedule,
@@ -921,6 +915,12 @@ fn status_text(facts: &serde_json::Value, from: &str) -> String {
 
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
+}
+
+/// `job`'s schedule in its zone (the file was validated: both parse).
+fn schedule_of(config: &Config, job: &config::JobConfig) -> Result<Schedule, String> {
+    let zone = job.timezone.as_deref().unwrap_or(&config.daemon.timezone);
+    parse_timezone(zone).and_then(|tz| Schedule::parse(&job.schedule, tz))
 }
 
 /// Rows as left-aligned columns, the last one unpadded.

@@ -540,7 +540,6 @@ impl Daemon {
         };
         self.armed.insert(name.clone(), armed);
         self.arm(&name, self.clock.now()).await;
-        self.measure_schedule(&name);
     }
 
     /// Shows the jobs armed now on the status page.
@@ -558,28 +557,21 @@ impl Daemon {
         *self.monitor.jobs.write() = Arc::new(jobs);
     }
 
-    /// Tells the metrics how often job `name` fires, until it first fires: the gap between
-    /// its next two fire times.
-    fn measure_schedule(&self, name: &str) {
-        let interval = self.armed.get(name).and_then(|armed| {
-            if !armed.job.enabled {
-                return None;
-            }
-            match armed.job.schedule.upcoming(self.clock.now(), 2)[..] {
-                [first, second] => second.signed_duration_since(first).to_std().ok(),
-                _ => None,
-            }
-        });
-        self.ledger.metrics.schedule(name, interval);
-    }
-
     /// Arms job `name` for its first slot after `after`.
     async fn arm(&mut self, name: &str, after: DateTime<Utc>) {
-        let next = self
-            .armed
-            .get(name)
-            .map(|armed| armed.job.schedule.next_after(after));
-        self.arm_slot(name, next.flatten()).await;
+        let Some(armed) = self.armed.get(name) else {
+            return;
+        };
+        let schedule = &armed.job.schedule;
+        let next = schedule.next_after(after);
+        // Until it first fires, the job's interval is the gap between its next two fire
+        // times (after a firing, the gap from that slot to the next: see `due`).
+        let interval = next.filter(|_| armed.job.enabled).and_then(|next| {
+            let following = schedule.next_after(next.with_timezone(&Utc))?;
+            following.signed_duration_since(next).to_std().ok()
+        });
+        self.ledger.metrics.schedule(name, interval);
+        self.arm_slot(name, next).await;
     }
 
     /// Arms job `name` for `slot` (none: the schedule has no future fire time).
@@ -875,7 +867,6 @@ impl Daemon {
                         armed.generation = generation;
                     }
                     self.arm(&name, self.clock.now()).await;
-                    self.measure_schedule(&name);
                     rearmed.push(name);
                 }
                 None => {
