@@ -248,6 +248,7 @@ impl DeliveryActivity {
                 ledger,
                 run_id: ctx.run_id.clone(),
                 writer: index,
+                tenure: ctx.tenure.clone(),
             });
             let total = len.map(|len| len + offset);
             let shown = live

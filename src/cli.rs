@@ -1252,7 +1252,7 @@ pub async fn trigger(config: &Config, name: &str, slot: Option<&str>, json: bool
     }
     let code = match report.status {
         RunStatus::Succeeded => 0,
-        RunStatus::Failed => 1,
+        RunStatus::Failed | RunStatus::Lost => 1,
     };
     let mut stdout = String::new();
     let mut stderr = String::new();

@@ -24,6 +24,9 @@ pub struct RunContext {
     pub attempt: u32,
     /// Where the run's attempts, checkpoints and outcome are recorded, when anywhere.
     pub ledger: Option<state::Ledger>,
+    /// The run's hold on its row in the store: the epoch its writes name, and whether
+    /// another daemon has taken it over.
+    pub tenure: state::Tenure,
 }
 
 impl RunContext {
@@ -36,6 +39,7 @@ impl RunContext {
             slot,
             attempt: 1,
             ledger: None,
+            tenure: state::Tenure::default(),
         }
     }
 

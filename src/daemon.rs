@@ -188,7 +188,7 @@ pub async fn run_on(
         metrics: crate::metrics::Metrics::counting(store.failures()),
         store,
         owner: owner_id(),
-        lease: LEASE,
+        lease: config.daemon.lease.get(),
     };
     let monitor = crate::api::Monitor {
         metrics: ledger.metrics.clone(),
@@ -219,6 +219,7 @@ pub async fn run_on(
         api_config: config.api.clone(),
         api,
         monitor: monitor.clone(),
+        scanning: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     if let Some(api) = &daemon.api {
         daemon.emit(Event::Listening {
@@ -379,51 +380,128 @@ struct Daemon {
     /// What `/readyz` and the status page read: whether every job is armed and nothing is
     /// stopping, and the jobs.
     monitor: crate::api::Monitor,
+    /// Whether a look for runs whose lease ran out is under way (one at a time).
+    scanning: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How often finished runs older than `keep_history` are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
-/// How long a run's claim holds without renewal (renewed at a third of it while it runs).
-const LEASE: Duration = Duration::from_secs(60);
-
 impl Daemon {
     /// Resumes the runs a previous daemon left unfinished, from their checkpoints, when the
-    /// store lets this daemon take them over ([`Store::take_over`]).
+    /// store lets this daemon take them over ([`Store::take_over`]). A run of a job that is
+    /// no longer in the job file is closed as failed once taken over.
     async fn resume_unfinished(&mut self) -> Result<(), StateError> {
         let store = self.ledger.store.clone();
-        for record in store.unfinished().await? {
-            let Some(armed) = self.armed.get(&record.job) else {
+        for mut record in store.unfinished().await? {
+            let Some(epoch) = store
+                .take_over(&record.run_id, &self.ledger.owner, self.ledger.lease)
+                .await?
+            else {
+                continue;
+            };
+            record.epoch = epoch;
+            if !self.armed.contains_key(&record.job) {
                 let error = "the job is no longer in the job file";
                 tracing::warn!(job = %record.job, run_id = %record.run_id, "Not resuming the run: {error}.");
                 store
-                    .finish(&record.run_id, &Outcome::failed(record.attempts, error))
+                    .finish(
+                        &record.run_id,
+                        epoch,
+                        &Outcome::failed(record.attempts, error),
+                    )
                     .await?;
                 continue;
-            };
-            if !store
-                .take_over(&record.run_id, &self.ledger.owner, LEASE)
-                .await?
-            {
+            }
+            self.resume(record);
+        }
+        Ok(())
+    }
+
+    /// Resumes `record`, taken over by this daemon (its epoch the take-over's), as a tracked
+    /// task.
+    fn resume(&self, record: crate::state::RunRecord) {
+        let Some(armed) = self.armed.get(&record.job) else {
+            return;
+        };
+        tracing::info!(job = %record.job, run_id = %record.run_id, slot = %record.slot_local, attempts = record.attempts, previous_owner = %record.owner, "Resuming a run left unfinished.");
+        self.ledger.metrics.taken_over(&record.job);
+        let job = Arc::clone(&armed.job);
+        let running = Arc::clone(&armed.running);
+        let ledger = self.ledger.clone();
+        self.track(record.job.clone(), async move {
+            // A resumed run counts as running: a firing meanwhile follows `overlap`.
+            let _running = Running::enter(running, Overlap::Allow);
+            match job.resume(&ledger, &record).await {
+                Ok(report) => report,
+                Err(err) => {
+                    tracing::error!(job = %job.name, error = %err, "Cannot resume the run.");
+                    None
+                }
+            }
+        });
+    }
+
+    /// Looks, in the background, for runs whose lease ran out (their daemon died, hung or
+    /// lost the store) and sends them to `found`; one look at a time, so a slow store never
+    /// piles them up.
+    fn look_for_expired(&self, found: mpsc::Sender<Vec<crate::state::RunRecord>>) {
+        use std::sync::atomic::Ordering;
+        if self.scanning.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = self.ledger.store.clone();
+        let scanning = Arc::clone(&self.scanning);
+        tokio::spawn(async move {
+            match store.expired(Utc::now()).await {
+                Ok(runs) if !runs.is_empty() => {
+                    let _ = found.send(runs).await;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    store.count_failure();
+                    tracing::debug!(error = %err, "Cannot look for runs whose lease ran out.");
+                }
+            }
+            scanning.store(false, Ordering::Release);
+        });
+    }
+
+    /// Takes over each of `runs` (their leases ran out) whose job this daemon has, and
+    /// resumes it from its checkpoints: another daemon may take one first, and then this
+    /// one leaves it. A run of a job this daemon does not have is left to a daemon that has
+    /// it.
+    fn take_over_expired(
+        &self,
+        runs: Vec<crate::state::RunRecord>,
+        taken: &mpsc::Sender<crate::state::RunRecord>,
+    ) {
+        for mut record in runs {
+            if !self.armed.contains_key(&record.job) {
+                tracing::debug!(job = %record.job, run_id = %record.run_id, "A run's lease ran out, but its job is not in this daemon's job file; left to another daemon.");
                 continue;
             }
-            tracing::info!(job = %record.job, run_id = %record.run_id, slot = %record.slot_local, attempts = record.attempts, "Resuming a run left unfinished.");
-            let job = Arc::clone(&armed.job);
-            let running = Arc::clone(&armed.running);
-            let ledger = self.ledger.clone();
-            self.track(record.job.clone(), async move {
-                // A resumed run counts as running: a firing meanwhile follows `overlap`.
-                let _running = Running::enter(running, Overlap::Allow);
-                match job.resume(&ledger, &record).await {
-                    Ok(report) => report,
+            let store = self.ledger.store.clone();
+            let owner = self.ledger.owner.clone();
+            let lease = self.ledger.lease;
+            let found = taken.clone();
+            tokio::spawn(async move {
+                match store
+                    .take_over_expired(&record.run_id, &owner, lease, Utc::now())
+                    .await
+                {
+                    Ok(Some(epoch)) => {
+                        record.epoch = epoch;
+                        let _ = found.send(record).await;
+                    }
+                    Ok(None) => {}
                     Err(err) => {
-                        tracing::error!(job = %job.name, error = %err, "Cannot resume the run.");
-                        None
+                        store.count_failure();
+                        tracing::warn!(error = %err, run_id = %record.run_id, "Cannot take over a run whose lease ran out.");
                     }
                 }
             });
         }
-        Ok(())
     }
 
     /// Gives each job whose last slot was missed within its `misfire_grace` one catch-up
@@ -507,9 +585,18 @@ impl Daemon {
         let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let mut prune = tokio::time::interval(PRUNE_EVERY);
         prune.tick().await;
+        // Runs whose lease ran out are looked for every third of the lease.
+        let mut scan = tokio::time::interval(self.ledger.lease / 3);
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        scan.tick().await;
+        let (expired_tx, mut expired) = mpsc::channel(4);
+        let (taken_tx, mut taken) = mpsc::channel(64);
         let now = loop {
             tokio::select! {
                 due = self.timer.next_due() => self.fire_all(due).await,
+                _ = scan.tick() => self.look_for_expired(expired_tx.clone()),
+                Some(runs) = expired.recv() => self.take_over_expired(runs, &taken_tx),
+                Some(run) = taken.recv() => self.resume(run),
                 command = control.recv() => match command {
                     Some(Control::Reload) => self.reload().await,
                     Some(Control::Shutdown) | None => break false,

@@ -295,15 +295,19 @@ impl Job {
                 .map_or(0, |run| run.attempts);
             ledger
                 .store
-                .finish(&ctx.run_id, &Outcome::failed(attempts, why))
+                .finish(
+                    &ctx.run_id,
+                    ctx.tenure.epoch(),
+                    &Outcome::failed(attempts, why),
+                )
                 .await?;
         }
         Ok(())
     }
 
-    /// Resumes `record`, a run of this job left unfinished, from its checkpoints: same run
-    /// id, slot and `{uuid}`, its attempts counted on. A run whose attempts are used up is
-    /// recorded as failed instead.
+    /// Resumes `record`, a run of this job left unfinished and taken over (its `epoch` the
+    /// take-over's), from its checkpoints: same run id, slot and `{uuid}`, its attempts
+    /// counted on. A run whose attempts are used up is recorded as failed instead.
     pub async fn resume(
         &self,
         ledger: &Ledger,
@@ -318,7 +322,11 @@ impl Job {
             tracing::warn!(job = %self.name, run_id = %record.run_id, %error, "Not resuming the run.");
             ledger
                 .store
-                .finish(&record.run_id, &Outcome::failed(record.attempts, &error))
+                .finish(
+                    &record.run_id,
+                    record.epoch,
+                    &Outcome::failed(record.attempts, &error),
+                )
                 .await?;
             return Ok(None);
         }
@@ -330,6 +338,7 @@ impl Job {
             slot,
             attempt: record.attempts + 1,
             ledger: Some(ledger.clone()),
+            tenure: crate::state::Tenure::new(record.epoch),
         };
         Ok(Some(self.runner.run(ctx).await))
     }

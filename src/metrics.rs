@@ -78,6 +78,7 @@ struct Families {
     interval: Family<JobLabel, FloatGauge>,
     in_flight: Gauge,
     skipped: Family<JobLabel, Counter>,
+    takeovers: Family<JobLabel, Counter>,
     notifications: Family<NotifierOutcome, Counter>,
     partitions: Family<SourceState, Gauge>,
     jobs: Gauge,
@@ -119,7 +120,7 @@ impl Metrics {
         let runs = Family::<JobOutcome, Counter>::default();
         registry.register(
             "runs",
-            "Runs that ended, by job and outcome (succeeded, failed)",
+            "Runs that ended, by job and outcome (succeeded, failed; lost: taken over by another daemon while this one ran it)",
             runs.clone(),
         );
         let run_duration =
@@ -178,6 +179,12 @@ impl Metrics {
             "Scheduled runs not started because the job's previous run was still going",
             skipped.clone(),
         );
+        let takeovers = Family::<JobLabel, Counter>::default();
+        registry.register(
+            "takeovers",
+            "Unfinished runs this daemon took over (their owner's lease ran out) and resumed",
+            takeovers.clone(),
+        );
         let notifications = Family::<NotifierOutcome, Counter>::default();
         registry.register(
             "notifications",
@@ -216,6 +223,7 @@ impl Metrics {
                 interval,
                 in_flight,
                 skipped,
+                takeovers,
                 notifications,
                 partitions,
                 jobs,
@@ -308,6 +316,7 @@ impl Metrics {
         let outcome = match report.status {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
+            RunStatus::Lost => "lost",
         };
         let job = report.job.clone();
         f.runs
@@ -379,6 +388,16 @@ impl Metrics {
     pub fn skipped(&self, job: &str) {
         self.families
             .skipped
+            .get_or_create(&JobLabel {
+                job_name: job.to_owned(),
+            })
+            .inc();
+    }
+
+    /// This daemon took over an unfinished run of `job` and resumes it.
+    pub fn taken_over(&self, job: &str) {
+        self.families
+            .takeovers
             .get_or_create(&JobLabel {
                 job_name: job.to_owned(),
             })

@@ -49,6 +49,10 @@ pub enum RunStatus {
     Succeeded,
     /// The run failed after its last attempt.
     Failed,
+    /// Another daemon took the run over while this one ran it (this daemon was cut off
+    /// from the store, or paused, past the run's lease): this daemon stopped, and the run's
+    /// outcome is the other's to record and tell.
+    Lost,
 }
 
 impl RunStatus {
@@ -57,6 +61,7 @@ impl RunStatus {
         match self {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
+            RunStatus::Lost => "lost",
         }
     }
 }

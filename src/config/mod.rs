@@ -89,6 +89,13 @@ pub struct DaemonConfig {
     /// older ones are deleted at start-up and daily. Runs still going are always kept.
     #[serde(default = "default_keep_history")]
     pub keep_history: ConfigDuration,
+    /// How long a run's claim holds without renewal. The owner renews it every third of
+    /// it; once it runs out (its daemon died, hung or lost the store), any daemon sharing
+    /// the store takes the run over and resumes it from its checkpoints. Every daemon looks
+    /// for such runs every third of the lease, so an interrupted run resumes within about
+    /// 1⅓ leases. Between 3 s and 1 h.
+    #[serde(default = "default_lease")]
+    pub lease: ConfigDuration,
     /// Where run history, checkpoints and cursors are kept: `state = "sqlite://PATH"` (one
     /// daemon; a relative path is taken from the job file's directory) or
     /// `"postgres://…"` (several daemons), or `state_env` / `state_file` for a URL that
@@ -164,6 +171,10 @@ fn default_keep_history() -> ConfigDuration {
     ConfigDuration(std::time::Duration::from_secs(90 * 24 * 3600))
 }
 
+fn default_lease() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(20))
+}
+
 fn default_shutdown_timeout() -> ConfigDuration {
     ConfigDuration(std::time::Duration::from_secs(30))
 }
@@ -174,6 +185,7 @@ impl Default for DaemonConfig {
             timezone: default_timezone(),
             shutdown_timeout: default_shutdown_timeout(),
             keep_history: default_keep_history(),
+            lease: default_lease(),
             state: SecretField::default(),
         }
     }

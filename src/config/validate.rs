@@ -37,6 +37,10 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
         );
     }
     let daemon = root.key("daemon");
+    let lease = config.daemon.lease.get();
+    if lease < std::time::Duration::from_secs(3) || lease > std::time::Duration::from_secs(3600) {
+        problems.add(daemon.key("lease"), "must be between 3s and 1h");
+    }
     config.daemon.state.validate(&daemon, &mut problems);
     config.api.validate(&root.key("api"), &mut problems);
     if let Some(SecretRef::Inline(state)) = config.daemon.state.source() {

@@ -222,7 +222,7 @@ pub fn sample_report(status: RunStatus, zone: chrono_tz::Tz) -> RunReport {
             bytes: 1234,
             sha256: "0".repeat(64),
         }],
-        RunStatus::Failed => Vec::new(),
+        RunStatus::Failed | RunStatus::Lost => Vec::new(),
     };
     let error = (status == RunStatus::Failed).then(|| FailureReport {
         kind: ErrorKind::Network,

@@ -20,7 +20,7 @@ use crate::activity::{Activity, Progress};
 use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind, display_chain};
 use crate::notify::{LogNotifier, Notifications, Notifier};
-use crate::state::{Ledger, Outcome, RunState};
+use crate::state::{Ledger, Outcome, RunState, StateError};
 use crate::writer::Delivery;
 
 pub use crate::report::{FailureReport, RunReport, RunStatus};
@@ -72,14 +72,31 @@ impl<A: Activity> RetryingActivity<A> {
             .delays()
             .skip(usize::try_from(ctx.attempt.saturating_sub(1)).unwrap_or(usize::MAX));
         loop {
-            if let Some(ledger) = &ctx.ledger
-                && let Err(err) = ledger
+            if let Some(ledger) = &ctx.ledger {
+                match ledger
                     .store
-                    .attempt(&ctx.run_id, ctx.attempt, ledger.lease)
+                    .attempt(&ctx.run_id, ctx.tenure.epoch(), ctx.attempt, ledger.lease)
                     .await
-            {
-                ledger.store.count_failure();
-                tracing::warn!(error = %err, "Cannot record the attempt in the state store.");
+                {
+                    Ok(()) => ctx.tenure.confirm(),
+                    Err(StateError::Fenced(_)) => {
+                        ctx.tenure
+                            .lose("its attempt was refused: another daemon took the run over");
+                        return Attempted {
+                            result: Err(DeliveryError::new(
+                                ErrorKind::Io,
+                                "the run was taken over by another daemon",
+                            )),
+                            attempts: ctx.attempt.saturating_sub(1),
+                            gave_up: Some("the run was taken over by another daemon".into()),
+                            resumed_from: progress.resumed_from,
+                        };
+                    }
+                    Err(err) => {
+                        ledger.store.count_failure();
+                        tracing::warn!(error = %err, "Cannot record the attempt in the state store.");
+                    }
+                }
             }
             // Every line of the run from here on names this attempt (the run's span has it).
             tracing::Span::current().record("attempt", ctx.attempt);
@@ -274,11 +291,16 @@ impl<A: Activity> ActivityRunner<A> {
                     .run_started(&ctx.job, &ctx.run_id, ctx.slot.to_rfc3339())
             });
             let attempted = match &ctx.ledger {
-                None => self.activity.run(&ctx).await,
+                None => Some(self.activity.run(&ctx).await),
                 Some(ledger) => tokio::select! {
-                    attempted = self.activity.run(&ctx) => attempted,
-                    never = keep_lease(ledger, &ctx.run_id) => match never {},
+                    attempted = self.activity.run(&ctx) => Some(attempted),
+                    () = keep_lease(ledger, &ctx) => None,
                 },
+            };
+            // Taken over: the checkpoints, partial files and the outcome are the new owner's.
+            let attempted = match attempted {
+                Some(attempted) if !ctx.tenure.is_lost() => attempted,
+                _ => return lost(&ctx, started_at, clock.elapsed()),
             };
             if let Err(err) = &attempted.result {
                 self.activity.activity().discard(&ctx).await;
@@ -309,12 +331,14 @@ impl<A: Activity> ActivityRunner<A> {
                 error,
             };
             if let Some(ledger) = &ctx.ledger {
+                if !record(ledger, &ctx, &report).await {
+                    return lost(&ctx, started_at, clock.elapsed());
+                }
                 ledger.metrics.run_finished(&report);
-                record(ledger, &report).await;
             }
             let handlers = match status {
                 RunStatus::Succeeded => &self.on_success,
-                RunStatus::Failed => &self.on_failure,
+                RunStatus::Failed | RunStatus::Lost => &self.on_failure,
             };
             // The log line is written at once; nothing else may hold up the run's end.
             log_run(&report, handlers).await;
@@ -372,26 +396,76 @@ impl Begun {
     }
 }
 
-/// Renews the run's lease at a third of its length, for as long as the run lasts.
-async fn keep_lease(ledger: &Ledger, run_id: &str) -> std::convert::Infallible {
-    let mut tick = tokio::time::interval(ledger.lease / 3);
-    tick.tick().await;
+/// The report of a run this daemon gave up because another daemon took it over: not
+/// recorded, not told to anyone (the new owner does both), its files left for the new owner.
+fn lost(ctx: &RunContext, started_at: DateTime<Utc>, duration: Duration) -> RunReport {
+    let report = RunReport {
+        job: ctx.job.clone(),
+        run_id: ctx.run_id.clone(),
+        slot: ctx.slot.to_rfc3339(),
+        status: RunStatus::Lost,
+        attempts: ctx.attempt,
+        started_at,
+        duration,
+        deliveries: Vec::new(),
+        resumed_from: 0,
+        error: None,
+    };
+    if let Some(ledger) = &ctx.ledger {
+        ledger.metrics.run_finished(&report);
+    }
+    report
+}
+
+/// Renews the run's lease at a third of its length, for as long as the run lasts (a failed
+/// renewal is tried again at a twelfth). Returns when the run is lost: another daemon took
+/// it over (a renewal or another write was refused), or renewals failed until five sixths
+/// of the lease passed, so that this daemon stops before another may take the run over,
+/// whatever the skew between their clocks up to a sixth of the lease.
+async fn keep_lease(ledger: &Ledger, ctx: &RunContext) {
+    let tenure = &ctx.tenure;
+    let mut wait = ledger.lease / 3;
     loop {
-        tick.tick().await;
-        match ledger
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = tenure.lost() => return,
+        }
+        // No timeout of its own: the pool's bounds the wait, and a renewal that succeeds
+        // after a long pause (the process stopped, the clock jumped) still holds the run.
+        let renewed = ledger
             .store
-            .renew(run_id, &ledger.owner, ledger.lease)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!("The run's lease is held by another daemon now."),
-            Err(err) => tracing::warn!(error = %err, "Cannot renew the run's lease."),
+            .renew(&ctx.run_id, tenure.epoch(), ledger.lease)
+            .await;
+        match renewed {
+            Ok(true) => {
+                tenure.confirm();
+                wait = ledger.lease / 3;
+            }
+            Ok(false) => {
+                tenure.lose("its lease renewal was refused: another daemon took the run over");
+                return;
+            }
+            Err(err) => {
+                ledger.store.count_failure();
+                if tenure.since_confirmed() >= ledger.lease * 5 / 6 {
+                    tenure.lose(&format!(
+                        "its lease could not be renewed for {} ({err})",
+                        humantime::format_duration(Duration::from_secs(
+                            tenure.since_confirmed().as_secs()
+                        ))
+                    ));
+                    return;
+                }
+                tracing::warn!(error = %err, "Cannot renew the run's lease; trying again.");
+                wait = (ledger.lease / 12).max(Duration::from_millis(500));
+            }
         }
     }
 }
 
-/// Writes the run's outcome to the state store (and drops its checkpoints).
-async fn record(ledger: &Ledger, report: &RunReport) {
+/// Writes the run's outcome to the state store (and drops its checkpoints). `false` when
+/// the store refused it because another daemon took the run over.
+async fn record(ledger: &Ledger, ctx: &RunContext, report: &RunReport) -> bool {
     let locations: Vec<&str> = report
         .deliveries
         .iter()
@@ -402,7 +476,7 @@ async fn record(ledger: &Ledger, report: &RunReport) {
     let outcome = Outcome {
         state: match report.status {
             RunStatus::Succeeded => RunState::Succeeded,
-            RunStatus::Failed => RunState::Failed,
+            RunStatus::Failed | RunStatus::Lost => RunState::Failed,
         },
         attempts: report.attempts,
         bytes: (report.status == RunStatus::Succeeded).then(|| report.bytes()),
@@ -410,8 +484,15 @@ async fn record(ledger: &Ledger, report: &RunReport) {
         location: (!locations.is_empty()).then_some(locations.as_str()),
         error: error.as_deref(),
     };
-    let finish = || ledger.store.finish(&report.run_id, &outcome);
-    if let Err(err) = ledger
+    let epoch = ctx.tenure.epoch();
+    let finish = || async {
+        match ledger.store.finish(&report.run_id, epoch, &outcome).await {
+            Ok(()) => Ok(true),
+            Err(StateError::Fenced(_)) => Ok(false),
+            Err(err) => Err(err),
+        }
+    };
+    match ledger
         .store
         .with_retries(
             "record the run's outcome",
@@ -420,9 +501,18 @@ async fn record(ledger: &Ledger, report: &RunReport) {
         )
         .await
     {
-        tracing::error!(
-            error = %err,
-            "Cannot record the run's outcome in the state store; the run stays 'running' and is resumed at the next start."
-        );
+        Ok(true) => true,
+        Ok(false) => {
+            ctx.tenure
+                .lose("its outcome was refused: another daemon took the run over");
+            false
+        }
+        Err(err) => {
+            tracing::error!(
+                error = %err,
+                "Cannot record the run's outcome in the state store; the run stays 'running' and another daemon (or this one) resumes it once its lease runs out."
+            );
+            true
+        }
     }
 }

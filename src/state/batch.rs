@@ -70,12 +70,14 @@ pub(super) enum Write {
     /// An attempt starts ([`Store::attempt`]).
     Attempt {
         run_id: String,
+        epoch: i64,
         attempt: i64,
         lease_until: i64,
     },
     /// A writer's progress ([`Store::save_checkpoint`]).
     Checkpoint {
         run_id: String,
+        epoch: i64,
         writer: i64,
         document: String,
         bytes_done: i64,
@@ -85,8 +87,9 @@ pub(super) enum Write {
     Finish(Finished),
 }
 
-/// A checkpoint as a row: run id, writer, document, bytes done, when.
-type CheckpointRow<'a> = (&'a str, i64, &'a str, i64, i64);
+/// A checkpoint as a row: run id, writer, document, bytes done, when, and the epoch that
+/// must still hold the run.
+type CheckpointRow<'a> = (&'a str, i64, &'a str, i64, i64, i64);
 
 impl Write {
     /// A [`Write::Checkpoint`]'s row.
@@ -94,11 +97,12 @@ impl Write {
         match self {
             Write::Checkpoint {
                 run_id,
+                epoch,
                 writer,
                 document,
                 bytes_done,
                 at,
-            } => Some((run_id, *writer, document, *bytes_done, *at)),
+            } => Some((run_id, *writer, document, *bytes_done, *at, *epoch)),
             _ => None,
         }
     }
@@ -108,6 +112,8 @@ impl Write {
 #[derive(Debug)]
 pub(super) struct Finished {
     pub(super) run_id: String,
+    /// The epoch that must still hold the run.
+    pub(super) epoch: i64,
     pub(super) state: &'static str,
     pub(super) attempts: i64,
     pub(super) at: i64,
@@ -117,8 +123,9 @@ pub(super) struct Finished {
     pub(super) error: Option<String>,
 }
 
-/// A write waiting for the writer, and where its answer goes (for a claim, whether it
-/// was recorded; `true` for the others).
+/// A write waiting for the writer, and where its answer goes: for a claim, whether it was
+/// recorded; for a run's write, whether the epoch it names still held the run (`false`:
+/// refused, see [`super::Tenure`]).
 pub(super) type Request = (Write, oneshot::Sender<Result<bool, StateError>>);
 
 /// The writer: takes the first queued write and every one queued behind it and writes
@@ -157,7 +164,8 @@ pub(super) async fn writer(store: Store, mut queue: mpsc::UnboundedReceiver<Requ
 
 impl Store {
     /// Writes `write` through the batching writer when [`Store::batch_writes`] started
-    /// it, else alone: for a claim, whether it was recorded; `true` for the others.
+    /// it, else alone: for a claim, whether it was recorded; for a run's write, whether its
+    /// epoch still held the run.
     pub(super) async fn write(&self, write: Write) -> Result<bool, StateError> {
         let Some(queue) = self.writes.get() else {
             return self.write_one(&write).await;
@@ -177,23 +185,24 @@ impl Store {
             Write::Claim(claim) => self.claim_one(&claim.borrowed()).await,
             Write::Attempt {
                 run_id,
+                epoch,
                 attempt,
                 lease_until,
             } => {
-                self.attempt_one(run_id, *attempt, *lease_until).await?;
-                Ok(true)
+                self.attempt_one(run_id, *epoch, *attempt, *lease_until)
+                    .await
             }
             Write::Checkpoint { .. } => {
                 let rows: Vec<CheckpointRow<'_>> = write.checkpoint_row().into_iter().collect();
                 let mut conn = self.pool.acquire().await?;
-                save_checkpoints(&mut conn, self.backend(), &rows).await?;
-                Ok(true)
+                let saved = save_checkpoints(&mut conn, self.backend(), &rows).await?;
+                Ok(!saved.is_empty())
             }
             Write::Finish(finished) => {
                 let mut tx = self.pool.begin().await?;
-                finish_runs(&mut tx, self.backend(), &[finished]).await?;
+                let done = finish_runs(&mut tx, self.backend(), &[finished]).await?;
                 tx.commit().await?;
-                Ok(true)
+                Ok(!done.is_empty())
             }
         }
     }
@@ -210,9 +219,10 @@ impl Store {
                 Write::Claim(claim) => claims.push(claim.borrowed()),
                 Write::Attempt {
                     run_id,
+                    epoch,
                     attempt,
                     lease_until,
-                } => attempts.push((run_id.as_str(), *attempt, *lease_until)),
+                } => attempts.push((run_id.as_str(), *attempt, *lease_until, *epoch)),
                 // A later save of the same writer's progress replaces an earlier one.
                 Write::Checkpoint { .. } => {
                     if let Some(row) = write.checkpoint_row() {
@@ -227,32 +237,49 @@ impl Store {
             true => Vec::new(),
             false => self.claim_rows(&mut tx, &claims).await?,
         };
+        let mut attempted = HashSet::new();
         if !attempts.is_empty() {
             let mut sql = String::from(
                 "UPDATE ferry_runs SET attempts = v.column2, lease_until = v.column3 FROM (VALUES ",
             );
-            rows(&mut sql, backend, attempts.len(), 3);
-            sql.push_str(") AS v WHERE ferry_runs.run_id = v.column1");
+            rows(&mut sql, backend, attempts.len(), 4);
+            sql.push_str(
+                ") AS v WHERE ferry_runs.run_id = v.column1 AND ferry_runs.epoch = v.column4 RETURNING run_id",
+            );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (run_id, attempt, lease_until) in attempts {
-                query = query.bind(run_id).bind(attempt).bind(lease_until);
+            for (run_id, attempt, lease_until, epoch) in attempts {
+                query = query
+                    .bind(run_id)
+                    .bind(attempt)
+                    .bind(lease_until)
+                    .bind(epoch);
             }
-            query.execute(&mut *tx).await?;
+            for row in query.fetch_all(&mut *tx).await? {
+                attempted.insert(row.try_get::<String, _>("run_id")?);
+            }
         }
-        if !checkpoints.is_empty() {
-            let rows: Vec<_> = checkpoints.into_values().collect();
-            save_checkpoints(&mut tx, backend, &rows).await?;
-        }
-        if !finished.is_empty() {
-            finish_runs(&mut tx, backend, &finished).await?;
-        }
+        let saved = match checkpoints.is_empty() {
+            true => HashSet::new(),
+            false => {
+                let rows: Vec<_> = checkpoints.into_values().collect();
+                save_checkpoints(&mut tx, backend, &rows).await?
+            }
+        };
+        let done = match finished.is_empty() {
+            true => HashSet::new(),
+            false => finish_runs(&mut tx, backend, &finished).await?,
+        };
         tx.commit().await?;
         let mut inserted = inserted.into_iter();
         Ok(batch
             .iter()
             .map(|(write, _)| match write {
                 Write::Claim(_) => inserted.next().unwrap_or(false),
-                _ => true,
+                Write::Attempt { run_id, .. } => attempted.contains(run_id),
+                Write::Checkpoint { run_id, writer, .. } => {
+                    saved.contains(&(run_id.clone(), *writer))
+                }
+                Write::Finish(run) => done.contains(&run.run_id),
             })
             .collect())
     }
@@ -291,45 +318,56 @@ fn placeholder(sql: &mut String, backend: super::Backend, n: usize) {
     }
 }
 
-/// Saves writers' progress `(run_id, writer, document, bytes_done, at)`, each replacing
-/// what that writer of that run saved before; no two rows for the same writer.
+/// Saves writers' progress, each replacing what that writer of that run saved before; no
+/// two rows for the same writer. A row is saved only while its epoch holds its run, still
+/// running: the `(run_id, writer)` of those saved.
 async fn save_checkpoints(
     conn: &mut sqlx::AnyConnection,
     backend: super::Backend,
     checkpoints: &[CheckpointRow<'_>],
-) -> Result<(), StateError> {
+) -> Result<HashSet<(String, i64)>, StateError> {
     let mut sql = String::from(
-        "INSERT INTO ferry_checkpoints (run_id, writer, document, bytes_done, updated_at) VALUES ",
+        "INSERT INTO ferry_checkpoints (run_id, writer, document, bytes_done, updated_at) SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (VALUES ",
     );
-    rows(&mut sql, backend, checkpoints.len(), 5);
+    rows(&mut sql, backend, checkpoints.len(), 6);
+    // The WHERE also tells SQLite's parser that ON CONFLICT is the upsert's, not a join's.
     sql.push_str(
-        " ON CONFLICT (run_id, writer) DO UPDATE SET document = excluded.document, bytes_done = excluded.bytes_done, updated_at = excluded.updated_at",
+        ") AS v WHERE EXISTS (SELECT 1 FROM ferry_runs r WHERE r.run_id = v.column1 AND r.epoch = v.column6 AND r.state = 'running') \
+         ON CONFLICT (run_id, writer) DO UPDATE SET document = excluded.document, bytes_done = excluded.bytes_done, updated_at = excluded.updated_at \
+         RETURNING run_id, writer",
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (run_id, writer, document, bytes_done, at) in checkpoints {
+    for (run_id, writer, document, bytes_done, at, epoch) in checkpoints {
         query = query
             .bind(*run_id)
             .bind(*writer)
             .bind(*document)
             .bind(*bytes_done)
-            .bind(*at);
+            .bind(*at)
+            .bind(*epoch);
     }
-    query.execute(conn).await?;
-    Ok(())
+    query
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("run_id")?, row.try_get("writer")?)))
+        .collect()
 }
 
 /// Records how `runs` ended and drops their checkpoints (the caller's transaction makes
-/// it one change).
+/// it one change), each only while its epoch holds it: the run ids recorded.
 async fn finish_runs(
     conn: &mut sqlx::AnyConnection,
     backend: super::Backend,
     runs: &[&Finished],
-) -> Result<(), StateError> {
+) -> Result<HashSet<String>, StateError> {
     let mut sql = String::from(
         "UPDATE ferry_runs SET state = v.column2, attempts = v.column3, finished_at = v.column4, bytes = v.column5, sha256 = v.column6, location = v.column7, error = v.column8 FROM (VALUES ",
     );
-    rows(&mut sql, backend, runs.len(), 8);
-    sql.push_str(") AS v WHERE ferry_runs.run_id = v.column1");
+    rows(&mut sql, backend, runs.len(), 9);
+    sql.push_str(
+        ") AS v WHERE ferry_runs.run_id = v.column1 AND ferry_runs.epoch = v.column9 RETURNING run_id",
+    );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for run in runs {
         query = query
@@ -340,18 +378,27 @@ async fn finish_runs(
             .bind(run.bytes)
             .bind(run.sha256.as_deref())
             .bind(run.location.as_deref())
-            .bind(run.error.as_deref());
+            .bind(run.error.as_deref())
+            .bind(run.epoch);
     }
-    query.execute(&mut *conn).await?;
+    let done: HashSet<String> = query
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| row.try_get("run_id"))
+        .collect::<Result<_, _>>()?;
+    if done.is_empty() {
+        return Ok(done);
+    }
     let mut sql = String::from("DELETE FROM ferry_checkpoints WHERE run_id IN (");
-    placeholders(&mut sql, backend, 1, runs.len());
+    placeholders(&mut sql, backend, 1, done.len());
     sql.push(')');
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for run in runs {
-        query = query.bind(run.run_id.as_str());
+    for run_id in &done {
+        query = query.bind(run_id.as_str());
     }
     query.execute(conn).await?;
-    Ok(())
+    Ok(done)
 }
 
 impl Store {

@@ -24,6 +24,7 @@ mod queries;
 mod records;
 mod registry;
 mod schema;
+mod tenure;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,7 @@ pub use records::{
 pub use registry::{
     Change, PartitionRecord, ProviderRecord, RegistryError, SourceRecord, new_token,
 };
+pub use tenure::{FIRST_EPOCH, Tenure};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,10 @@ pub enum StateError {
     /// A read-only command found no store: its directory does not exist.
     #[error("no state store: directory {} does not exist", .0.display())]
     Missing(std::path::PathBuf),
+    /// Another daemon took the run over (its epoch rose): this write of the old owner was
+    /// refused.
+    #[error("run {0} was taken over by another daemon; this write of its former owner was refused")]
+    Fenced(String),
     /// The schema could not be created or upgraded.
     #[error("state store schema: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

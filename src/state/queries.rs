@@ -27,7 +27,7 @@ pub(super) fn instant(ms: i64) -> DateTime<Utc> {
 macro_rules! select_runs {
     ($rest:literal) => {
         concat!(
-            "SELECT job, slot, slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at, finished_at, bytes, sha256, location, error, claim_key FROM ferry_runs ",
+            "SELECT job, slot, slot_local, run_id, uuid, state, attempts, owner, lease_until, started_at, finished_at, bytes, sha256, location, error, claim_key, epoch FROM ferry_runs ",
             $rest
         )
     };
@@ -52,19 +52,30 @@ fn run_from_row(row: &AnyRow) -> Result<RunRecord, sqlx::Error> {
         location: row.try_get("location")?,
         error: row.try_get("error")?,
         manual: !row.try_get::<String, _>("claim_key")?.is_empty(),
+        epoch: row.try_get("epoch")?,
     })
+}
+
+/// A run write's answer: refused ([`StateError::Fenced`]) when it changed nothing, because
+/// the epoch it named no longer holds the run.
+fn fenced(run_id: &str, written: bool) -> Result<(), StateError> {
+    match written {
+        true => Ok(()),
+        false => Err(StateError::Fenced(run_id.to_owned())),
+    }
 }
 
 impl Store {
     /// Takes over a run a previous daemon left unfinished, for `owner`. With SQLite (one
     /// daemon) every unfinished run is this daemon's to take; with PostgreSQL only one whose
-    /// lease has expired (its daemon is gone). `false` if another daemon holds it.
+    /// lease has expired (its daemon is gone). The run's new epoch, or `None` if another
+    /// daemon holds it.
     pub async fn take_over(
         &self,
         run_id: &str,
         owner: &str,
         lease: Duration,
-    ) -> Result<bool, StateError> {
+    ) -> Result<Option<i64>, StateError> {
         let expired_before = match self.backend {
             Backend::Sqlite => Utc::now() + chrono::Duration::days(36_500),
             Backend::Postgres => Utc::now(),
@@ -96,84 +107,103 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records that attempt `attempt` of run `run_id` starts, renewing its lease.
+    /// Records that attempt `attempt` of run `run_id` starts, renewing its lease, while
+    /// `epoch` holds it ([`StateError::Fenced`] when another daemon took it over).
     pub async fn attempt(
         &self,
         run_id: &str,
+        epoch: i64,
         attempt: u32,
         lease: Duration,
     ) -> Result<(), StateError> {
         let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
-        self.write(Write::Attempt {
-            run_id: run_id.to_owned(),
-            attempt: i64::from(attempt),
-            lease_until: millis(until),
-        })
-        .await
-        .map(drop)
+        let written = self
+            .write(Write::Attempt {
+                run_id: run_id.to_owned(),
+                epoch,
+                attempt: i64::from(attempt),
+                lease_until: millis(until),
+            })
+            .await?;
+        fenced(run_id, written)
     }
 
-    /// [`Store::attempt`] alone, its lease's end given in milliseconds.
+    /// [`Store::attempt`] alone, its lease's end given in milliseconds: whether `epoch`
+    /// still held the run.
     pub(super) async fn attempt_one(
         &self,
         run_id: &str,
+        epoch: i64,
         attempt: i64,
         lease_until: i64,
-    ) -> Result<(), StateError> {
-        sqlx::query("UPDATE ferry_runs SET attempts = $1, lease_until = $2 WHERE run_id = $3")
-            .bind(attempt)
-            .bind(lease_until)
-            .bind(run_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    ) -> Result<bool, StateError> {
+        let done = sqlx::query(
+            "UPDATE ferry_runs SET attempts = $1, lease_until = $2 WHERE run_id = $3 AND epoch = $4",
+        )
+        .bind(attempt)
+        .bind(lease_until)
+        .bind(run_id)
+        .bind(epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
-    /// Extends run `run_id`'s lease while `owner` still holds it; `false` if it does not.
+    /// Extends run `run_id`'s lease while `epoch` still holds it and it is running;
+    /// `false` if it does not (another daemon took it over).
     pub async fn renew(
         &self,
         run_id: &str,
-        owner: &str,
+        epoch: i64,
         lease: Duration,
     ) -> Result<bool, StateError> {
         let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
         let done = sqlx::query(
-            "UPDATE ferry_runs SET lease_until = $1 WHERE run_id = $2 AND owner = $3 AND state = 'running'",
+            "UPDATE ferry_runs SET lease_until = $1 WHERE run_id = $2 AND epoch = $3 AND state = 'running'",
         )
         .bind(millis(until))
         .bind(run_id)
-        .bind(owner)
+        .bind(epoch)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Takes over unfinished run `run_id` for `owner`: only if it is still running and its
-    /// lease expired before `expired_before`. `false` if someone else holds it.
+    /// lease expired before `expired_before`. The run's new epoch (one more than its last
+    /// owner's, whose writes are refused from now on), or `None` if someone else holds it.
     pub async fn take_over_expired(
         &self,
         run_id: &str,
         owner: &str,
         lease: Duration,
         expired_before: DateTime<Utc>,
-    ) -> Result<bool, StateError> {
+    ) -> Result<Option<i64>, StateError> {
         let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
-        let done = sqlx::query(
-            "UPDATE ferry_runs SET owner = $1, lease_until = $2
-             WHERE run_id = $3 AND state = 'running' AND lease_until < $4",
+        let row = sqlx::query(
+            "UPDATE ferry_runs SET owner = $1, lease_until = $2, epoch = epoch + 1
+             WHERE run_id = $3 AND state = 'running' AND lease_until < $4
+             RETURNING epoch",
         )
         .bind(owner)
         .bind(millis(until))
         .bind(run_id)
         .bind(millis(expired_before))
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(row.map(|row| row.try_get("epoch")).transpose()?)
     }
 
-    /// Records how run `run_id` ended, and drops its checkpoints, in one transaction.
-    pub async fn finish(&self, run_id: &str, outcome: &Outcome<'_>) -> Result<(), StateError> {
+    /// Records how run `run_id` ended, and drops its checkpoints, in one transaction,
+    /// while `epoch` holds it ([`StateError::Fenced`] when another daemon took it over).
+    pub async fn finish(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        outcome: &Outcome<'_>,
+    ) -> Result<(), StateError> {
         let finished = Finished {
+            epoch,
             run_id: run_id.to_owned(),
             state: outcome.state.as_str(),
             attempts: i64::from(outcome.attempts),
@@ -183,7 +213,8 @@ impl Store {
             location: outcome.location.map(str::to_owned),
             error: outcome.error.map(str::to_owned),
         };
-        self.write(Write::Finish(finished)).await.map(drop)
+        let written = self.write(Write::Finish(finished)).await?;
+        fenced(run_id, written)
     }
 
     /// The run `run_id`, if there is one.
@@ -228,6 +259,18 @@ impl Store {
         let rows = sqlx::query(select_runs!("WHERE state = 'running' ORDER BY slot"))
             .fetch_all(&self.pool)
             .await?;
+        Ok(rows.iter().map(run_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Runs not finished whose lease ran out before `before` (their owner died, hung or
+    /// lost the store), oldest slot first, at most a thousand.
+    pub async fn expired(&self, before: DateTime<Utc>) -> Result<Vec<RunRecord>, StateError> {
+        let rows = sqlx::query(select_runs!(
+            "WHERE state = 'running' AND lease_until < $1 ORDER BY slot LIMIT 1000"
+        ))
+        .bind(millis(before))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(run_from_row).collect::<Result<_, _>>()?)
     }
 
@@ -323,22 +366,27 @@ impl Store {
         Ok(rows.iter().map(run_from_row).collect::<Result<_, _>>()?)
     }
 
-    /// Saves writer `writer`'s progress in run `run_id`, replacing what it saved before.
+    /// Saves writer `writer`'s progress in run `run_id`, replacing what it saved before,
+    /// while `epoch` holds the run ([`StateError::Fenced`] when another daemon took it
+    /// over).
     pub async fn save_checkpoint(
         &self,
         run_id: &str,
+        epoch: i64,
         writer: usize,
         checkpoint: &Checkpoint,
     ) -> Result<(), StateError> {
-        self.write(Write::Checkpoint {
-            run_id: run_id.to_owned(),
-            writer: i64::try_from(writer).unwrap_or(i64::MAX),
-            document: checkpoint.document.to_string(),
-            bytes_done: i64::try_from(checkpoint.bytes_done).unwrap_or(i64::MAX),
-            at: millis(Utc::now()),
-        })
-        .await
-        .map(drop)
+        let written = self
+            .write(Write::Checkpoint {
+                epoch,
+                run_id: run_id.to_owned(),
+                writer: i64::try_from(writer).unwrap_or(i64::MAX),
+                document: checkpoint.document.to_string(),
+                bytes_done: i64::try_from(checkpoint.bytes_done).unwrap_or(i64::MAX),
+                at: millis(Utc::now()),
+            })
+            .await?;
+        fenced(run_id, written)
     }
 
     /// Writer `writer`'s saved progress in run `run_id`.

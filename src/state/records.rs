@@ -71,6 +71,8 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// Started by hand (`ferry trigger`, `ferry backfill`), not by the schedule.
     pub manual: bool,
+    /// The owner's epoch: one at the claim, one more at each take-over.
+    pub epoch: i64,
 }
 
 /// What [`Store::claim`] records for a new run.

@@ -151,6 +151,25 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         ALTER TABLE ferry_runs_v5 RENAME TO ferry_runs;
         CREATE INDEX ferry_runs_state ON ferry_runs (state);",
     ),
+    (
+        6,
+        "fencing epochs and the daemon registry",
+        // A run's `epoch` grows by one at each take-over; every write of the run's owner
+        // names the epoch it holds, so a daemon that lost the run (paused past its lease,
+        // cut off from the store) has its late writes refused. Each daemon heartbeats its
+        // row in `ferry_daemons`.
+        "ALTER TABLE ferry_runs ADD COLUMN epoch BIGINT NOT NULL DEFAULT 1;
+        CREATE TABLE ferry_daemons (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid BIGINT NOT NULL,
+            version TEXT NOT NULL,
+            started_at BIGINT NOT NULL,
+            last_seen BIGINT NOT NULL,
+            running BIGINT NOT NULL DEFAULT 0,
+            stopped_at BIGINT
+        );",
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {

@@ -572,6 +572,7 @@ impl Writer for FtpWriter {
                 return Err(err);
             }
         };
+        let hold = payload.hold();
         let digest = payload.finish()?;
         let stored = self
             .within(&format!("SIZE {temp}"), ftp.size(&temp))
@@ -596,6 +597,7 @@ impl Writer for FtpWriter {
             }
             tracing::debug!(file = %temp, "The server's sha256 matches.");
         }
+        hold.confirm().await?;
         let rename = format!("rename {temp} onto {target}");
         let mut renamed = self.within(&rename, ftp.rename(&temp, &target)).await;
         if renamed.is_err() && self.settings.overwrite {

@@ -562,6 +562,7 @@ impl Writer for LocalWriter {
                 last_checkpoint = tokio::time::Instant::now();
             }
         }
+        let hold = payload.hold();
         let digest = payload.finish()?;
         let file = sink.finish().await.map_err(write_error)?;
         let seal = Seal {
@@ -569,6 +570,7 @@ impl Writer for LocalWriter {
             mode: self.mode,
         };
         blocking(move || seal.run(file, &shown)).await?;
+        hold.confirm().await?;
 
         // From here on the temporary file is renamed or removed, never resumed. (Dropped
         // before this, as when the run is cancelled during the fsync, `temp` is removed

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub(crate) use payload::{Checkpoints, Frame};
-pub use payload::{Digest, HashState, Payload};
+pub use payload::{Digest, HashState, Hold, Payload};
 
 pub use crate::report::Delivery;
 

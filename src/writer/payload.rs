@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{DeliveryError, ErrorKind};
 use crate::report::Delivery;
-use crate::state::{Checkpoint, Ledger};
+use crate::state::{Checkpoint, Ledger, StateError, Tenure};
 
 /// One message from the activity to a writer.
 #[derive(Debug)]
@@ -77,6 +77,8 @@ pub(crate) struct Checkpoints {
     pub(crate) ledger: Ledger,
     pub(crate) run_id: String,
     pub(crate) writer: usize,
+    /// The run's hold: every save names its epoch, and a refused save gives the run up.
+    pub(crate) tenure: Tenure,
 }
 
 impl fmt::Debug for Payload {
@@ -266,7 +268,8 @@ impl Payload {
 
     /// Saves the writer's progress: `document` says where it got to, `bytes_done` how much
     /// of the payload it made durable. Failing to save is logged, not fatal (a later resume
-    /// just starts further back).
+    /// just starts further back); a save refused because another daemon took the run over
+    /// gives the run up ([`Tenure::lose`]).
     pub async fn save_checkpoint(&self, document: serde_json::Value, bytes_done: u64) {
         let Some(target) = &self.checkpoints else {
             return;
@@ -275,16 +278,85 @@ impl Payload {
             document,
             bytes_done,
         };
-        if let Err(err) = target
+        match target
             .ledger
             .store
-            .save_checkpoint(&target.run_id, target.writer, &checkpoint)
+            .save_checkpoint(
+                &target.run_id,
+                target.tenure.epoch(),
+                target.writer,
+                &checkpoint,
+            )
             .await
         {
-            tracing::warn!(error = %err, "Cannot save a checkpoint.");
+            Ok(()) => {}
+            Err(StateError::Fenced(_)) => target
+                .tenure
+                .lose("a checkpoint was refused: another daemon took the run over"),
+            Err(err) => tracing::warn!(error = %err, "Cannot save a checkpoint."),
         }
     }
 
+    /// The run's hold on its row, to check with [`Hold::confirm`] before the writer makes
+    /// its delivery visible (it outlives [`Payload::finish`]).
+    pub fn hold(&self) -> Hold {
+        Hold {
+            target: self.checkpoints.clone(),
+        }
+    }
+}
+
+/// A run's hold on its row, as a writer checks it before it makes a delivery visible.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    target: Option<Checkpoints>,
+}
+
+impl Hold {
+    /// Checks, before a writer makes its delivery visible (a rename, a multipart upload's
+    /// completion), that the run is still this daemon's: a run that another daemon took
+    /// over while this one was paused or cut off must not overwrite that daemon's work.
+    /// Asks the store only when the hold was not confirmed lately.
+    pub async fn confirm(&self) -> Result<(), DeliveryError> {
+        let Some(target) = &self.target else {
+            return Ok(());
+        };
+        let tenure = &target.tenure;
+        if !tenure.is_lost() && tenure.fresh(target.ledger.lease) {
+            return Ok(());
+        }
+        let renewed = match tenure.is_lost() {
+            true => Ok(false),
+            false => {
+                target
+                    .ledger
+                    .store
+                    .renew(&target.run_id, tenure.epoch(), target.ledger.lease)
+                    .await
+            }
+        };
+        match renewed {
+            Ok(true) => {
+                tenure.confirm();
+                Ok(())
+            }
+            Ok(false) => {
+                tenure
+                    .lose("another daemon took the run over before its delivery was made visible");
+                Err(DeliveryError::new(
+                    ErrorKind::Io,
+                    "the run was taken over by another daemon; not making this delivery visible",
+                ))
+            }
+            Err(err) => Err(DeliveryError::new(
+                ErrorKind::Io,
+                format!("cannot confirm the run's lease before making the delivery visible: {err}"),
+            )),
+        }
+    }
+}
+
+impl Payload {
     /// A payload of the given chunks, for tests and for library users driving a writer
     /// directly.
     pub fn from_chunks(chunks: Vec<Bytes>) -> Payload {

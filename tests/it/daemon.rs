@@ -2,17 +2,16 @@
 //! run on tokio's paused clock, moved by the test (a day of slots in milliseconds, each
 //! firing at a known instant); shutdown runs real programs in real time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ferry::daemon::{self, Control, Event};
 use ferry::report::RunReport;
 use ferry::runner::RunStatus;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use crate::support::daemon::*;
-use crate::support::{Workspace, serve, utc};
+use crate::support::{Workspace, utc};
 
 const EVERY_SECOND: &str = r#"
 [[jobs]]
@@ -343,19 +342,7 @@ writers = [{ type = "local", path = "out/stuck" }]
 async fn overlapping_firings_are_skipped_by_default_and_allowed_on_request() {
     let _still = Hold::new();
     for overlap in ["skip", "allow"] {
-        let answers = Arc::new(Semaphore::new(0));
-        let held = Arc::clone(&answers);
-        let addr = serve(axum::Router::new().route(
-            "/data",
-            axum::routing::get(move || {
-                let held = Arc::clone(&held);
-                async move {
-                    held.acquire().await.expect("open").forget();
-                    "data"
-                }
-            }),
-        ))
-        .await;
+        let (addr, answers) = crate::support::held_server("data").await;
         let ws = Workspace::new();
         let config = ws.job_file(&format!(
             r#"
@@ -505,7 +492,10 @@ async fn jobs_due_together_start_together_except_a_slot_already_run() {
         location: None,
         error: None,
     };
-    store.finish("elsewhere", &done).await.expect("finish");
+    store
+        .finish("elsewhere", ferry::state::FIRST_EPOCH, &done)
+        .await
+        .expect("finish");
 
     let mut daemon = boot_at(&config, utc("2026-06-01T09:59:59Z"));
     daemon.ready().await;

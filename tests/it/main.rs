@@ -2,6 +2,7 @@
 
 mod architecture;
 mod cli;
+mod cluster;
 mod config_errors;
 mod daemon;
 mod dst;

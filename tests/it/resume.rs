@@ -131,6 +131,7 @@ async fn record_past_run(store: &Store, job: &str, slot: chrono::DateTime<Utc>) 
     store
         .finish(
             &run_id,
+            ferry::state::FIRST_EPOCH,
             &Outcome {
                 state: RunState::Succeeded,
                 attempts: 1,
@@ -531,7 +532,12 @@ writers = [{ type = "local", path = "out/x" }]
     };
     store.claim(&claim("kept", "used-up")).await.expect("claim");
     store
-        .attempt("used-up", 3, Duration::from_secs(60))
+        .attempt(
+            "used-up",
+            ferry::state::FIRST_EPOCH,
+            3,
+            Duration::from_secs(60),
+        )
         .await
         .expect("attempt");
     store.claim(&claim("gone", "orphan")).await.expect("claim");

@@ -194,6 +194,7 @@ async fn the_seed_scenario_runs_end_to_end() {
                 assert!(text.contains("Attempts:   2"), "{text}");
                 assert!(text.contains("Error (network)"), "{text}");
             }
+            RunStatus::Lost => panic!("one daemon: no run is taken over: {run:?}"),
         }
     }
     let dump_link = runs

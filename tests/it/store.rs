@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
-use ferry::state::{Checkpoint, Claim, Outcome, RunState, Store};
+use ferry::state::{Checkpoint, Claim, FIRST_EPOCH, Outcome, RunState, StateError, Store};
 use serde_json::json;
 
 /// Every store to test: a fresh SQLite file, and PostgreSQL when configured.
@@ -101,11 +101,11 @@ async fn a_run_records_attempts_and_its_outcome() {
             .await
             .expect("claim");
         store
-            .attempt(&run_id, 1, Duration::from_secs(60))
+            .attempt(&run_id, FIRST_EPOCH, 1, Duration::from_secs(60))
             .await
             .expect("attempt");
         store
-            .attempt(&run_id, 2, Duration::from_secs(60))
+            .attempt(&run_id, FIRST_EPOCH, 2, Duration::from_secs(60))
             .await
             .expect("attempt");
         let checkpoint = Checkpoint {
@@ -113,12 +113,13 @@ async fn a_run_records_attempts_and_its_outcome() {
             bytes_done: 10,
         };
         store
-            .save_checkpoint(&run_id, 0, &checkpoint)
+            .save_checkpoint(&run_id, FIRST_EPOCH, 0, &checkpoint)
             .await
             .expect("checkpoint");
         store
             .finish(
                 &run_id,
+                FIRST_EPOCH,
                 &Outcome {
                     state: RunState::Succeeded,
                     attempts: 2,
@@ -162,6 +163,11 @@ async fn a_run_records_attempts_and_its_outcome() {
 async fn checkpoints_are_kept_per_writer_and_replaced() {
     for (backend, store, _dir) in stores().await {
         let run_id = uuid::Uuid::new_v4().simple().to_string();
+        let job = unique_job("checkpoints");
+        store
+            .claim(&claim(&job, slot(1), &run_id, "a"))
+            .await
+            .expect("claim");
         assert_eq!(store.checkpoint(&run_id, 0).await.expect("read"), None);
         let first = Checkpoint {
             document: json!({ "upload_id": "u1", "parts": [1, 2] }),
@@ -172,12 +178,13 @@ async fn checkpoints_are_kept_per_writer_and_replaced() {
             bytes_done: 24 << 20,
         };
         store
-            .save_checkpoint(&run_id, 0, &first)
+            .save_checkpoint(&run_id, FIRST_EPOCH, 0, &first)
             .await
             .expect("save");
         store
             .save_checkpoint(
                 &run_id,
+                FIRST_EPOCH,
                 1,
                 &Checkpoint {
                     document: json!("other"),
@@ -187,7 +194,7 @@ async fn checkpoints_are_kept_per_writer_and_replaced() {
             .await
             .expect("save");
         store
-            .save_checkpoint(&run_id, 0, &second)
+            .save_checkpoint(&run_id, FIRST_EPOCH, 0, &second)
             .await
             .expect("replace");
         assert_eq!(
@@ -238,39 +245,144 @@ async fn an_unfinished_run_is_taken_over_only_after_its_lease() {
             .expect("claim");
         let unfinished = store.unfinished().await.expect("read");
         assert!(unfinished.iter().any(|r| r.run_id == run_id), "{backend}");
+        assert!(
+            !store
+                .expired(Utc::now())
+                .await
+                .expect("read")
+                .iter()
+                .any(|r| r.run_id == run_id),
+            "{backend}: a live lease is not expired"
+        );
         // The lease (60 s) has not expired: nobody else may take it.
         let taken = store
             .take_over_expired(&run_id, "new-daemon", Duration::from_secs(60), Utc::now())
             .await
             .expect("take over");
-        assert!(!taken, "{backend}: a live lease is respected");
+        assert_eq!(taken, None, "{backend}: a live lease is respected");
         // As if two minutes passed.
         let later = Utc::now() + chrono::Duration::seconds(120);
-        assert!(
-            store
-                .take_over_expired(&run_id, "new-daemon", Duration::from_secs(60), later)
-                .await
-                .expect("take over"),
-            "{backend}"
-        );
+        let expired = store.expired(later).await.expect("read");
+        assert!(expired.iter().any(|r| r.run_id == run_id), "{backend}");
+        let epoch = store
+            .take_over_expired(&run_id, "new-daemon", Duration::from_secs(60), later)
+            .await
+            .expect("take over");
+        assert_eq!(epoch, Some(FIRST_EPOCH + 1), "{backend}: the epoch rises");
         let run = store
             .run_for(&job, slot(1))
             .await
             .expect("read")
             .expect("run");
         assert_eq!(run.owner, "new-daemon");
+        assert_eq!(run.epoch, FIRST_EPOCH + 1);
         assert!(
             store
-                .renew(&run_id, "new-daemon", Duration::from_secs(60))
+                .renew(&run_id, FIRST_EPOCH + 1, Duration::from_secs(60))
                 .await
                 .expect("renew")
         );
         assert!(
             !store
-                .renew(&run_id, "dead-daemon", Duration::from_secs(60))
+                .renew(&run_id, FIRST_EPOCH, Duration::from_secs(60))
                 .await
-                .expect("renew")
+                .expect("renew"),
+            "{backend}: the old owner cannot renew"
         );
+    }
+}
+
+/// Every write of a run's former owner is refused once another daemon took it over; the
+/// new owner's go through, and the run's outcome is the new owner's.
+#[tokio::test]
+async fn a_former_owners_writes_are_fenced_off() {
+    for (backend, store, _dir) in stores().await {
+        let job = unique_job("fence");
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        store
+            .claim(&claim(&job, slot(1), &run_id, "paused-daemon"))
+            .await
+            .expect("claim");
+        let old = FIRST_EPOCH;
+        store
+            .attempt(&run_id, old, 1, Duration::from_secs(60))
+            .await
+            .expect("the owner's attempt");
+        let saved = Checkpoint {
+            document: json!({ "parts": 3 }),
+            bytes_done: 300,
+        };
+        store
+            .save_checkpoint(&run_id, old, 0, &saved)
+            .await
+            .expect("the owner's checkpoint");
+        let later = Utc::now() + chrono::Duration::seconds(120);
+        let new = store
+            .take_over_expired(&run_id, "live-daemon", Duration::from_secs(60), later)
+            .await
+            .expect("take over")
+            .expect("expired");
+
+        let fenced = |result: Result<(), StateError>, what: &str| match result {
+            Err(StateError::Fenced(id)) => assert_eq!(id, run_id, "{backend}: {what}"),
+            other => panic!("{backend}: {what} of the former owner: {other:?}"),
+        };
+        fenced(
+            store
+                .attempt(&run_id, old, 2, Duration::from_secs(60))
+                .await,
+            "attempt",
+        );
+        let stale = Checkpoint {
+            document: json!({ "parts": 1 }),
+            bytes_done: 100,
+        };
+        fenced(
+            store.save_checkpoint(&run_id, old, 0, &stale).await,
+            "checkpoint",
+        );
+        fenced(
+            store.save_checkpoint(&run_id, old, 1, &stale).await,
+            "checkpoint of another writer",
+        );
+        let zombie = Outcome::failed(1, "the zombie's late outcome");
+        fenced(store.finish(&run_id, old, &zombie).await, "outcome");
+        assert_eq!(
+            store.checkpoint(&run_id, 0).await.expect("read"),
+            Some(saved.clone()),
+            "{backend}: the checkpoint the new owner resumes from is intact"
+        );
+        assert_eq!(store.checkpoint(&run_id, 1).await.expect("read"), None);
+
+        store
+            .attempt(&run_id, new, 2, Duration::from_secs(60))
+            .await
+            .expect("the new owner's attempt");
+        let done = Outcome {
+            state: RunState::Succeeded,
+            attempts: 2,
+            bytes: Some(300),
+            sha256: Some("abc"),
+            location: Some("/out"),
+            error: None,
+        };
+        store.finish(&run_id, new, &done).await.expect("finish");
+        // A repeated finish (its first answer lost) is accepted: same owner, same epoch.
+        store
+            .finish(&run_id, new, &done)
+            .await
+            .expect("finish again");
+        fenced(
+            store.finish(&run_id, old, &zombie).await,
+            "outcome after the end",
+        );
+        let run = store.run(&run_id).await.expect("read").expect("run");
+        assert_eq!(run.state, RunState::Succeeded, "{backend}");
+        assert_eq!(run.attempts, 2);
+        assert_eq!(run.error, None);
+        assert_eq!(run.owner, "live-daemon");
+        let history = store.history(Some(&job), 10).await.expect("history");
+        assert_eq!(history.len(), 1, "{backend}: one history row");
     }
 }
 
@@ -432,7 +544,7 @@ async fn old_finished_runs_are_pruned_and_running_ones_kept() {
                 .expect("claim")
         );
         store
-            .finish(&done, &Outcome::failed(1, "boom"))
+            .finish(&done, FIRST_EPOCH, &Outcome::failed(1, "boom"))
             .await
             .expect("finish");
         store
@@ -551,11 +663,11 @@ async fn claims_of_runs_that_never_started_are_taken_back() {
                 .all(|c| *c)
         );
         store
-            .attempt(&run_ids[0], 1, Duration::from_secs(60))
+            .attempt(&run_ids[0], FIRST_EPOCH, 1, Duration::from_secs(60))
             .await
             .expect("attempt");
         store
-            .finish(&run_ids[1], &Outcome::failed(1, "broken"))
+            .finish(&run_ids[1], FIRST_EPOCH, &Outcome::failed(1, "broken"))
             .await
             .expect("finish");
         store.release_all(&run_ids).await.expect("release");
@@ -599,13 +711,17 @@ async fn run_writes_made_together_land_as_if_made_alone() {
             tasks.spawn(async move {
                 let id = run_id.as_str();
                 assert!(store.claim(&claim(&job, slot(i as i64), id, "a")).await?);
-                store.attempt(id, 2, Duration::from_secs(600)).await?;
+                store
+                    .attempt(id, FIRST_EPOCH, 2, Duration::from_secs(600))
+                    .await?;
                 for (writer, bytes_done) in [(0, 10), (1, 20), (0, 30)] {
                     let checkpoint = Checkpoint {
                         document: json!({ "at": bytes_done }),
                         bytes_done,
                     };
-                    store.save_checkpoint(id, writer, &checkpoint).await?;
+                    store
+                        .save_checkpoint(id, FIRST_EPOCH, writer, &checkpoint)
+                        .await?;
                 }
                 // Every other run ends; the rest stay running, their checkpoints kept.
                 if i % 2 == 0 {
@@ -618,7 +734,7 @@ async fn run_writes_made_together_land_as_if_made_alone() {
                         location: Some(id),
                         error: Some(&error),
                     };
-                    store.finish(id, &outcome).await?;
+                    store.finish(id, FIRST_EPOCH, &outcome).await?;
                 }
                 Ok::<_, ferry::state::StateError>(())
             });
@@ -760,6 +876,7 @@ async fn the_latest_finished_run_of_each_job_and_the_latest_failures() {
                 store
                     .finish(
                         &run_id,
+                        FIRST_EPOCH,
                         &Outcome {
                             state,
                             attempts: 1,

@@ -572,7 +572,9 @@ impl S3Writer {
         if single {
             let body = first.unwrap_or_default();
             // The whole payload is read: its digest is known before the PUT.
+            let hold = payload.hold();
             let digest = payload.finish()?;
+            hold.confirm().await?;
             self.put(ctx, &key, body, &digest.sha256).await?;
             self.verify(&key, digest.bytes).await?;
             return self.receipt(key, digest).await;

@@ -203,6 +203,7 @@ impl S3Writer {
             self.part_done(in_flight, &mut finished, &mut boundaries, upload, payload)
                 .await?;
         }
+        payload.hold().confirm().await?;
         let completed: Vec<CompletedPart> = finished
             .iter()
             .map(|(number, etag)| {

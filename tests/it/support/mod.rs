@@ -198,6 +198,27 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
+/// A server whose `GET /data` answers `body` only when the test lets it (one permit of the
+/// returned semaphore per answer): a run reading from it lasts as long as the test wants.
+pub async fn held_server(
+    body: &'static str,
+) -> (SocketAddr, std::sync::Arc<tokio::sync::Semaphore>) {
+    let answers = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let held = std::sync::Arc::clone(&answers);
+    let addr = serve(axum::Router::new().route(
+        "/data",
+        axum::routing::get(move || {
+            let held = std::sync::Arc::clone(&held);
+            async move {
+                held.acquire().await.expect("open").forget();
+                body
+            }
+        }),
+    ))
+    .await;
+    (addr, answers)
+}
+
 /// An RFC 3339 instant written in a test, in UTC.
 pub fn utc(text: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(text)

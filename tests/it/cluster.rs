@@ -1,0 +1,185 @@
+//! Several daemons on one store: a run whose daemon died is taken over by a live daemon and
+//! resumed, and a daemon whose run was taken over gives it up without touching what the new
+//! owner has. Run on SQLite always and on PostgreSQL when `FERRY_TEST_POSTGRES_URL` names
+//! one; on tokio's paused clock, so the daemon's lease timing passes in milliseconds (what
+//! the store records carries the system's time).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use ferry::daemon::Event;
+use ferry::report::RunStatus;
+use ferry::state::{Claim, FIRST_EPOCH, RunState, Store};
+
+use crate::support::daemon::{Hold, WAIT, boot_at};
+use crate::support::{Workspace, held_server, utc};
+
+/// The stores to run on: `(name, state URL)`, a SQLite file in `ws` and PostgreSQL when
+/// configured.
+fn backends() -> Vec<(&'static str, String)> {
+    let mut out = vec![("sqlite", "sqlite://state.db".to_owned())];
+    match std::env::var("FERRY_TEST_POSTGRES_URL") {
+        Ok(url) => out.push(("postgres", url)),
+        Err(_) => {
+            eprintln!("PostgreSQL take-over tests not run: FERRY_TEST_POSTGRES_URL is not set")
+        }
+    }
+    out
+}
+
+/// A job name no other test (or earlier run on a shared database) uses.
+fn unique_job(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_daemon_takes_over_a_run_whose_daemon_died() {
+    let _still = Hold::new();
+    for (backend, state) in backends() {
+        let ws = Workspace::new();
+        let job = unique_job("orphan");
+        let config = ws.job_file(&format!(
+            r#"
+[daemon]
+state = "{state}"
+lease = "3s"
+
+[[jobs]]
+name = "{job}"
+schedule = "0 0 0 1 1 *"
+source = {{ type = "inline", data = "taken over" }}
+writers = [{{ type = "local", path = "out/{{job}}" }}]
+"#
+        ));
+        let mut daemon = boot_at(&config, utc("2026-06-01T12:00:00Z"));
+        daemon.ready().await;
+
+        // Another daemon claimed a run and died in its first attempt: its lease is out.
+        let store = Store::open(&state, ws.path())
+            .await
+            .expect("open the store");
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        let claim = Claim {
+            job: &job,
+            slot: utc("2026-06-01T11:00:00Z"),
+            slot_local: "2026-06-01T11:00:00+00:00",
+            run_id: &run_id,
+            uuid: "6f1c0f3e-0000-4000-8000-000000000000",
+            owner: "dead-host/1",
+            lease: Duration::ZERO,
+            manual: false,
+        };
+        assert!(store.claim(&claim).await.expect("claim"));
+        store
+            .attempt(&run_id, FIRST_EPOCH, 1, Duration::ZERO)
+            .await
+            .expect("attempt");
+        // The store's lease times are the system's: let its clock pass the lease's end.
+        std::thread::sleep(Duration::from_millis(5));
+
+        // The live daemon looks every third of its lease.
+        daemon.advance(Duration::from_millis(1100)).await;
+        let (report, _) = daemon.finished().await;
+        assert_eq!(report.run_id, run_id, "{backend}");
+        assert_eq!(
+            report.status,
+            RunStatus::Succeeded,
+            "{backend}: {report:#?}"
+        );
+        assert_eq!(report.attempts, 2, "{backend}: resumed as its next attempt");
+        let run = store.run(&run_id).await.expect("read").expect("run");
+        assert_eq!(run.state, RunState::Succeeded, "{backend}");
+        assert_eq!(run.epoch, FIRST_EPOCH + 1, "{backend}: one take-over");
+        assert_eq!(run.owner, ferry::state::owner_id(), "{backend}");
+        let delivered =
+            std::fs::read_to_string(ws.path().join("out").join(&job)).expect("the delivered file");
+        assert_eq!(delivered, "taken over");
+        daemon.stop().await;
+    }
+}
+
+/// A daemon cut off (or paused) while another took its run over: its next renewal is
+/// refused, it stops the run without making the delivery visible, without recording an
+/// outcome and without telling anyone; the run stays the new owner's.
+#[tokio::test(start_paused = true)]
+async fn a_run_taken_over_from_its_daemon_is_given_up_untouched() {
+    let _still = Hold::new();
+    for (backend, state) in backends() {
+        let (addr, answers) = held_server("late data").await;
+        let ws = Workspace::new();
+        let job = unique_job("zombie");
+        let config = ws.job_file(&format!(
+            r#"
+[daemon]
+state = "{state}"
+lease = "3s"
+
+[notifiers.told]
+type = "webhook"
+url = "http://{addr}/told"
+
+[[jobs]]
+name = "{job}"
+schedule = "0 1 12 * * *"
+source = {{ type = "url", url = "http://{addr}/data" }}
+writers = [{{ type = "local", path = "out/{{job}}" }}]
+on_failure = ["told"]
+on_success = ["told"]
+"#
+        ));
+        let mut daemon = boot_at(&config, utc("2026-06-01T12:00:30Z"));
+        daemon.ready().await;
+        daemon.advance(Duration::from_secs(30)).await;
+        daemon
+            .until(WAIT, |e| matches!(e, Event::Started { .. }))
+            .await;
+        let store = Store::open(&state, ws.path())
+            .await
+            .expect("open the store");
+        let run = store
+            .unfinished()
+            .await
+            .expect("read")
+            .into_iter()
+            .find(|run| run.job == job)
+            .expect("the run is going");
+
+        // Another daemon takes the run over (as if this one had been away past its lease).
+        let later = Utc::now() + chrono::Duration::hours(1);
+        let epoch = store
+            .take_over_expired(&run.run_id, "other-host/2", Duration::from_secs(600), later)
+            .await
+            .expect("take over")
+            .expect("taken");
+        assert_eq!(epoch, FIRST_EPOCH + 1);
+
+        // The next renewal (a third of the lease on) is refused; then the data comes.
+        daemon.advance(Duration::from_millis(1100)).await;
+        let (report, _) = daemon.finished().await;
+        answers.add_permits(1);
+        assert_eq!(report.run_id, run.run_id, "{backend}");
+        assert_eq!(report.status, RunStatus::Lost, "{backend}: {report:#?}");
+        assert!(
+            !ws.path().join("out").join(&job).exists(),
+            "{backend}: the given-up run made nothing visible"
+        );
+        let now = store.run(&run.run_id).await.expect("read").expect("run");
+        assert_eq!(
+            now.state,
+            RunState::Running,
+            "{backend}: no outcome recorded"
+        );
+        assert_eq!(now.owner, "other-host/2");
+        assert_eq!(now.epoch, epoch);
+        assert_eq!(now.error, None);
+        assert!(
+            store
+                .notifications(&run.run_id)
+                .await
+                .expect("read")
+                .is_empty(),
+            "{backend}: nobody was told"
+        );
+        daemon.stop().await;
+    }
+}
