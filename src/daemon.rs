@@ -41,7 +41,7 @@ use crate::report::RunReport;
 use crate::runner::Begun;
 use crate::schedule::timer::sleep_until;
 use crate::schedule::{Clock, Misfire, Overlap, Running, Timer};
-use crate::state::{Ledger, Outcome, StateError, Store, owner_id};
+use crate::state::{Backend, Ledger, Outcome, StateError, Store, owner_id};
 
 /// What the daemon is asked to do from outside (signals, tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +246,12 @@ pub async fn run_on(
     }
     daemon.resume_unfinished().await?;
     daemon.catch_up().await?;
+    // Notifications left in the outbox by a process that died are sent from here.
+    tokio::spawn(crate::notify::outbox::sweeper(
+        daemon.ledger.clone(),
+        daemon.notifications.clone(),
+        daemon.not_started.clone(),
+    ));
     let armed = daemon.armed.values().filter(|a| a.next.is_some()).count();
     tracing::info!(config = %path.display(), jobs = daemon.armed.len(), armed, "Ready: jobs armed.");
     systemd(&[
@@ -389,11 +395,21 @@ const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 impl Daemon {
     /// Resumes the runs a previous daemon left unfinished, from their checkpoints, when the
-    /// store lets this daemon take them over ([`Store::take_over`]). A run of a job that is
-    /// no longer in the job file is closed as failed once taken over.
+    /// store lets this daemon take them over ([`Store::take_over`]): with SQLite (one
+    /// daemon) every unfinished run, with PostgreSQL those whose lease ran out. A run of a
+    /// job this daemon does not have is closed as failed once taken over, when no other
+    /// daemon may have the job ([`Daemon::orphaned`]).
     async fn resume_unfinished(&mut self) -> Result<(), StateError> {
         let store = self.ledger.store.clone();
-        for mut record in store.unfinished().await? {
+        let left = match store.backend() {
+            Backend::Sqlite => store.unfinished().await?,
+            Backend::Postgres => store.expired(Utc::now()).await?,
+        };
+        for mut record in left {
+            let known = self.armed.contains_key(&record.job);
+            if !known && !self.orphaned(&record) {
+                continue;
+            }
             let Some(epoch) = store
                 .take_over(&record.run_id, &self.ledger.owner, self.ledger.lease)
                 .await?
@@ -401,21 +417,23 @@ impl Daemon {
                 continue;
             };
             record.epoch = epoch;
-            if !self.armed.contains_key(&record.job) {
-                let error = "the job is no longer in the job file";
-                tracing::warn!(job = %record.job, run_id = %record.run_id, "Not resuming the run: {error}.");
-                store
-                    .finish(
-                        &record.run_id,
-                        epoch,
-                        &Outcome::failed(record.attempts, error),
-                    )
-                    .await?;
-                continue;
+            match known {
+                true => self.resume(record),
+                false => close_orphan(&store, &record).await?,
             }
-            self.resume(record);
         }
         Ok(())
+    }
+
+    /// Whether `record`, a run of a job this daemon does not have, has nobody else to
+    /// finish it: with SQLite (one daemon) always; with PostgreSQL once its lease ran out a
+    /// day ago (the daemons that shared the store with a job file that had the job are
+    /// gone).
+    fn orphaned(&self, record: &crate::state::RunRecord) -> bool {
+        match self.ledger.store.backend() {
+            Backend::Sqlite => true,
+            Backend::Postgres => record.lease_until < Utc::now() - chrono::Duration::days(1),
+        }
     }
 
     /// Resumes `record`, taken over by this daemon (its epoch the take-over's), as a tracked
@@ -477,7 +495,8 @@ impl Daemon {
         taken: &mpsc::Sender<crate::state::RunRecord>,
     ) {
         for mut record in runs {
-            if !self.armed.contains_key(&record.job) {
+            let known = self.armed.contains_key(&record.job);
+            if !known && !self.orphaned(&record) {
                 tracing::debug!(job = %record.job, run_id = %record.run_id, "A run's lease ran out, but its job is not in this daemon's job file; left to another daemon.");
                 continue;
             }
@@ -490,9 +509,16 @@ impl Daemon {
                     .take_over_expired(&record.run_id, &owner, lease, Utc::now())
                     .await
                 {
-                    Ok(Some(epoch)) => {
+                    Ok(Some(epoch)) if known => {
                         record.epoch = epoch;
                         let _ = found.send(record).await;
+                    }
+                    Ok(Some(epoch)) => {
+                        record.epoch = epoch;
+                        if let Err(err) = close_orphan(&store, &record).await {
+                            store.count_failure();
+                            tracing::warn!(error = %err, run_id = %record.run_id, "Cannot close a run whose job is gone.");
+                        }
                     }
                     Ok(None) => {}
                     Err(err) => {
@@ -1020,15 +1046,17 @@ impl Daemon {
         if !gone {
             tracing::warn!("A cancelled program's process group did not end.");
         }
-        // Notifications of finished runs get what is left of the deadline.
+        // Notifications of finished runs get what is left of the deadline; those still
+        // unsent then stay in the outbox for the next daemon.
         if self.notifications.pending() > 0 {
             let left = self.shutdown_timeout.saturating_sub(began.elapsed());
             let settled = !now && self.notifications.settle(left).await;
             if !settled {
                 tracing::warn!(
                     pending = self.notifications.pending(),
-                    "Notifications still unsent at the shutdown deadline are dropped."
+                    "Notifications still unsent at the shutdown deadline are stopped."
                 );
+                crate::notify::outbox::release(&self.ledger).await;
             }
         }
         if let Some(api) = self.api.take() {
@@ -1037,6 +1065,19 @@ impl Daemon {
         tracing::info!(cancelled, "Stopped.");
         self.emit(Event::Stopped { cancelled });
     }
+}
+
+/// Closes `record`, taken over by this daemon, as failed: its job is in no job file any more.
+async fn close_orphan(store: &Store, record: &crate::state::RunRecord) -> Result<(), StateError> {
+    let error = "the job is no longer in the job file";
+    tracing::warn!(job = %record.job, run_id = %record.run_id, "Not resuming the run: {error}.");
+    store
+        .finish(
+            &record.run_id,
+            record.epoch,
+            &Outcome::failed(record.attempts, error),
+        )
+        .await
 }
 
 /// Starts the daemon's tracked tasks, from its loop or from a task of its own.

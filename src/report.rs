@@ -8,12 +8,12 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
 
 /// A receipt for one writer's delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     /// The writer's kind (`local`, …).
     pub writer: String,
@@ -42,7 +42,7 @@ impl fmt::Display for Delivery {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Every writer delivered.
@@ -67,7 +67,7 @@ impl RunStatus {
 }
 
 /// A run's failure, as handlers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureReport {
     /// The kind of the last error.
     pub kind: ErrorKind,
@@ -77,8 +77,9 @@ pub struct FailureReport {
     pub gave_up: String,
 }
 
-/// The facts of a finished run, handed to success and failure handlers.
-#[derive(Debug, Clone, Serialize)]
+/// The facts of a finished run, handed to success and failure handlers (kept as JSON in the
+/// store's notification outbox until every handler was told).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     /// The job's name.
     pub job: String,
@@ -93,7 +94,10 @@ pub struct RunReport {
     /// When the run began.
     pub started_at: DateTime<Utc>,
     /// How long the run took, retries and waits included.
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(
+        serialize_with = "serialize_secs",
+        deserialize_with = "deserialize_secs"
+    )]
     pub duration: Duration,
     /// One receipt per writer that delivered.
     pub deliveries: Vec<Delivery>,
@@ -105,6 +109,11 @@ pub struct RunReport {
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+fn deserialize_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let secs = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
 }
 
 impl RunReport {

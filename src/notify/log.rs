@@ -48,6 +48,10 @@ impl Notifier for LogNotifier {
         true
     }
 
+    fn durable(&self) -> bool {
+        false
+    }
+
     async fn notify(&self, report: &RunReport) -> Result<(), DeliveryError> {
         let duration = humantime::format_duration(std::time::Duration::from_millis(
             u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),

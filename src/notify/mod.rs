@@ -11,6 +11,7 @@
 //! Kinds: `log`, `email`, `webhook`, one file each; [`message`] holds what they say.
 
 pub mod message;
+pub mod outbox;
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use crate::error::{DeliveryError, ErrorKind, display_chain};
 use crate::kinds::kinds;
 use crate::report::RunReport;
 use crate::settings::{KeyPath, Problems};
-use crate::state::{Ledger, NotificationRecord};
+use crate::state::Ledger;
 
 /// A handler told how a run ended.
 #[async_trait]
@@ -52,6 +53,19 @@ pub trait Notifier: fmt::Debug + Send + Sync {
     /// leaves its own line out, so the line is not written twice.
     fn logs_the_run(&self) -> bool {
         false
+    }
+
+    /// Whether its notifications go through the store's outbox (recorded with the run's
+    /// outcome, sent exactly once by whichever process claims them, never lost to a crash).
+    /// A `log` notifier writes this process's log, so it is told at once instead.
+    fn durable(&self) -> bool {
+        true
+    }
+
+    /// The longest a sender may hold a notification's claim before another may send it:
+    /// every try, and the waits between them, with room to spare.
+    fn claim_hold(&self) -> Duration {
+        (self.timeout() + MAX_DELAY) * self.attempts().max(1) + Duration::from_secs(60)
     }
 }
 
@@ -92,49 +106,92 @@ const FIRST_DELAY: Duration = Duration::from_secs(1);
 const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// Notifications on their way: handler calls running in the background, so that a slow or
-/// unreachable mail server never holds up a delivery.
+/// unreachable mail server never holds up a delivery. Also the handlers built for the job
+/// file, by name, so that a notification left in the outbox by another process can be sent
+/// ([`outbox`]).
 #[derive(Debug, Clone, Default)]
 pub struct Notifications {
     tracker: TaskTracker,
+    handlers: Arc<parking_lot::RwLock<std::collections::HashMap<String, Arc<dyn Notifier>>>>,
 }
 
 impl Notifications {
+    /// Keeps `handler` by its name, for notifications left in the outbox (a handler built
+    /// again by a reload replaces the old one).
+    pub fn register(&self, handler: &Arc<dyn Notifier>) {
+        self.handlers
+            .write()
+            .insert(handler.name().to_owned(), Arc::clone(handler));
+    }
+
+    /// The handler called `name`, if the job file has one.
+    pub fn handler(&self, name: &str) -> Option<Arc<dyn Notifier>> {
+        self.handlers.read().get(name).cloned()
+    }
+
+    /// The names of the handlers whose notifications go through the outbox.
+    pub fn durable_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .handlers
+            .read()
+            .values()
+            .filter(|handler| handler.durable())
+            .map(|handler| handler.name().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Tells each of `handlers` about `report`'s run, in the background. With a ledger, the
-    /// outcome of each is kept in the state store.
+    /// outcome of each is kept in the state store. `outboxed`: the run's outcome was
+    /// recorded with its notifications in the outbox, so each durable handler is told only
+    /// once this process has claimed its row (exactly once, whoever sends it).
     pub fn send(
         &self,
         handlers: &[Arc<dyn Notifier>],
         report: &Arc<RunReport>,
         ledger: Option<&Ledger>,
+        outboxed: bool,
     ) {
         for handler in handlers {
             let handler = Arc::clone(handler);
             let report = Arc::clone(report);
             let ledger = ledger.cloned();
             let call = async move {
+                let claimed = match &ledger {
+                    Some(ledger) if outboxed && handler.durable() => {
+                        outbox::claim(ledger, &report.run_id, handler.as_ref()).await
+                    }
+                    _ => None,
+                };
+                if claimed == Some(false) {
+                    return;
+                }
                 let outcome = deliver(handler.as_ref(), &report).await;
                 if let Some(ledger) = ledger {
-                    let record = NotificationRecord {
-                        run_id: &report.run_id,
-                        notifier: handler.name(),
-                        sent: outcome.result.is_ok(),
-                        attempts: outcome.attempts,
-                        error: outcome.result.as_ref().err().map(String::as_str),
-                    };
-                    ledger
-                        .metrics
-                        .notification(handler.name(), outcome.result.is_ok());
-                    if let Err(err) = ledger.store.record_notification(&record).await {
-                        ledger.store.count_failure();
-                        tracing::warn!(error = %err, "Cannot record a notification in the state store.");
-                    }
+                    let id =
+                        claimed.map(|_| crate::state::notice_id(&report.run_id, handler.name()));
+                    outbox::settle(
+                        &ledger,
+                        id.as_deref(),
+                        &report.run_id,
+                        handler.name(),
+                        &outcome,
+                    )
+                    .await;
                 }
             };
-            self.tracker.spawn(tracing::Instrument::instrument(
-                call,
-                tracing::Span::current(),
-            ));
+            self.spawn(call);
         }
+    }
+
+    /// Runs `call` (a notification) in the background, in the current span, counted until
+    /// it ends.
+    pub(crate) fn spawn(&self, call: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(tracing::Instrument::instrument(
+            call,
+            tracing::Span::current(),
+        ));
     }
 
     /// Waits until every notification sent so far is done, for at most `limit`. Whether

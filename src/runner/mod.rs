@@ -218,12 +218,14 @@ impl<A: Activity> ActivityRunner<A> {
 
     /// Adds a handler told when a run succeeds.
     pub fn on_success(mut self, handler: Arc<dyn Notifier>) -> Self {
+        self.notifications.register(&handler);
         self.on_success.push(handler);
         self
     }
 
     /// Adds a handler told when a run fails after its last attempt.
     pub fn on_failure(mut self, handler: Arc<dyn Notifier>) -> Self {
+        self.notifications.register(&handler);
         self.on_failure.push(handler);
         self
     }
@@ -235,6 +237,9 @@ impl<A: Activity> ActivityRunner<A> {
 
     /// Sends this runner's notifications through `notifications` (shared with other jobs).
     pub fn with_notifications(mut self, notifications: Notifications) -> Self {
+        for handler in self.on_success.iter().chain(&self.on_failure) {
+            notifications.register(handler);
+        }
         self.notifications = notifications;
         self
     }
@@ -266,7 +271,8 @@ impl<A: Activity> ActivityRunner<A> {
         };
         log_run(&report, &self.on_failure).await;
         let shared = Arc::new(report);
-        self.notifications.send(&self.on_failure, &shared, None);
+        self.notifications
+            .send(&self.on_failure, &shared, None, false);
         Arc::unwrap_or_clone(shared)
     }
 
@@ -330,21 +336,24 @@ impl<A: Activity> ActivityRunner<A> {
                 deliveries,
                 error,
             };
-            if let Some(ledger) = &ctx.ledger {
-                if !record(ledger, &ctx, &report).await {
-                    return lost(&ctx, started_at, clock.elapsed());
-                }
-                ledger.metrics.run_finished(&report);
-            }
             let handlers = match status {
                 RunStatus::Succeeded => &self.on_success,
                 RunStatus::Failed | RunStatus::Lost => &self.on_failure,
             };
+            let mut outboxed = false;
+            if let Some(ledger) = &ctx.ledger {
+                match record(ledger, &ctx, &report, handlers).await {
+                    Recorded::WithNotices => outboxed = true,
+                    Recorded::Alone => {}
+                    Recorded::Lost => return lost(&ctx, started_at, clock.elapsed()),
+                }
+                ledger.metrics.run_finished(&report);
+            }
             // The log line is written at once; nothing else may hold up the run's end.
             log_run(&report, handlers).await;
             let shared = Arc::new(report);
             self.notifications
-                .send(handlers, &shared, ctx.ledger.as_ref());
+                .send(handlers, &shared, ctx.ledger.as_ref(), outboxed);
             Arc::unwrap_or_clone(shared)
         }
         .instrument(span)
@@ -463,9 +472,25 @@ async fn keep_lease(ledger: &Ledger, ctx: &RunContext) {
     }
 }
 
-/// Writes the run's outcome to the state store (and drops its checkpoints). `false` when
-/// the store refused it because another daemon took the run over.
-async fn record(ledger: &Ledger, ctx: &RunContext, report: &RunReport) -> bool {
+/// What [`record`] did.
+enum Recorded {
+    /// The outcome is recorded, and the notifications to `handlers` with it in the outbox.
+    WithNotices,
+    /// The store could not be written: the outcome stays unrecorded (the run is resumed
+    /// once its lease runs out), and the handlers are told without the outbox.
+    Alone,
+    /// The store refused it: another daemon took the run over.
+    Lost,
+}
+
+/// Writes the run's outcome to the state store, with the notifications to `handlers` in
+/// the outbox (and drops its checkpoints), in one transaction.
+async fn record(
+    ledger: &Ledger,
+    ctx: &RunContext,
+    report: &RunReport,
+    handlers: &[Arc<dyn Notifier>],
+) -> Recorded {
     let locations: Vec<&str> = report
         .deliveries
         .iter()
@@ -485,8 +510,26 @@ async fn record(ledger: &Ledger, ctx: &RunContext, report: &RunReport) -> bool {
         error: error.as_deref(),
     };
     let epoch = ctx.tenure.epoch();
+    let notifiers: Vec<String> = handlers
+        .iter()
+        .filter(|handler| handler.durable())
+        .map(|handler| handler.name().to_owned())
+        .collect();
+    let notices = match (notifiers.is_empty(), serde_json::to_string(report)) {
+        (false, Ok(json)) => Some(crate::state::Notices {
+            job: report.job.clone(),
+            notifiers,
+            report: json,
+        }),
+        _ => None,
+    };
+    let with_notices = notices.is_some();
     let finish = || async {
-        match ledger.store.finish(&report.run_id, epoch, &outcome).await {
+        let written = ledger
+            .store
+            .finish_and_notify(&report.run_id, epoch, &outcome, notices.clone())
+            .await;
+        match written {
             Ok(()) => Ok(true),
             Err(StateError::Fenced(_)) => Ok(false),
             Err(err) => Err(err),
@@ -501,18 +544,19 @@ async fn record(ledger: &Ledger, ctx: &RunContext, report: &RunReport) -> bool {
         )
         .await
     {
-        Ok(true) => true,
+        Ok(true) if with_notices => Recorded::WithNotices,
+        Ok(true) => Recorded::Alone,
         Ok(false) => {
             ctx.tenure
                 .lose("its outcome was refused: another daemon took the run over");
-            false
+            Recorded::Lost
         }
         Err(err) => {
             tracing::error!(
                 error = %err,
                 "Cannot record the run's outcome in the state store; the run stays 'running' and another daemon (or this one) resumes it once its lease runs out."
             );
-            true
+            Recorded::Alone
         }
     }
 }

@@ -121,6 +121,8 @@ pub(super) struct Finished {
     pub(super) sha256: Option<String>,
     pub(super) location: Option<String>,
     pub(super) error: Option<String>,
+    /// Who to tell, written to the outbox with the outcome.
+    pub(super) notices: Option<super::Notices>,
 }
 
 /// A write waiting for the writer, and where its answer goes: for a claim, whether it was
@@ -309,7 +311,7 @@ fn placeholders(sql: &mut String, backend: super::Backend, first: usize, count: 
 /// Appends the `n`th (from 1) bound parameter's placeholder to `sql`: SQLite looks `$N`
 /// names up one by one in a list (quadratic in the parameters: 10 ms for a 500-claim
 /// statement) and binds anonymous `?` by position; PostgreSQL takes only `$N`.
-fn placeholder(sql: &mut String, backend: super::Backend, n: usize) {
+pub(super) fn placeholder(sql: &mut String, backend: super::Backend, n: usize) {
     match backend {
         super::Backend::Sqlite => sql.push('?'),
         super::Backend::Postgres => {
@@ -389,6 +391,15 @@ async fn finish_runs(
         .collect::<Result<_, _>>()?;
     if done.is_empty() {
         return Ok(done);
+    }
+    let notices: Vec<(&str, &super::Notices)> = runs
+        .iter()
+        .filter(|run| done.contains(&run.run_id))
+        .filter_map(|run| Some((run.run_id.as_str(), run.notices.as_ref()?)))
+        .collect();
+    if !notices.is_empty() {
+        let at = runs.first().map_or(0, |run| run.at);
+        super::outbox::enqueue(&mut *conn, backend, &notices, at).await?;
     }
     let mut sql = String::from("DELETE FROM ferry_checkpoints WHERE run_id IN (");
     placeholders(&mut sql, backend, 1, done.len());

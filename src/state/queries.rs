@@ -11,8 +11,8 @@ use sqlx::any::AnyRow;
 
 use super::batch::{Finished, Write};
 use super::{
-    Backend, Checkpoint, Claim, NotificationOutcome, NotificationRecord, Outcome, RunRecord,
-    RunState, StateError, Store,
+    Backend, Checkpoint, Claim, Notices, NotificationOutcome, NotificationRecord, Outcome,
+    RunRecord, RunState, StateError, Store,
 };
 
 pub(super) fn millis(t: DateTime<Utc>) -> i64 {
@@ -202,7 +202,20 @@ impl Store {
         epoch: i64,
         outcome: &Outcome<'_>,
     ) -> Result<(), StateError> {
+        self.finish_and_notify(run_id, epoch, outcome, None).await
+    }
+
+    /// [`Store::finish`], writing `notices` (who to tell) to the outbox in the same
+    /// transaction: recorded together or not at all.
+    pub async fn finish_and_notify(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        outcome: &Outcome<'_>,
+        notices: Option<Notices>,
+    ) -> Result<(), StateError> {
         let finished = Finished {
+            notices,
             epoch,
             run_id: run_id.to_owned(),
             state: outcome.state.as_str(),
@@ -263,10 +276,11 @@ impl Store {
     }
 
     /// Runs not finished whose lease ran out before `before` (their owner died, hung or
-    /// lost the store), oldest slot first, at most a thousand.
+    /// lost the store), at most a thousand, those whose lease ran out last first: runs of
+    /// jobs no daemon has, left long ago, never crowd out a run that just lost its owner.
     pub async fn expired(&self, before: DateTime<Utc>) -> Result<Vec<RunRecord>, StateError> {
         let rows = sqlx::query(select_runs!(
-            "WHERE state = 'running' AND lease_until < $1 ORDER BY slot LIMIT 1000"
+            "WHERE state = 'running' AND lease_until < $1 ORDER BY lease_until DESC LIMIT 1000"
         ))
         .bind(millis(before))
         .fetch_all(&self.pool)

@@ -170,6 +170,30 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
             stopped_at BIGINT
         );",
     ),
+    (
+        7,
+        "notification outbox",
+        // A run's notifications, written in the transaction that records its outcome, so
+        // none is lost to a crash. A sender claims a row (`sending`, `claimed_by`, until
+        // `claimed_until`) before it calls the notifier; a row whose sender died is
+        // claimed again once its claim runs out.
+        "CREATE TABLE ferry_outbox (
+            id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            job TEXT NOT NULL,
+            notifier TEXT NOT NULL,
+            report TEXT NOT NULL,
+            state TEXT NOT NULL,
+            claimed_by TEXT,
+            claimed_until BIGINT,
+            attempts BIGINT NOT NULL DEFAULT 0,
+            error TEXT,
+            created_at BIGINT NOT NULL,
+            sent_at BIGINT,
+            UNIQUE (run_id, notifier)
+        );
+        CREATE INDEX ferry_outbox_state ON ferry_outbox (state, created_at);",
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {

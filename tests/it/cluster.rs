@@ -32,6 +32,23 @@ fn unique_job(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A run of `job` for 11:00 claimed by a daemon now dead, its lease `lease` long: its id.
+async fn claimed_by_the_dead(store: &Store, job: &str, lease: Duration) -> String {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let claim = Claim {
+        job,
+        slot: utc("2026-06-01T11:00:00Z"),
+        slot_local: "2026-06-01T11:00:00+00:00",
+        run_id: &run_id,
+        uuid: "6f1c0f3e-0000-4000-8000-000000000000",
+        owner: "dead-host/1",
+        lease,
+        manual: false,
+    };
+    assert!(store.claim(&claim).await.expect("claim"));
+    run_id
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_live_daemon_takes_over_a_run_whose_daemon_died() {
     let _still = Hold::new();
@@ -58,18 +75,7 @@ writers = [{{ type = "local", path = "out/{{job}}" }}]
         let store = Store::open(&state, ws.path())
             .await
             .expect("open the store");
-        let run_id = uuid::Uuid::new_v4().simple().to_string();
-        let claim = Claim {
-            job: &job,
-            slot: utc("2026-06-01T11:00:00Z"),
-            slot_local: "2026-06-01T11:00:00+00:00",
-            run_id: &run_id,
-            uuid: "6f1c0f3e-0000-4000-8000-000000000000",
-            owner: "dead-host/1",
-            lease: Duration::ZERO,
-            manual: false,
-        };
-        assert!(store.claim(&claim).await.expect("claim"));
+        let run_id = claimed_by_the_dead(&store, &job, Duration::ZERO).await;
         store
             .attempt(&run_id, FIRST_EPOCH, 1, Duration::ZERO)
             .await
@@ -181,5 +187,96 @@ on_success = ["told"]
             "{backend}: nobody was told"
         );
         daemon.stop().await;
+    }
+}
+
+/// A daemon that recorded a run and its notification, claimed the notification and died
+/// while sending it: a live daemon's sweeper sends it once its claim runs out, and only
+/// once.
+#[tokio::test(start_paused = true)]
+async fn a_notification_left_by_a_dead_daemon_is_sent_once_by_another() {
+    let _still = Hold::new();
+    for (backend, state) in backends() {
+        let (addr, calls) = crate::notify::webhook_server(axum::http::StatusCode::OK).await;
+        let ws = Workspace::new();
+        let job = unique_job("told");
+        let config = ws.job_file(&format!(
+            r#"
+[daemon]
+state = "{state}"
+
+[notifiers.hook]
+type = "webhook"
+url = "http://{addr}/hook/x"
+
+[[jobs]]
+name = "{job}"
+schedule = "0 0 0 1 1 *"
+source = {{ type = "inline", data = "x" }}
+writers = [{{ type = "local", path = "out/{{job}}" }}]
+on_failure = ["hook"]
+"#
+        ));
+        let store = Store::open(&state, ws.path())
+            .await
+            .expect("open the store");
+        let run_id = claimed_by_the_dead(&store, &job, Duration::from_secs(60)).await;
+        let report = serde_json::json!({
+            "job": job, "run_id": run_id, "slot": "2026-06-01T11:00:00+00:00",
+            "status": "failed", "attempts": 3, "started_at": "2026-06-01T11:00:00Z",
+            "duration": 1.5, "deliveries": [], "resumed_from": 0,
+            "error": { "kind": "network", "chain": ["connection refused"], "gave_up": "all 3 attempts failed" },
+        });
+        let notices = ferry::state::Notices {
+            job: job.clone(),
+            notifiers: vec!["hook".into()],
+            report: report.to_string(),
+        };
+        store
+            .finish_and_notify(
+                &run_id,
+                FIRST_EPOCH,
+                &ferry::state::Outcome::failed(3, "connection refused"),
+                Some(notices),
+            )
+            .await
+            .expect("finish");
+        // The dead daemon had claimed it, with a claim that has run out now.
+        assert!(
+            store
+                .claim_notice(&run_id, "hook", "dead-host/1", Duration::ZERO)
+                .await
+                .expect("claim")
+        );
+        std::thread::sleep(Duration::from_millis(5));
+
+        let mut daemon = boot_at(&config, utc("2026-06-01T12:00:00Z"));
+        daemon.ready().await;
+        let began = std::time::Instant::now();
+        while calls.lock().expect("calls").is_empty() {
+            assert!(
+                began.elapsed() < WAIT,
+                "{backend}: not sent within {WAIT:?}"
+            );
+            // Lets the daemon's tasks and their I/O run, the paused clock a little on.
+            daemon.advance(Duration::from_millis(10)).await;
+        }
+        // Later sweeps leave it alone: it is settled.
+        for _ in 0..3 {
+            daemon.advance(ferry::notify::outbox::SWEEP_EVERY).await;
+        }
+        daemon.stop().await;
+        let calls = calls.lock().expect("calls").clone();
+        assert_eq!(calls.len(), 1, "{backend}: sent once: {calls:#?}");
+        let body: serde_json::Value = serde_json::from_str(&calls[0].body).expect("JSON");
+        assert_eq!(body["run_id"], run_id.as_str());
+        assert_eq!(body["status"], "failed");
+        let notices = store.notices(&run_id).await.expect("outbox");
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].state, "sent", "{backend}");
+        assert_eq!(
+            notices[0].claimed_by.as_deref(),
+            Some(ferry::state::owner_id().as_str())
+        );
     }
 }

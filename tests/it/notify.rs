@@ -274,16 +274,16 @@ async fn a_server_that_never_answers_is_given_up_on_in_time() {
 
 /// What a webhook server received.
 #[derive(Debug, Clone)]
-struct Call {
+pub(crate) struct Call {
     method: Method,
     headers: HeaderMap,
-    body: String,
+    pub(crate) body: String,
 }
 
-type Calls = Arc<Mutex<Vec<Call>>>;
+pub(crate) type Calls = Arc<Mutex<Vec<Call>>>;
 
 /// A webhook endpoint answering `status` to every call and keeping what it received.
-async fn webhook_server(status: StatusCode) -> (SocketAddr, Calls) {
+pub(crate) async fn webhook_server(status: StatusCode) -> (SocketAddr, Calls) {
     let calls = Calls::default();
     let router = axum::Router::new()
         .route(
@@ -336,9 +336,21 @@ async fn a_json_webhook_carries_the_run_and_a_secret_header() {
 url = "http://{addr}/hook/abc"
 headers = {{ "X-Team" = "data", Authorization = {{ file = "secrets/hook", prefix = "Bearer " }} }}"#
     ));
-    let (report, _) = run_and_settle(&ws, &text).await;
+    let (report, ledger) = run_and_settle(&ws, &text).await;
     let calls = calls.lock().expect("calls").clone();
     assert_eq!(calls.len(), 1, "{calls:#?}");
+    // Recorded with the outcome, claimed and sent by this process; the log notifier is told
+    // at once, without the outbox.
+    let notices = ledger.store.notices(&report.run_id).await.expect("outbox");
+    assert_eq!(notices.len(), 1, "{notices:#?}");
+    assert_eq!(
+        (notices[0].notifier.as_str(), notices[0].state.as_str()),
+        ("users", "sent")
+    );
+    assert_eq!(
+        notices[0].claimed_by.as_deref(),
+        Some(ledger.owner.as_str())
+    );
     let call = &calls[0];
     assert_eq!(call.method, Method::POST);
     assert_eq!(call.headers["content-type"], "application/json");

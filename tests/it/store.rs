@@ -262,8 +262,6 @@ async fn an_unfinished_run_is_taken_over_only_after_its_lease() {
         assert_eq!(taken, None, "{backend}: a live lease is respected");
         // As if two minutes passed.
         let later = Utc::now() + chrono::Duration::seconds(120);
-        let expired = store.expired(later).await.expect("read");
-        assert!(expired.iter().any(|r| r.run_id == run_id), "{backend}");
         let epoch = store
             .take_over_expired(&run_id, "new-daemon", Duration::from_secs(60), later)
             .await
@@ -940,4 +938,203 @@ async fn the_latest_finished_run_of_each_job_and_the_latest_failures() {
             "{backend}"
         );
     }
+}
+
+/// A run's notifications are written with its outcome, or not at all (a former owner's
+/// refused outcome brings none); each is claimed by one sender only, and one whose sender
+/// died is claimed again once its claim runs out.
+#[tokio::test]
+async fn notices_go_with_the_outcome_and_are_claimed_once() {
+    for (backend, store, _dir) in stores().await {
+        let job = unique_job("notices");
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        store
+            .claim(&claim(&job, slot(1), &run_id, "a"))
+            .await
+            .expect("claim");
+        // Notifier names of this test's own: a sweep claims any run's notices to them.
+        let (mail, hook) = (format!("{job}-mail"), format!("{job}-hook"));
+        let notices = |names: &[&str]| ferry::state::Notices {
+            job: job.clone(),
+            notifiers: names.iter().map(|name| (*name).to_owned()).collect(),
+            report: "{}".into(),
+        };
+        // A former owner's outcome is refused, and its notices with it.
+        let zombie = store
+            .finish_and_notify(
+                &run_id,
+                FIRST_EPOCH + 1,
+                &Outcome::failed(1, "late"),
+                Some(notices(&[&mail])),
+            )
+            .await;
+        assert!(matches!(zombie, Err(StateError::Fenced(_))), "{backend}");
+        assert!(store.notices(&run_id).await.expect("read").is_empty());
+
+        let outcome = Outcome::failed(1, "boom");
+        store
+            .finish_and_notify(
+                &run_id,
+                FIRST_EPOCH,
+                &outcome,
+                Some(notices(&[&mail, &hook])),
+            )
+            .await
+            .expect("finish");
+        // Written twice (the first answer lost): still one notice per notifier.
+        store
+            .finish_and_notify(
+                &run_id,
+                FIRST_EPOCH,
+                &outcome,
+                Some(notices(&[&mail, &hook])),
+            )
+            .await
+            .expect("finish again");
+        let states = store.notices(&run_id).await.expect("read");
+        let shown: Vec<(&str, &str)> = states
+            .iter()
+            .map(|n| (n.notifier.as_str(), n.state.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            [(hook.as_str(), "pending"), (mail.as_str(), "pending")],
+            "{backend}"
+        );
+
+        let hold = Duration::from_secs(600);
+        assert!(
+            store
+                .claim_notice(&run_id, &mail, "p1", hold)
+                .await
+                .expect("claim")
+        );
+        assert!(
+            !store
+                .claim_notice(&run_id, &mail, "p2", hold)
+                .await
+                .expect("claim"),
+            "{backend}: claimed once"
+        );
+        assert!(
+            !store
+                .settle_notice(&format!("{run_id}/{mail}"), "p2", true, 1, None)
+                .await
+                .expect("settle"),
+            "{backend}: only the claimant settles"
+        );
+        assert!(
+            store
+                .settle_notice(&format!("{run_id}/{mail}"), "p1", true, 1, None)
+                .await
+                .expect("settle")
+        );
+        // `hook`'s sender died after claiming it, with a claim that has run out.
+        assert!(
+            store
+                .claim_notice(&run_id, &hook, "dead", Duration::ZERO)
+                .await
+                .expect("claim")
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        let names = vec![hook.clone(), mail.clone()];
+        let left = store
+            .claim_left_notices("p3", &names, Utc::now(), hold, 100)
+            .await
+            .expect("sweep");
+        let ours: Vec<&str> = left
+            .iter()
+            .filter(|n| n.run_id == run_id)
+            .map(|n| n.notifier.as_str())
+            .collect();
+        assert_eq!(ours, [hook.as_str()], "{backend}: the sent one stays sent");
+        let again = store
+            .claim_left_notices("p4", &names, Utc::now(), hold, 100)
+            .await
+            .expect("sweep");
+        assert!(
+            !again.iter().any(|n| n.run_id == run_id),
+            "{backend}: claimed by p3 now"
+        );
+        assert_eq!(
+            store.release_notices("p3").await.expect("release"),
+            left.len() as u64
+        );
+        let states = store.notices(&run_id).await.expect("read");
+        assert_eq!(states[0].state, "pending", "{backend}: given back");
+        assert_eq!(states[1].state, "sent");
+    }
+}
+
+/// Two daemons sweeping the outbox at once (PostgreSQL): every notification is claimed by
+/// exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sweepers_claim_each_notice_once() {
+    let Ok(url) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+        eprintln!("not run: FERRY_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&url, dir.path()).await.expect("open");
+    let job = unique_job("sweep");
+    let notifier = format!("n-{}", uuid::Uuid::new_v4().simple());
+    let mut run_ids = Vec::new();
+    for i in 0..200 {
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        store
+            .claim(&claim(&job, slot(i), &run_id, "a"))
+            .await
+            .expect("claim");
+        let notices = ferry::state::Notices {
+            job: job.clone(),
+            notifiers: vec![notifier.clone()],
+            report: "{}".into(),
+        };
+        store
+            .finish_and_notify(
+                &run_id,
+                FIRST_EPOCH,
+                &Outcome::failed(1, "x"),
+                Some(notices),
+            )
+            .await
+            .expect("finish");
+        run_ids.push(run_id);
+    }
+    let later = Utc::now() + chrono::Duration::seconds(60);
+    let both = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let sweep = |owner: &'static str| {
+        let store = store.clone();
+        let names = vec![notifier.clone()];
+        let both = std::sync::Arc::clone(&both);
+        tokio::spawn(async move {
+            both.wait().await;
+            let mut got = Vec::new();
+            loop {
+                let batch = store
+                    .claim_left_notices(owner, &names, later, Duration::from_secs(600), 7)
+                    .await
+                    .expect("sweep");
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|n| n.run_id));
+            }
+        })
+    };
+    let (a, b) = (sweep("daemon-a"), sweep("daemon-b"));
+    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both swept: {} and {}",
+        a.len(),
+        b.len()
+    );
+    let mut all: Vec<String> = a.into_iter().chain(b).collect();
+    all.sort();
+    let total = all.len();
+    all.dedup();
+    assert_eq!(all.len(), total, "no notice claimed twice");
+    run_ids.sort();
+    assert_eq!(all, run_ids, "every notice claimed");
 }
