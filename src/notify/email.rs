@@ -275,7 +275,22 @@ impl EmailNotifier {
             .collect::<Vec<_>>()
             .join(" ");
         let body = self.body.render(facts)?;
-        let mut builder = Message::builder().from(self.from.clone()).subject(subject);
+        // A Message-ID of the run's and this notifier's own: a mail sent twice (its sender
+        // died before recording it went) reads as one to receivers that drop duplicates.
+        // Every mail about a job refers to one thread root, so its failures and recovery
+        // read as one conversation. (lettre adds the Date header.)
+        let domain = self.from.email.domain();
+        let thread = thread_id(&facts.job, domain);
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .subject(subject)
+            .message_id(Some(format!(
+                "<{}.{}@{domain}>",
+                facts.run_id,
+                msg_id_part(&self.name)
+            )))
+            .in_reply_to(thread.clone())
+            .references(thread);
         for to in &self.to {
             builder = builder.to(to.clone());
         }
@@ -295,6 +310,29 @@ impl EmailNotifier {
             DeliveryError::new(ErrorKind::Config, format!("cannot build the mail: {err}"))
         })
     }
+}
+
+/// The Message-ID every mail about job `job` refers to (`In-Reply-To`, `References`), so
+/// mail programs thread them: the same for every run, notifier and daemon.
+fn thread_id(job: &str, domain: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(job.as_bytes());
+    format!(
+        "<ferry.{}.{}@{domain}>",
+        msg_id_part(job),
+        hex::encode(&digest[..6])
+    )
+}
+
+/// `text` as the left part of a Message-ID may hold it (RFC 5322 dot-atom text): other
+/// characters become `-` (the thread id's hash keeps names that differ only there apart).
+fn msg_id_part(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '+' | '=' => c,
+            _ => '-',
+        })
+        .collect()
 }
 
 /// A failed send, classified by the server's reply.
@@ -333,5 +371,23 @@ impl Notifier for EmailNotifier {
             .await
             .map(drop)
             .map_err(|err| smtp_error(&self.server, err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jobs_mails_share_one_thread_id_of_valid_characters() {
+        let nightly = thread_id("nightly", "example.com");
+        assert_eq!(nightly, thread_id("nightly", "example.com"), "stable");
+        assert!(nightly.starts_with("<ferry.nightly.") && nightly.ends_with("@example.com>"));
+        assert_ne!(nightly, thread_id("hourly", "example.com"));
+        // Names that differ only in characters a Message-ID cannot hold stay apart.
+        let (a, b) = (thread_id("a b", "x.org"), thread_id("a/b", "x.org"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("<ferry.a-b."), "{a}");
+        assert!(!a.contains(' ') && !b.contains('/'));
     }
 }

@@ -75,6 +75,26 @@ async fn a_success_mail_reaches_the_users_with_the_link() {
     let mail = &mails[0];
     assert_eq!(mail.from, "ferry@example.com");
     assert_eq!(mail.to, vec!["alice@example.com", "bob@example.com"]);
+    // Spam filters drop mails without Message-ID or Date; a job's mails share one thread.
+    let header = |name: &str| {
+        mail.data
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        header("Message-ID").as_deref(),
+        Some(format!("<{}.users@example.com>", report.run_id).as_str()),
+        "{}",
+        mail.data
+    );
+    assert!(header("Date").is_some_and(|date| chrono::DateTime::parse_from_rfc2822(&date).is_ok()));
+    let thread = header("In-Reply-To").expect("In-Reply-To");
+    assert!(
+        thread.starts_with("<ferry.nightly.") && thread.ends_with("@example.com>"),
+        "{thread}"
+    );
+    assert_eq!(header("References"), Some(thread));
     let link = report.deliveries[0]
         .link
         .clone()
