@@ -81,7 +81,7 @@ async fn many_jobs(jobs: usize, idle: Duration) {
     let started = Instant::now();
     let task = tokio::spawn(async move { daemon::run(&path, control_rx, Some(events_tx)).await });
     loop {
-        if let Some(Event::Ready { armed }) = events.recv().await {
+        if let Some(Event::Ready { armed, .. }) = events.recv().await {
             assert_eq!(armed, jobs);
             break;
         }

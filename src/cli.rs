@@ -149,6 +149,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The daemons sharing the state store (alive: a heartbeat within the last lease) and
+    /// the runs each has going; runs whose lease ran out wait for a daemon to take them over.
+    Cluster {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the shell completion script for SHELL on standard output, e.g.
     /// `ferry completions bash > /usr/share/bash-completion/completions/ferry`.
     Completions {
@@ -309,6 +316,10 @@ pub async fn execute(cli: &Cli) -> Outcome {
         Command::Man { dir } => man(dir.as_deref()),
         Command::Status { json } => match load(cli) {
             Ok(config) => status(&config, *json).await,
+            Err(outcome) => outcome,
+        },
+        Command::Cluster { json } => match load(cli) {
+            Ok(config) => cluster(&config, *json).await,
             Err(outcome) => outcome,
         },
         Command::History { job, limit, json } => match load(cli) {
@@ -599,6 +610,131 @@ pub async fn history(config: &Config, job: Option<&str>, limit: u32, json: bool)
         ]);
     }
     Outcome::ok(table(&rows))
+}
+
+/// How many runs in flight `ferry cluster` shows as text.
+const SHOWN_RUNS: usize = 50;
+
+/// `ferry cluster`: the daemons the store has heard of lately and the runs in flight.
+pub async fn cluster(config: &Config, json: bool) -> Outcome {
+    let store = match existing_store(config, |shown| {
+        Outcome::ok(format!(
+            "no daemons: the state store ({shown}) does not exist yet\n"
+        ))
+    })
+    .await
+    {
+        Ok(store) => store,
+        Err(outcome) => return outcome,
+    };
+    let now = Utc::now();
+    let lease = chrono::Duration::from_std(config.daemon.lease.get()).unwrap_or_default();
+    let (daemons, runs) = match (
+        store.daemons(now - lease * 30).await,
+        store.unfinished().await,
+    ) {
+        (Ok(daemons), Ok(runs)) => (daemons, runs),
+        (Err(err), _) | (_, Err(err)) => return Outcome::fail(1, format!("ferry: {err}\n")),
+    };
+    // Heartbeats come every third of the lease: a daemon silent for a whole lease (10 s at
+    // least) is gone.
+    let silence = lease.max(chrono::Duration::seconds(10));
+    let alive =
+        |d: &crate::state::DaemonRecord| d.stopped_at.is_none() && d.last_seen >= now - silence;
+    if json {
+        #[derive(serde::Serialize)]
+        struct Shown<'a> {
+            #[serde(flatten)]
+            daemon: &'a crate::state::DaemonRecord,
+            alive: bool,
+        }
+        #[derive(serde::Serialize)]
+        struct Cluster<'a> {
+            daemons: Vec<Shown<'a>>,
+            runs: &'a [crate::state::RunRecord],
+        }
+        let shown = Cluster {
+            daemons: daemons
+                .iter()
+                .map(|daemon| Shown {
+                    daemon,
+                    alive: alive(daemon),
+                })
+                .collect(),
+            runs: &runs,
+        };
+        return match serde_json::to_string_pretty(&shown) {
+            Ok(text) => Outcome::ok(text + "\n"),
+            Err(err) => Outcome::fail(1, format!("ferry: {err}\n")),
+        };
+    }
+    let ago = |at: chrono::DateTime<Utc>| {
+        let secs = (now - at).num_seconds().max(0).unsigned_abs();
+        format!(
+            "{} ago",
+            humantime::format_duration(std::time::Duration::from_secs(secs))
+        )
+    };
+    let mut rows =
+        vec![["DAEMON", "VERSION", "STARTED", "LAST SEEN", "RUNS", "STATE"].map(str::to_owned)];
+    for daemon in &daemons {
+        let state = match (daemon.stopped_at, alive(daemon)) {
+            (Some(at), _) => format!("stopped {}", ago(at)),
+            (None, true) => "alive".to_owned(),
+            (None, false) => "gone (no heartbeat)".to_owned(),
+        };
+        let owned = runs.iter().filter(|run| run.owner == daemon.id).count();
+        rows.push([
+            daemon.id.clone(),
+            daemon.version.clone(),
+            daemon
+                .started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ago(daemon.last_seen),
+            owned.to_string(),
+            state,
+        ]);
+    }
+    let mut text = format!("Daemons ({}):\n", store_shown(config));
+    text += &table(&rows);
+    let mut rows = vec![["JOB", "SLOT", "RUN", "ATTEMPT", "OWNER", "LEASE"].map(str::to_owned)];
+    // The text shows the oldest few; `--json` has them all.
+    for run in runs.iter().take(SHOWN_RUNS) {
+        let lease = match run.lease_until > now {
+            true => format!(
+                "until {}",
+                run.lease_until
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            false => format!("ran out {}: to be taken over", ago(run.lease_until)),
+        };
+        rows.push([
+            run.job.clone(),
+            run.slot_local.clone(),
+            run.run_id.clone(),
+            run.attempts.to_string(),
+            run.owner.clone(),
+            lease,
+        ]);
+    }
+    text += &format!("\nRuns in flight ({}):\n", runs.len());
+    text += &table(&rows);
+    if runs.len() > SHOWN_RUNS {
+        text += &format!(
+            "… and {} more (--json lists them all)\n",
+            runs.len() - SHOWN_RUNS
+        );
+    }
+    Outcome::ok(text)
+}
+
+/// The job file's state store as messages show it (no password).
+fn store_shown(config: &Config) -> String {
+    config
+        .daemon
+        .state_url(&config.base_dir)
+        .map(|url| crate::state::shown_url(url.expose()))
+        .unwrap_or_else(|_| "the state store".to_owned())
 }
 
 /// The job file, or the outcome of a bad one (exit 2 with every problem).

@@ -67,6 +67,9 @@ pub enum Event {
     Ready {
         /// Jobs armed.
         armed: usize,
+        /// This daemon's id in the store: the owner of its runs, its row in the daemon
+        /// registry.
+        owner: String,
     },
     /// A reload was applied.
     Reloaded {
@@ -187,7 +190,9 @@ pub async fn run_on(
     let ledger = Ledger {
         metrics: crate::metrics::Metrics::counting(store.failures()),
         store,
-        owner: owner_id(),
+        // Host and process, and a tag of this start: two daemons never share an id, even
+        // in one process (tests) or with a process id reused after a reboot.
+        owner: format!("{}/{:04x}", owner_id(), rand::rng().random::<u16>()),
         lease: config.daemon.lease.get(),
     };
     let monitor = crate::api::Monitor {
@@ -220,6 +225,7 @@ pub async fn run_on(
         api,
         monitor: monitor.clone(),
         scanning: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        started: Utc::now(),
     };
     if let Some(api) = &daemon.api {
         daemon.emit(Event::Listening {
@@ -263,7 +269,10 @@ pub async fn run_on(
         .monitor
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
-    daemon.emit(Event::Ready { armed });
+    daemon.emit(Event::Ready {
+        armed,
+        owner: daemon.ledger.owner.clone(),
+    });
     // The parsed file is not needed while serving (a reload reads the file again).
     drop(config);
     daemon.serve(control).await;
@@ -388,6 +397,8 @@ struct Daemon {
     monitor: crate::api::Monitor,
     /// Whether a look for runs whose lease ran out is under way (one at a time).
     scanning: Arc<std::sync::atomic::AtomicBool>,
+    /// When this daemon started, for the daemon registry.
+    started: DateTime<Utc>,
 }
 
 /// How often finished runs older than `keep_history` are deleted.
@@ -456,6 +467,28 @@ impl Daemon {
                     tracing::error!(job = %job.name, error = %err, "Cannot resume the run.");
                     None
                 }
+            }
+        });
+    }
+
+    /// Tells the daemon registry, in the background, that this daemon is alive and how many
+    /// runs it has going (`ferry cluster` lists it).
+    fn heartbeat(&self) {
+        let store = self.ledger.store.clone();
+        let record = crate::state::DaemonRecord {
+            id: self.ledger.owner.clone(),
+            host: crate::host_name(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: self.started,
+            last_seen: Utc::now(),
+            running: self.ledger.metrics.runs_in_flight(),
+            stopped_at: None,
+        };
+        tokio::spawn(async move {
+            if let Err(err) = store.heartbeat(&record).await {
+                store.count_failure();
+                tracing::debug!(error = %err, "Cannot record this daemon's heartbeat.");
             }
         });
     }
@@ -620,7 +653,10 @@ impl Daemon {
         let now = loop {
             tokio::select! {
                 due = self.timer.next_due() => self.fire_all(due).await,
-                _ = scan.tick() => self.look_for_expired(expired_tx.clone()),
+                _ = scan.tick() => {
+                    self.heartbeat();
+                    self.look_for_expired(expired_tx.clone());
+                }
                 Some(runs) = expired.recv() => self.take_over_expired(runs, &taken_tx),
                 Some(run) = taken.recv() => self.resume(run),
                 command = control.recv() => match command {
@@ -1058,6 +1094,9 @@ impl Daemon {
                 );
                 crate::notify::outbox::release(&self.ledger).await;
             }
+        }
+        if let Err(err) = self.ledger.store.daemon_stopped(&self.ledger.owner).await {
+            tracing::debug!(error = %err, "Cannot record in the daemon registry that this daemon stopped.");
         }
         if let Some(api) = self.api.take() {
             api.stop().await;

@@ -394,6 +394,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Runs going now (`ferry_runs_in_flight`).
+    pub fn runs_in_flight(&self) -> u64 {
+        u64::try_from(self.families.in_flight.get()).unwrap_or(0)
+    }
+
     /// This daemon took over an unfinished run of `job` and resumes it.
     pub fn taken_over(&self, job: &str) {
         self.families

@@ -20,6 +20,7 @@
 //! unfinished run).
 
 mod batch;
+mod daemons;
 mod outbox;
 mod queries;
 mod records;
@@ -34,6 +35,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
 
 pub use batch::OwnedClaim;
+pub use daemons::DaemonRecord;
 pub use outbox::{Notice, NoticeState, Notices, notice_id};
 pub use records::{
     Checkpoint, Claim, NotificationOutcome, NotificationRecord, Outcome, RunRecord, RunState,

@@ -27,6 +27,24 @@ fn backends() -> Vec<(&'static str, String)> {
     out
 }
 
+/// A job file with a 3 s lease on `state` and one job, `job`, on `schedule`, reading
+/// `source` into `out/JOB`.
+fn one_job(state: &str, job: &str, schedule: &str, source: &str) -> String {
+    format!(
+        r#"
+[daemon]
+state = "{state}"
+lease = "3s"
+
+[[jobs]]
+name = "{job}"
+schedule = "{schedule}"
+source = {source}
+writers = [{{ type = "local", path = "out/{{job}}" }}]
+"#
+    )
+}
+
 /// A job name no other test (or earlier run on a shared database) uses.
 fn unique_job(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -55,21 +73,14 @@ async fn a_live_daemon_takes_over_a_run_whose_daemon_died() {
     for (backend, state) in backends() {
         let ws = Workspace::new();
         let job = unique_job("orphan");
-        let config = ws.job_file(&format!(
-            r#"
-[daemon]
-state = "{state}"
-lease = "3s"
-
-[[jobs]]
-name = "{job}"
-schedule = "0 0 0 1 1 *"
-source = {{ type = "inline", data = "taken over" }}
-writers = [{{ type = "local", path = "out/{{job}}" }}]
-"#
+        let config = ws.job_file(&one_job(
+            &state,
+            &job,
+            "0 0 0 1 1 *",
+            r#"{ type = "inline", data = "taken over" }"#,
         ));
         let mut daemon = boot_at(&config, utc("2026-06-01T12:00:00Z"));
-        daemon.ready().await;
+        let me = daemon.ready().await;
 
         // Another daemon claimed a run and died in its first attempt: its lease is out.
         let store = Store::open(&state, ws.path())
@@ -96,7 +107,7 @@ writers = [{{ type = "local", path = "out/{{job}}" }}]
         let run = store.run(&run_id).await.expect("read").expect("run");
         assert_eq!(run.state, RunState::Succeeded, "{backend}");
         assert_eq!(run.epoch, FIRST_EPOCH + 1, "{backend}: one take-over");
-        assert_eq!(run.owner, ferry::state::owner_id(), "{backend}");
+        assert_eq!(run.owner, me, "{backend}");
         let delivered =
             std::fs::read_to_string(ws.path().join("out").join(&job)).expect("the delivered file");
         assert_eq!(delivered, "taken over");
@@ -251,7 +262,7 @@ on_failure = ["hook"]
         std::thread::sleep(Duration::from_millis(5));
 
         let mut daemon = boot_at(&config, utc("2026-06-01T12:00:00Z"));
-        daemon.ready().await;
+        let me = daemon.ready().await;
         let began = std::time::Instant::now();
         while calls.lock().expect("calls").is_empty() {
             assert!(
@@ -274,9 +285,78 @@ on_failure = ["hook"]
         let notices = store.notices(&run_id).await.expect("outbox");
         assert_eq!(notices.len(), 1);
         assert_eq!(notices[0].state, "sent", "{backend}");
-        assert_eq!(
-            notices[0].claimed_by.as_deref(),
-            Some(ferry::state::owner_id().as_str())
+        assert_eq!(notices[0].claimed_by.as_deref(), Some(me.as_str()));
+    }
+}
+
+/// `ferry cluster` lists the daemons that heartbeat into the store, with the runs each has
+/// going, and a daemon that stopped as stopped.
+#[tokio::test(start_paused = true)]
+async fn ferry_cluster_lists_the_live_daemons_and_their_runs() {
+    let _still = Hold::new();
+    for (backend, state) in backends() {
+        let (addr, answers) = held_server("slow data").await;
+        let ws = Workspace::new();
+        let job = unique_job("listed");
+        let text = one_job(
+            &state,
+            &job,
+            "0 1 12 * * *",
+            &format!(r#"{{ type = "url", url = "http://{addr}/data" }}"#),
         );
+        let config = ws.job_file(&text);
+        let mut daemon = boot_at(&config, utc("2026-06-01T12:00:30Z"));
+        let me = daemon.ready().await;
+        daemon.advance(Duration::from_secs(30)).await;
+        daemon
+            .until(WAIT, |e| matches!(e, Event::Started { .. }))
+            .await;
+        // A heartbeat every third of the lease.
+        daemon.advance(Duration::from_millis(1100)).await;
+        let parsed = ws.config(&text);
+        let began = std::time::Instant::now();
+        let shown = loop {
+            let shown = ferry::cli::cluster(&parsed, true).await;
+            assert_eq!(shown.code, 0, "{backend}: {}", shown.stderr);
+            let json: serde_json::Value = serde_json::from_str(&shown.stdout).expect("JSON");
+            let listed = json["daemons"].as_array().is_some_and(|daemons| {
+                daemons
+                    .iter()
+                    .any(|d| d["id"] == me.as_str() && d["running"] == 1)
+            });
+            if listed {
+                break json;
+            }
+            assert!(began.elapsed() < WAIT, "{backend}: no heartbeat: {json:#}");
+            daemon.advance(Duration::from_millis(10)).await;
+        };
+        let mine = shown["daemons"]
+            .as_array()
+            .and_then(|daemons| daemons.iter().find(|d| d["id"] == me.as_str()))
+            .expect("listed");
+        assert_eq!(mine["alive"], true, "{backend}");
+        assert_eq!(mine["version"], env!("CARGO_PKG_VERSION"));
+        assert!(
+            shown["runs"].as_array().is_some_and(|runs| runs
+                .iter()
+                .any(|r| r["job"] == job.as_str() && r["owner"] == me.as_str())),
+            "{backend}: {shown:#}"
+        );
+        let text_form = ferry::cli::cluster(&parsed, false).await.stdout;
+        assert!(
+            text_form.contains(&me) && text_form.contains("alive"),
+            "{text_form}"
+        );
+        assert!(text_form.contains(&job), "{text_form}");
+
+        answers.add_permits(1);
+        daemon.finished().await;
+        daemon.stop().await;
+        let after = ferry::cli::cluster(&parsed, false).await.stdout;
+        let line = after
+            .lines()
+            .find(|line| line.contains(&me))
+            .expect("still listed");
+        assert!(line.contains("stopped"), "{backend}: {after}");
     }
 }

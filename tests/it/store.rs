@@ -1119,6 +1119,8 @@ async fn two_sweepers_claim_each_notice_once() {
                     return got;
                 }
                 got.extend(batch.into_iter().map(|n| n.run_id));
+                // A sender's pause between batches, so the two sweepers interleave.
+                tokio::time::sleep(Duration::from_millis(3)).await;
             }
         })
     };

@@ -118,9 +118,12 @@ impl RealDeadline {
 pub const WAIT: Duration = Duration::from_secs(10);
 
 impl Booted {
-    /// Waits for [`Event::Ready`].
-    pub async fn ready(&mut self) {
-        self.until(WAIT, |e| matches!(e, Event::Ready { .. })).await;
+    /// Waits for [`Event::Ready`]: the daemon's id (the owner of its runs).
+    pub async fn ready(&mut self) -> String {
+        match self.until(WAIT, |e| matches!(e, Event::Ready { .. })).await {
+            (Event::Ready { owner, .. }, _) => owner,
+            _ => unreachable!("matched above"),
+        }
     }
 
     /// The next finished run, with the events before it.
