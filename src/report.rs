@@ -105,6 +105,33 @@ pub struct RunReport {
     pub resumed_from: u64,
     /// The failure, when the run failed.
     pub error: Option<FailureReport>,
+    /// Where the run stands in its job's failures in a row, as the notifier being told
+    /// hears of them (`repeat_after`, `recovery`); set per notifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streak: Option<StreakReport>,
+}
+
+/// A run's place in its job's failures in a row, as one notifier hears of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StreakReport {
+    /// This failure is one of several in a row: `failures` since `since`, of which
+    /// `suppressed` were not told (`repeat_after`).
+    StillFailing {
+        /// Failed runs in a row, this one included.
+        failures: u32,
+        /// Of those, how many this notifier was not told of.
+        suppressed: u32,
+        /// When the first of them ended.
+        since: DateTime<Utc>,
+    },
+    /// This success ends `failures` failed runs in a row since `since`.
+    Recovered {
+        /// Failed runs in a row before this one.
+        failures: u32,
+        /// When the first of them ended.
+        since: DateTime<Utc>,
+    },
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -74,6 +74,9 @@ pub struct EmailConfig {
     /// Tries in all when sending fails for a reason that may pass (3 by default).
     #[serde(default = "default_attempts")]
     pub attempts: u32,
+    /// `repeat_after` and `recovery`.
+    #[serde(flatten)]
+    pub repeats: super::RepeatSettings,
 }
 
 fn default_attempts() -> u32 {
@@ -157,6 +160,7 @@ impl NotifierSettings for EmailConfig {
         if self.timeout.is_some_and(|t| t.get().is_zero()) {
             problems.add(at.key("timeout"), "must be longer than zero");
         }
+        self.repeats.validate(at, problems);
         if self.attempts == 0 {
             problems.add(at.key("attempts"), "must be at least 1");
         }
@@ -233,6 +237,7 @@ impl NotifierSettings for EmailConfig {
             },
             timeout,
             attempts: self.attempts.max(1),
+            repeats: self.repeats.get(),
         }))
     }
 }
@@ -252,6 +257,7 @@ pub struct EmailNotifier {
     html: Option<MessageTemplate>,
     timeout: Duration,
     attempts: u32,
+    repeats: super::Repeats,
 }
 
 impl std::fmt::Debug for EmailNotifier {
@@ -356,6 +362,10 @@ impl Notifier for EmailNotifier {
 
     fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    fn repeats(&self) -> super::Repeats {
+        self.repeats
     }
 
     fn timeout(&self) -> Duration {

@@ -9,7 +9,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 
 use crate::error::{DeliveryError, ErrorKind};
-use crate::report::{Delivery, FailureReport, RunReport, RunStatus};
+use crate::report::{Delivery, FailureReport, RunReport, RunStatus, StreakReport};
 
 /// A finished run's facts, as templates see them.
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +51,22 @@ pub struct Facts {
     pub error: Option<ErrorFacts>,
     /// The host the daemon runs on.
     pub host: String,
+    /// When this failure is one of several in a row: how many, since when, and how many
+    /// this notifier was not told of (`repeat_after`).
+    pub still_failing: Option<StreakFacts>,
+    /// When this success ends failures in a row (told with `recovery = true`).
+    pub recovered: Option<StreakFacts>,
+}
+
+/// Failures in a row, as templates see them.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreakFacts {
+    /// Failed runs in a row.
+    pub failures: u32,
+    /// Of those, how many this notifier was not told of.
+    pub suppressed: u32,
+    /// When the first of them ended (RFC 3339, UTC).
+    pub since: String,
 }
 
 /// A failure, as templates see it.
@@ -104,6 +120,26 @@ impl Facts {
             resumed_from: report.resumed_from,
             error: report.error.as_ref().map(ErrorFacts::of),
             host: crate::host_name(),
+            still_failing: match &report.streak {
+                Some(StreakReport::StillFailing {
+                    failures,
+                    suppressed,
+                    since,
+                }) => Some(StreakFacts {
+                    failures: *failures,
+                    suppressed: *suppressed,
+                    since: since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                }),
+                _ => None,
+            },
+            recovered: match &report.streak {
+                Some(StreakReport::Recovered { failures, since }) => Some(StreakFacts {
+                    failures: *failures,
+                    suppressed: 0,
+                    since: since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -179,7 +215,7 @@ impl MessageTemplate {
         let template = MessageTemplate { env };
         // Rendering over sample facts finds unknown filters and misused values now, not at
         // the first run.
-        for sample in [sample(RunStatus::Succeeded), sample(RunStatus::Failed)] {
+        for sample in samples() {
             template.render(&sample).map_err(|err| err.to_string())?;
         }
         Ok(template)
@@ -203,6 +239,26 @@ fn describe(err: &minijinja::Error) -> String {
         text.push_str(&format!(" (template line {line})"));
     }
     text
+}
+
+/// Made-up facts of every kind a template may be rendered over: a success, a failure, a
+/// failure in a row of several, a recovery.
+fn samples() -> [Facts; 4] {
+    let since = chrono::Utc::now() - chrono::Duration::hours(3);
+    let mut still = sample_report(RunStatus::Failed, chrono_tz::UTC);
+    still.streak = Some(StreakReport::StillFailing {
+        failures: 4,
+        suppressed: 2,
+        since,
+    });
+    let mut recovered = sample_report(RunStatus::Succeeded, chrono_tz::UTC);
+    recovered.streak = Some(StreakReport::Recovered { failures: 4, since });
+    [
+        sample(RunStatus::Succeeded),
+        sample(RunStatus::Failed),
+        Facts::of(&still),
+        Facts::of(&recovered),
+    ]
 }
 
 /// Facts of a made-up run, for checking templates and for `ferry notify-test`.
@@ -245,18 +301,25 @@ pub fn sample_report(status: RunStatus, zone: chrono_tz::Tz) -> RunReport {
         deliveries,
         resumed_from: 0,
         error,
+        streak: None,
     }
 }
 
 /// The default subject of a mail.
-pub const DEFAULT_SUBJECT: &str = "[ferry] {{ job }} {{ status }}\
+pub const DEFAULT_SUBJECT: &str = "[ferry] {{ job }} \
+{% if recovered %}recovered after {{ recovered.failures }} failure{{ 's' if recovered.failures != 1 }}\
+{% elif still_failing %}still failing ({{ still_failing.failures }} times since {{ still_failing.since }})\
+{% else %}{{ status }}{% endif %}\
 {% if error %}: {{ error.kind }}{% endif %} ({{ slot }})";
 
 /// The default body of a mail (and of a plain-text webhook).
 pub const DEFAULT_BODY: &str = r#"{% if succeeded -%}
 The delivery "{{ job }}" succeeded.
+{%- if recovered %} It had failed {{ recovered.failures }} time{{ 's' if recovered.failures != 1 }} in a row since {{ recovered.since }}.{% endif %}
 {%- else -%}
 The delivery "{{ job }}" FAILED.
+{%- if still_failing %} It has failed {{ still_failing.failures }} times in a row since {{ still_failing.since }}
+{%- if still_failing.suppressed %} ({{ still_failing.suppressed }} not mailed: repeat_after){% endif %}.{% endif %}
 {%- endif %}
 
 Scheduled:  {{ slot }}
@@ -284,12 +347,44 @@ Run id: {{ run_id }}
 
 /// The default one-line message of a chat webhook.
 pub const DEFAULT_CHAT: &str = "{% if succeeded %}ferry: {{ job }} delivered {{ size }} to \
-{{ link or location }} in {{ duration }}{% else %}ferry: {{ job }} FAILED after {{ attempts }} \
-attempt{{ 's' if attempts != 1 }}: {{ error.text }}{% endif %}";
+{{ link or location }} in {{ duration }}{% if recovered %} (recovered after {{ recovered.failures }} \
+failure{{ 's' if recovered.failures != 1 }}){% endif %}{% else %}ferry: {{ job }} FAILED after {{ attempts }} \
+attempt{{ 's' if attempts != 1 }}{% if still_failing %} (still failing: {{ still_failing.failures }} \
+times since {{ still_failing.since }}){% endif %}: {{ error.text }}{% endif %}";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_texts_say_still_failing_and_recovered() {
+        let [_, _, still, recovered] = samples();
+        let subject = MessageTemplate::parse(DEFAULT_SUBJECT, Escape::Text).expect("parses");
+        let body = MessageTemplate::parse(DEFAULT_BODY, Escape::Text).expect("parses");
+        let chat = MessageTemplate::parse(DEFAULT_CHAT, Escape::Text).expect("parses");
+        let text = subject.render(&still).expect("renders");
+        assert!(
+            text.starts_with("[ferry] notify-test still failing (4 times since "),
+            "{text}"
+        );
+        let text = body.render(&still).expect("renders");
+        assert!(
+            text.contains("It has failed 4 times in a row since") && text.contains("(2 not mailed"),
+            "{text}"
+        );
+        let text = subject.render(&recovered).expect("renders");
+        assert!(
+            text.starts_with("[ferry] notify-test recovered after 4 failures"),
+            "{text}"
+        );
+        let text = body.render(&recovered).expect("renders");
+        assert!(
+            text.contains("It had failed 4 times in a row since"),
+            "{text}"
+        );
+        let text = chat.render(&recovered).expect("renders");
+        assert!(text.contains("(recovered after 4 failures)"), "{text}");
+    }
 
     #[test]
     fn the_sample_slot_is_in_the_job_files_zone() {

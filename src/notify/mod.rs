@@ -12,6 +12,7 @@
 
 pub mod message;
 pub mod outbox;
+pub mod repeat;
 
 use std::fmt;
 use std::sync::Arc;
@@ -62,10 +63,57 @@ pub trait Notifier: fmt::Debug + Send + Sync {
         true
     }
 
+    /// How it hears of a job that keeps failing, and of its recovery.
+    fn repeats(&self) -> Repeats {
+        Repeats::default()
+    }
+
     /// The longest a sender may hold a notification's claim before another may send it:
     /// every try, and the waits between them, with room to spare.
     fn claim_hold(&self) -> Duration {
         (self.timeout() + MAX_DELAY) * self.attempts().max(1) + Duration::from_secs(60)
+    }
+}
+
+/// How a notifier hears of a job that keeps failing, and of its recovery (`repeat_after`,
+/// `recovery`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repeats {
+    /// Tell of a job's failures at most once per this long.
+    pub repeat_after: Option<Duration>,
+    /// Tell of the first success after failures, though the notifier hears of failures
+    /// only.
+    pub recovery: bool,
+}
+
+/// `repeat_after` and `recovery`, as the `email` and `webhook` kinds' settings carry them.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct RepeatSettings {
+    /// Tell of a job's failures at most once per this long: later failures within it are
+    /// counted, not told, and the first one told after it says "still failing (N times
+    /// since …)". Unset: every failure is told.
+    #[serde(default)]
+    pub repeat_after: Option<crate::settings::ConfigDuration>,
+    /// Tell of the first success after a job's failures ("recovered after N failures"),
+    /// also when this notifier is listed in `on_failure` only.
+    #[serde(default)]
+    pub recovery: bool,
+}
+
+impl RepeatSettings {
+    /// Checks the settings at `at`.
+    pub fn validate(&self, at: &KeyPath, problems: &mut Problems) {
+        if self.repeat_after.is_some_and(|d| d.get().is_zero()) {
+            problems.add(at.key("repeat_after"), "must be longer than zero");
+        }
+    }
+
+    /// The settings as a notifier holds them.
+    pub fn get(&self) -> Repeats {
+        Repeats {
+            repeat_after: self.repeat_after.map(|d| d.get()),
+            recovery: self.recovery,
+        }
     }
 }
 
@@ -153,9 +201,17 @@ impl Notifications {
         ledger: Option<&Ledger>,
         outboxed: bool,
     ) {
-        for handler in handlers {
-            let handler = Arc::clone(handler);
-            let report = Arc::clone(report);
+        let each = handlers
+            .iter()
+            .map(|handler| (Arc::clone(handler), Arc::clone(report)))
+            .collect();
+        self.send_each(each, ledger, outboxed);
+    }
+
+    /// [`Notifications::send`], each handler told its own report (its place in the job's
+    /// failures in a row: [`repeat`]).
+    pub fn send_each(&self, told: repeat::Plan, ledger: Option<&Ledger>, outboxed: bool) {
+        for (handler, report) in told {
             let ledger = ledger.cloned();
             let call = async move {
                 let claimed = match &ledger {

@@ -53,6 +53,9 @@ pub struct WebhookConfig {
     /// Tries in all when the call fails for a reason that may pass (3 by default).
     #[serde(default = "default_attempts")]
     pub attempts: u32,
+    /// `repeat_after` and `recovery`.
+    #[serde(flatten)]
+    pub repeats: super::RepeatSettings,
 }
 
 fn default_attempts() -> u32 {
@@ -151,6 +154,7 @@ impl NotifierSettings for WebhookConfig {
         if self.timeout.is_some_and(|t| t.get().is_zero()) {
             problems.add(at.key("timeout"), "must be longer than zero");
         }
+        self.repeats.validate(at, problems);
         if self.attempts == 0 {
             problems.add(at.key("attempts"), "must be at least 1");
         }
@@ -231,6 +235,7 @@ impl NotifierSettings for WebhookConfig {
                 .timeout
                 .map_or(Duration::from_secs(10), ConfigDuration::get),
             attempts: self.attempts.max(1),
+            repeats: self.repeats.get(),
         }))
     }
 }
@@ -261,6 +266,7 @@ pub struct WebhookNotifier {
     body: Option<MessageTemplate>,
     timeout: Duration,
     attempts: u32,
+    repeats: super::Repeats,
 }
 
 impl WebhookNotifier {
@@ -304,6 +310,10 @@ impl Notifier for WebhookNotifier {
 
     fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    fn repeats(&self) -> super::Repeats {
+        self.repeats
     }
 
     fn timeout(&self) -> Duration {

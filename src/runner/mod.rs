@@ -268,6 +268,7 @@ impl<A: Activity> ActivityRunner<A> {
                 chain: error.chain(),
                 gave_up: "the run could not be started".to_owned(),
             }),
+            streak: None,
         };
         log_run(&report, &self.on_failure).await;
         let shared = Arc::new(report);
@@ -335,14 +336,25 @@ impl<A: Activity> ActivityRunner<A> {
                 duration: clock.elapsed(),
                 deliveries,
                 error,
+                streak: None,
             };
             let handlers = match status {
                 RunStatus::Succeeded => &self.on_success,
                 RunStatus::Failed | RunStatus::Lost => &self.on_failure,
             };
+            let shared = Arc::new(report);
+            // Who is told, and with what: failures held back by `repeat_after`, recoveries.
+            let told = crate::notify::repeat::plan(
+                ctx.ledger.as_ref(),
+                &shared,
+                &self.on_success,
+                &self.on_failure,
+            )
+            .await;
+            let report = Arc::unwrap_or_clone(shared);
             let mut outboxed = false;
             if let Some(ledger) = &ctx.ledger {
-                match record(ledger, &ctx, &report, handlers).await {
+                match record(ledger, &ctx, &report, &told).await {
                     Recorded::WithNotices => outboxed = true,
                     Recorded::Alone => {}
                     Recorded::Lost => return lost(&ctx, started_at, clock.elapsed()),
@@ -351,10 +363,9 @@ impl<A: Activity> ActivityRunner<A> {
             }
             // The log line is written at once; nothing else may hold up the run's end.
             log_run(&report, handlers).await;
-            let shared = Arc::new(report);
             self.notifications
-                .send(handlers, &shared, ctx.ledger.as_ref(), outboxed);
-            Arc::unwrap_or_clone(shared)
+                .send_each(told, ctx.ledger.as_ref(), outboxed);
+            report
         }
         .instrument(span)
         .await
@@ -419,6 +430,7 @@ fn lost(ctx: &RunContext, started_at: DateTime<Utc>, duration: Duration) -> RunR
         deliveries: Vec::new(),
         resumed_from: 0,
         error: None,
+        streak: None,
     };
     if let Some(ledger) = &ctx.ledger {
         ledger.metrics.run_finished(&report);
@@ -483,13 +495,13 @@ enum Recorded {
     Lost,
 }
 
-/// Writes the run's outcome to the state store, with the notifications to `handlers` in
-/// the outbox (and drops its checkpoints), in one transaction.
+/// Writes the run's outcome to the state store, with the notifications `told` in the
+/// outbox (and drops its checkpoints), in one transaction.
 async fn record(
     ledger: &Ledger,
     ctx: &RunContext,
     report: &RunReport,
-    handlers: &[Arc<dyn Notifier>],
+    told: &crate::notify::repeat::Plan,
 ) -> Recorded {
     let locations: Vec<&str> = report
         .deliveries
@@ -510,19 +522,18 @@ async fn record(
         error: error.as_deref(),
     };
     let epoch = ctx.tenure.epoch();
-    let notifiers: Vec<String> = handlers
+    let notifiers: Vec<(String, String)> = told
         .iter()
-        .filter(|handler| handler.durable())
-        .map(|handler| handler.name().to_owned())
+        .filter(|(handler, _)| handler.durable())
+        .filter_map(|(handler, told)| {
+            let json = serde_json::to_string(told.as_ref()).ok()?;
+            Some((handler.name().to_owned(), json))
+        })
         .collect();
-    let notices = match (notifiers.is_empty(), serde_json::to_string(report)) {
-        (false, Ok(json)) => Some(crate::state::Notices {
-            job: report.job.clone(),
-            notifiers,
-            report: json,
-        }),
-        _ => None,
-    };
+    let notices = (!notifiers.is_empty()).then(|| crate::state::Notices {
+        job: report.job.clone(),
+        notifiers,
+    });
     let with_notices = notices.is_some();
     let finish = || async {
         let written = ledger

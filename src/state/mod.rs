@@ -26,6 +26,7 @@ mod queries;
 mod records;
 mod registry;
 mod schema;
+mod streaks;
 mod tenure;
 
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub use records::{
 pub use registry::{
     Change, PartitionRecord, ProviderRecord, RegistryError, SourceRecord, new_token,
 };
+pub use streaks::Streak;
 pub use tenure::{FIRST_EPOCH, Tenure};
 
 /// Why the store failed.

@@ -13,16 +13,14 @@ use sqlx::Row as _;
 use super::queries::millis;
 use super::{Backend, StateError, Store};
 
-/// A run's notifications to write with its outcome: the job, the notifiers to tell, and the
-/// run's report as JSON.
+/// A run's notifications to write with its outcome: the job, and each notifier to tell
+/// with the report it is told, as JSON ([`crate::report::RunReport`]).
 #[derive(Debug, Clone)]
 pub struct Notices {
     /// The run's job.
     pub job: String,
-    /// The notifiers to tell, by name.
-    pub notifiers: Vec<String>,
-    /// The run's report, as JSON ([`crate::report::RunReport`]).
-    pub report: String,
+    /// `(notifier, report)` for each notifier to tell.
+    pub notifiers: Vec<(String, String)>,
 }
 
 /// A notification claimed from the outbox, to send.
@@ -210,13 +208,17 @@ pub(super) async fn enqueue(
     rows: &[(&str, &Notices)],
     at: i64,
 ) -> Result<(), StateError> {
-    let notices: Vec<(&str, &Notices, &str)> = rows
+    let notices: Vec<(&str, &str, &str, &str)> = rows
         .iter()
         .flat_map(|(run_id, notices)| {
-            notices
-                .notifiers
-                .iter()
-                .map(move |notifier| (*run_id, *notices, notifier.as_str()))
+            notices.notifiers.iter().map(move |(notifier, report)| {
+                (
+                    *run_id,
+                    notices.job.as_str(),
+                    notifier.as_str(),
+                    report.as_str(),
+                )
+            })
         })
         .collect();
     for chunk in notices.chunks(1000) {
@@ -238,13 +240,13 @@ pub(super) async fn enqueue(
         }
         sql.push_str(" ON CONFLICT DO NOTHING");
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (run_id, notices, notifier) in chunk {
+        for (run_id, job, notifier, report) in chunk {
             query = query
                 .bind(notice_id(run_id, notifier))
                 .bind(run_id.to_string())
-                .bind(notices.job.clone())
+                .bind(job.to_string())
                 .bind(notifier.to_string())
-                .bind(notices.report.clone())
+                .bind(report.to_string())
                 .bind(at);
         }
         query.execute(&mut *conn).await?;

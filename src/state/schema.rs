@@ -194,6 +194,21 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         );
         CREATE INDEX ferry_outbox_state ON ferry_outbox (state, created_at);",
     ),
+    (
+        8,
+        "failure streaks",
+        // Per job and notifier: the failures in a row since `since`, how many of them were
+        // not told (`repeat_after`), and when one was last told. Gone at the next success.
+        "CREATE TABLE ferry_streaks (
+            job TEXT NOT NULL,
+            notifier TEXT NOT NULL,
+            failures BIGINT NOT NULL,
+            suppressed BIGINT NOT NULL,
+            since BIGINT NOT NULL,
+            last_told BIGINT,
+            PRIMARY KEY (job, notifier)
+        );",
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {

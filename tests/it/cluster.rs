@@ -240,8 +240,7 @@ on_failure = ["hook"]
         });
         let notices = ferry::state::Notices {
             job: job.clone(),
-            notifiers: vec!["hook".into()],
-            report: report.to_string(),
+            notifiers: vec![("hook".into(), report.to_string())],
         };
         store
             .finish_and_notify(

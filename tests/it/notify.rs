@@ -640,3 +640,97 @@ async fn a_server_offering_only_login_gets_login() {
     assert!(outcomes[0].sent, "{outcomes:?}");
     assert_eq!(smtp.mails().len(), 1);
 }
+
+/// A notifier with `repeat_after` hears of a job that keeps failing once per that long (the
+/// next one told says how many failed since when, and how many were held back), and with
+/// `recovery` of the first success after them, though it is a failure handler only.
+#[tokio::test]
+async fn a_job_that_keeps_failing_is_told_once_per_repeat_after_then_its_recovery() {
+    let (addr, calls) = webhook_server(StatusCode::OK).await;
+    let ws = Workspace::new();
+    let text = format!(
+        r#"
+[notifiers.ops]
+type = "webhook"
+url = "http://{addr}/hook/ops"
+repeat_after = "1h"
+recovery = true
+
+[[jobs]]
+name = "flaky"
+schedule = "@daily"
+source = {{ type = "file", path = "in/data.csv" }}
+writers = [{{ type = "local", path = "out/data.csv" }}]
+retry = {{ max_attempts = 1 }}
+on_failure = ["ops"]
+"#
+    );
+    let ledger = ws.ledger().await;
+    let job = ws.job(&text, "flaky");
+    let run = || async {
+        let ctx = job
+            .claim(&ledger, job.now_slot(), true)
+            .await
+            .expect("store")
+            .expect("claimed");
+        let report = job.runner.run(ctx).await;
+        assert!(
+            job.runner
+                .notifications()
+                .settle(Duration::from_secs(30))
+                .await
+        );
+        report
+    };
+    let bodies = || -> Vec<serde_json::Value> {
+        calls
+            .lock()
+            .expect("calls")
+            .iter()
+            .map(|call| serde_json::from_str(&call.body).expect("JSON"))
+            .collect()
+    };
+    for _ in 0..2 {
+        assert_eq!(run().await.status, RunStatus::Failed);
+    }
+    let told = bodies();
+    assert_eq!(told.len(), 1, "the second failure is held back: {told:#?}");
+    assert_eq!(told[0]["status"], "failed");
+    assert!(told[0]["still_failing"].is_null(), "{:#}", told[0]);
+
+    // As if the hour had passed since the first was told.
+    let mut streak = ledger
+        .store
+        .streak("flaky", "ops")
+        .await
+        .expect("read")
+        .expect("failing");
+    assert_eq!((streak.failures, streak.suppressed), (2, 1));
+    streak.last_told = Some(chrono::Utc::now() - chrono::Duration::hours(2));
+    ledger
+        .store
+        .set_streak("flaky", "ops", &streak)
+        .await
+        .expect("write");
+    assert_eq!(run().await.status, RunStatus::Failed);
+    let told = bodies();
+    assert_eq!(told.len(), 2, "{told:#?}");
+    assert_eq!(told[1]["still_failing"]["failures"], 3, "{:#}", told[1]);
+    assert_eq!(told[1]["still_failing"]["suppressed"], 1);
+
+    std::fs::create_dir_all(ws.path().join("in")).expect("dir");
+    std::fs::write(ws.path().join("in/data.csv"), "a,b\n").expect("input");
+    assert_eq!(run().await.status, RunStatus::Succeeded);
+    let told = bodies();
+    assert_eq!(told.len(), 3, "the recovery is told: {told:#?}");
+    assert_eq!(told[2]["status"], "succeeded");
+    assert_eq!(told[2]["recovered"]["failures"], 3, "{:#}", told[2]);
+    assert_eq!(
+        ledger.store.streak("flaky", "ops").await.expect("read"),
+        None,
+        "the streak ended"
+    );
+    // The next success is an ordinary one: nobody hears of it.
+    assert_eq!(run().await.status, RunStatus::Succeeded);
+    assert_eq!(bodies().len(), 3);
+}

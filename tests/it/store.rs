@@ -956,8 +956,10 @@ async fn notices_go_with_the_outcome_and_are_claimed_once() {
         let (mail, hook) = (format!("{job}-mail"), format!("{job}-hook"));
         let notices = |names: &[&str]| ferry::state::Notices {
             job: job.clone(),
-            notifiers: names.iter().map(|name| (*name).to_owned()).collect(),
-            report: "{}".into(),
+            notifiers: names
+                .iter()
+                .map(|name| ((*name).to_owned(), "{}".to_owned()))
+                .collect(),
         };
         // A former owner's outcome is refused, and its notices with it.
         let zombie = store
@@ -1087,8 +1089,7 @@ async fn two_sweepers_claim_each_notice_once() {
             .expect("claim");
         let notices = ferry::state::Notices {
             job: job.clone(),
-            notifiers: vec![notifier.clone()],
-            report: "{}".into(),
+            notifiers: vec![(notifier.clone(), "{}".to_owned())],
         };
         store
             .finish_and_notify(
