@@ -852,7 +852,8 @@ impl Daemon {
             for (((job, run), due), claimed) in new.into_iter().zip(runs).zip(claimed) {
                 let slot = due.slot;
                 if !claimed {
-                    tracing::info!(job = %job.name, slot = %slot.to_rfc3339(), "The slot already has a run; not running it again.");
+                    // With several daemons, every slot but the ones this daemon wins: not news.
+                    tracing::debug!(job = %job.name, slot = %slot.to_rfc3339(), "The slot already has a run; not running it again.");
                     continue;
                 }
                 if due.waiting.is_cancelled() {
@@ -923,7 +924,7 @@ impl Daemon {
             match job.run_claimed(&ledger, slot).await {
                 Ok(report) => {
                     if report.is_none() {
-                        tracing::info!(job = %job.name, slot = %slot.to_rfc3339(), "The slot already has a run; not running it again.");
+                        tracing::debug!(job = %job.name, slot = %slot.to_rfc3339(), "The slot already has a run; not running it again.");
                     }
                     report
                 }
