@@ -1046,6 +1046,22 @@ fn status_text(facts: &serde_json::Value, from: &str) -> String {
             )));
         }
     }
+    let daemons = list(&facts["daemons"]);
+    if !daemons.is_empty() {
+        out.push_str(&format!("\nDaemons (last hour): {}\n", daemons.len()));
+        for daemon in &daemons {
+            let seen = match daemon["stopped_at"].as_str() {
+                Some(at) => format!("stopped {at}"),
+                None => format!("last seen {}", text(&daemon["last_seen"])),
+            };
+            out.push_str(&crate::error::printable(&format!(
+                "  {} {}, {} runs\n",
+                text(&daemon["id"]),
+                seen,
+                daemon["running"].as_u64().unwrap_or(0)
+            )));
+        }
+    }
     out
 }
 

@@ -55,6 +55,8 @@ pub struct Status {
     pub failures: Vec<RunRecord>,
     /// The partitioned sources, with their latest partitions.
     pub sources: Vec<SourceTimeline>,
+    /// The daemons sharing the store, from their heartbeats in the last hour.
+    pub daemons: Vec<crate::state::DaemonRecord>,
 }
 
 /// One job.
@@ -85,6 +87,8 @@ pub struct InFlightRun {
     pub slot: String,
     /// When it started.
     pub started: DateTime<Utc>,
+    /// The daemon (or command) running it.
+    pub owner: String,
     /// Its writers' progress, when this daemon runs it (another daemon's runs show none).
     pub progress: Option<LiveSnapshot>,
 }
@@ -159,6 +163,7 @@ pub async fn gather(
             run_id: run.run_id,
             slot: run.slot_local,
             started: run.started_at,
+            owner: run.owner,
         })
         .collect();
     // Runs not recorded (no store write yet) still show.
@@ -167,6 +172,7 @@ pub async fn gather(
         run_id: run.run_id.clone(),
         slot: run.slot.clone(),
         started: run.started,
+        owner: String::new(),
         progress: Some(run),
     }));
     in_flight.sort_by(|a, b| a.started.cmp(&b.started).then(a.job.cmp(&b.job)));
@@ -189,12 +195,17 @@ pub async fn gather(
         partitions.reverse();
         sources.push(SourceTimeline { source, partitions });
     }
+    let daemons = store
+        .daemons(at - chrono::Duration::hours(1))
+        .await
+        .map_err(|err| err.to_string())?;
     Ok(Status {
         at,
         jobs,
         in_flight,
         failures,
         sources,
+        daemons,
     })
 }
 
@@ -342,13 +353,35 @@ pub fn render(status: &Status) -> String {
                     p.muted { "Nothing is running." }
                 } @else {
                     div.wrap { table.stack id="running" {
-                        thead { tr { th { "Job" } th { "Slot" } th { "Progress" } } }
+                        thead { tr { th { "Job" } th { "Slot" } th.opt { "Daemon" } th { "Progress" } } }
                         tbody {
                             @for run in &status.in_flight {
                                 tr data-job=(run.job) {
                                     td { strong { (run.job) } }
                                     td.t { (readable(&run.slot)) }
+                                    td.t.opt { (run.owner) }
                                     td { (progress(run)) }
+                                }
+                            }
+                        }
+                    } }
+                }
+                @if !status.daemons.is_empty() {
+                    h2 { "Daemons" }
+                    div.wrap { table.stack id="daemons" {
+                        thead { tr { th { "Daemon" } th.opt { "Version" } th { "Last seen" } th { "Runs" } } }
+                        tbody {
+                            @for daemon in &status.daemons {
+                                tr {
+                                    td.t { strong { (daemon.id) } }
+                                    td.opt { (daemon.version) }
+                                    td.t {
+                                        @match daemon.stopped_at {
+                                            Some(at) => { "stopped " (stamp(at)) }
+                                            None => { (stamp(daemon.last_seen)) }
+                                        }
+                                    }
+                                    td { (daemon.running) }
                                 }
                             }
                         }
@@ -518,6 +551,16 @@ mod tests {
             in_flight: Vec::new(),
             failures: Vec::new(),
             sources: Vec::new(),
+            daemons: vec![crate::state::DaemonRecord {
+                id: "db1/42/<b>x</b>".into(),
+                host: "db1".into(),
+                pid: 42,
+                version: "0.1.0".into(),
+                started_at: Utc::now(),
+                last_seen: Utc::now(),
+                running: 2,
+                stopped_at: None,
+            }],
         }
     }
 
@@ -527,6 +570,10 @@ mod tests {
         assert!(!page.contains("<script>alert"), "{page}");
         assert!(!page.contains("<img"), "{page}");
         assert!(page.contains("&lt;script&gt;"), "{page}");
+        assert!(
+            page.contains("db1/42/&lt;b&gt;x&lt;/b&gt;"),
+            "the daemons are listed: {page}"
+        );
     }
 
     #[test]
