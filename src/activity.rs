@@ -206,6 +206,13 @@ impl DeliveryActivity {
         pending: &[usize],
         progress: &mut Progress,
     ) -> Result<(), DeliveryError> {
+        // Sessions to destinations with a limit, all of them before the source is opened
+        // (a program started, a download begun) and any writer starts.
+        let limited: Vec<_> = pending
+            .iter()
+            .filter_map(|&index| self.writers[index].connection_limit())
+            .collect();
+        let _sessions = crate::writer::limits::take(&limited).await?;
         let source = self.source.describe();
         let in_source = |err: DeliveryError| err.context(format_args!("source {source}"));
         let (resume_at, mut saved) = self.resume_point(ctx, pending).await?;

@@ -93,6 +93,11 @@ pub struct FtpConfig {
     /// How long connecting and each control exchange or data write may take (default `"30s"`).
     #[serde(default)]
     pub timeout: Option<ConfigDuration>,
+    /// The most sessions this daemon opens to the server (host and port) at once, across
+    /// every job: servers cap sessions per client ("421 Too many connections"). Unset: no
+    /// limit.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 fn default_port() -> u16 {
@@ -134,6 +139,9 @@ pub enum FtpMode {
 
 impl WriterSettings for FtpConfig {
     fn validate(&self, at: &KeyPath, problems: &mut Problems) {
+        if self.max_connections == Some(0) {
+            problems.add(at.key("max_connections"), "must be at least 1");
+        }
         if self.host.is_empty() || self.host.contains(['/', ' ']) {
             problems.add(at.key("host"), "must be a host name or address");
         }
@@ -518,6 +526,13 @@ impl Writer for FtpWriter {
             "ftp ftp://{}:{}{}",
             self.settings.host, self.settings.port, self.path
         )
+    }
+
+    fn connection_limit(&self) -> Option<super::limits::ConnectionLimit> {
+        Some(super::limits::ConnectionLimit {
+            destination: format!("ftp://{}:{}", self.settings.host, self.settings.port),
+            max: self.settings.max_connections?,
+        })
     }
 
     async fn write(

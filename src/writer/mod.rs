@@ -7,8 +7,10 @@
 //! atomically: a failed delivery never leaves a half-written file under the final name.
 //!
 //! Kinds: `local`, `s3`, `ftp`, one file (or folder) each; [`payload`] holds the stream a
-//! writer reads and the accounting of what it read.
+//! writer reads and the accounting of what it read; [`limits`] the sessions a destination
+//! allows at once.
 
+pub mod limits;
 mod payload;
 
 use std::fmt;
@@ -65,6 +67,12 @@ pub trait Writer: fmt::Debug + Send + Sync {
     /// upload whose hash state is kept at its last part cannot. No by default.
     fn can_rewind(&self) -> bool {
         false
+    }
+
+    /// The destination's session limit (`max_connections`), when it has one: the activity
+    /// takes a session for this writer before it starts ([`limits`]).
+    fn connection_limit(&self) -> Option<limits::ConnectionLimit> {
+        None
     }
 
     /// The run failed for good: remove what its attempts left for a resume (temporary files,

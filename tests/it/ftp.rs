@@ -396,6 +396,11 @@ const PROFTPD_HASH: &str = "$1$ferrysal$nMOJHy2.dqRywGT6WpfkU0";
 
 impl ProFtpd {
     async fn start(binary: &std::ffi::OsStr) -> ProFtpd {
+        ProFtpd::start_with(binary, "").await
+    }
+
+    /// [`ProFtpd::start`] with `extra` lines of configuration.
+    async fn start_with(binary: &std::ffi::OsStr, extra: &str) -> ProFtpd {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("temp dir");
         let path = |name: &str| dir.path().join(name).display().to_string();
@@ -432,6 +437,7 @@ ExtendedLog {commands} ALL commands
 ModulePath /usr/lib/proftpd
 LoadModule mod_digest.c
 DigestEngine on
+{extra}
 "#,
             pid = path("proftpd.pid"),
             scoreboard = path("proftpd.scoreboard"),
@@ -718,4 +724,67 @@ async fn a_killed_proftpd_is_resumed_with_rest() {
         commands.lines().any(|line| line.starts_with("REST ")),
         "{commands}"
     );
+}
+
+/// Servers cap sessions per client: ProFTPD with `MaxClientsPerHost 1` refuses a second
+/// session while one is open. Two jobs delivering to it at once: without `max_connections`
+/// one of them is refused; with `max_connections = 1` the second waits for the first's
+/// session to end, and both deliver.
+#[tokio::test]
+async fn max_connections_keeps_within_a_servers_session_cap() {
+    let Some(binary) = proftpd() else {
+        return;
+    };
+    let server = ProFtpd::start_with(&binary, "MaxClientsPerHost 1").await;
+    let ws = Workspace::new();
+    ws.secret("ftp", PASSWORD);
+    random_file(&ws.path().join("input.bin"), 4 << 20);
+    let two = |limit: &str| {
+        ["first", "second"]
+            .map(|name| {
+                ftp_job(
+                    r#"{ type = "file", path = "input.bin" }"#,
+                    server.port,
+                    &format!("/in/{name}.bin"),
+                    limit,
+                )
+                .replace("name = \"ftp-job\"", &format!("name = \"{name}\""))
+                // Half a second each, so the two sessions would overlap.
+                .replace(
+                    "schedule = \"0 0 0 * * Mon-Fri\"",
+                    "schedule = \"0 0 0 * * Mon-Fri\"\nrate_limit = \"8MiB\"",
+                )
+                .replace("max_attempts = 3", "max_attempts = 1")
+            })
+            .join("\n")
+    };
+    let run_both = |text: String| {
+        let ws = &ws;
+        async move {
+            let (first, second) = (ws.job(&text, "first"), ws.job(&text, "second"));
+            tokio::join!(first.run(first.now_slot()), second.run(second.now_slot()))
+        }
+    };
+
+    let (a, b) = run_both(two("")).await;
+    let refused: Vec<&RunReport> = [&a, &b]
+        .into_iter()
+        .filter(|r| r.status == RunStatus::Failed)
+        .collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "without a limit one session is refused: {a:#?} {b:#?}"
+    );
+
+    let (a, b) = run_both(two(", max_connections = 1")).await;
+    assert_eq!(a.status, RunStatus::Succeeded, "{a:#?}");
+    assert_eq!(b.status, RunStatus::Succeeded, "{b:#?}");
+    let want = sha256_file(&ws.path().join("input.bin"));
+    for name in ["first", "second"] {
+        assert_eq!(
+            sha256_file(&server.root().join(format!("in/{name}.bin"))),
+            want
+        );
+    }
 }
