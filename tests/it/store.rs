@@ -32,6 +32,20 @@ fn unique_job(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A new run of a job named after `prefix` (and no other test's), claimed for slot 1 by
+/// `owner`: the job and the run id.
+async fn claimed(store: &Store, prefix: &str, owner: &str) -> (String, String) {
+    let job = unique_job(prefix);
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    assert!(
+        store
+            .claim(&claim(&job, slot(1), &run_id, owner))
+            .await
+            .expect("claim")
+    );
+    (job, run_id)
+}
+
 fn slot(n: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000 + n * 60, 0)
         .single()
@@ -94,12 +108,7 @@ async fn a_slot_is_claimed_once() {
 #[tokio::test]
 async fn a_run_records_attempts_and_its_outcome() {
     for (backend, store, _dir) in stores().await {
-        let job = unique_job("life");
-        let run_id = uuid::Uuid::new_v4().simple().to_string();
-        store
-            .claim(&claim(&job, slot(1), &run_id, "a"))
-            .await
-            .expect("claim");
+        let (job, run_id) = claimed(&store, "life", "a").await;
         store
             .attempt(&run_id, FIRST_EPOCH, 1, Duration::from_secs(60))
             .await
@@ -162,12 +171,7 @@ async fn a_run_records_attempts_and_its_outcome() {
 #[tokio::test]
 async fn checkpoints_are_kept_per_writer_and_replaced() {
     for (backend, store, _dir) in stores().await {
-        let run_id = uuid::Uuid::new_v4().simple().to_string();
-        let job = unique_job("checkpoints");
-        store
-            .claim(&claim(&job, slot(1), &run_id, "a"))
-            .await
-            .expect("claim");
+        let (_, run_id) = claimed(&store, "checkpoints", "a").await;
         assert_eq!(store.checkpoint(&run_id, 0).await.expect("read"), None);
         let first = Checkpoint {
             document: json!({ "upload_id": "u1", "parts": [1, 2] }),
@@ -237,12 +241,7 @@ async fn cursors_are_saved_per_job() {
 #[tokio::test]
 async fn an_unfinished_run_is_taken_over_only_after_its_lease() {
     for (backend, store, _dir) in stores().await {
-        let job = unique_job("lease");
-        let run_id = uuid::Uuid::new_v4().simple().to_string();
-        store
-            .claim(&claim(&job, slot(1), &run_id, "dead-daemon"))
-            .await
-            .expect("claim");
+        let (job, run_id) = claimed(&store, "lease", "dead-daemon").await;
         let unfinished = store.unfinished().await.expect("read");
         assert!(unfinished.iter().any(|r| r.run_id == run_id), "{backend}");
         assert!(
@@ -295,12 +294,7 @@ async fn an_unfinished_run_is_taken_over_only_after_its_lease() {
 #[tokio::test]
 async fn a_former_owners_writes_are_fenced_off() {
     for (backend, store, _dir) in stores().await {
-        let job = unique_job("fence");
-        let run_id = uuid::Uuid::new_v4().simple().to_string();
-        store
-            .claim(&claim(&job, slot(1), &run_id, "paused-daemon"))
-            .await
-            .expect("claim");
+        let (job, run_id) = claimed(&store, "fence", "paused-daemon").await;
         let old = FIRST_EPOCH;
         store
             .attempt(&run_id, old, 1, Duration::from_secs(60))
@@ -946,12 +940,7 @@ async fn the_latest_finished_run_of_each_job_and_the_latest_failures() {
 #[tokio::test]
 async fn notices_go_with_the_outcome_and_are_claimed_once() {
     for (backend, store, _dir) in stores().await {
-        let job = unique_job("notices");
-        let run_id = uuid::Uuid::new_v4().simple().to_string();
-        store
-            .claim(&claim(&job, slot(1), &run_id, "a"))
-            .await
-            .expect("claim");
+        let (job, run_id) = claimed(&store, "notices", "a").await;
         // Notifier names of this test's own: a sweep claims any run's notices to them.
         let (mail, hook) = (format!("{job}-mail"), format!("{job}-hook"));
         let notices = |names: &[&str]| ferry::state::Notices {
