@@ -226,6 +226,10 @@ pub async fn run_on(
         monitor: monitor.clone(),
         scanning: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         started: Utc::now(),
+        room: config
+            .daemon
+            .max_running
+            .map(|max| Arc::new(tokio::sync::Semaphore::new(max))),
     };
     if let Some(api) = &daemon.api {
         daemon.emit(Event::Listening {
@@ -343,6 +347,9 @@ impl ArmKey {
 /// (a commit of both took up to 75 ms on a busy disk).
 const CLAIM_AHEAD: Duration = Duration::from_millis(250);
 
+/// A permit for one run under `max_running`.
+type Room = tokio::sync::OwnedSemaphorePermit;
+
 /// A run the timer released: its job, its slot, the job's running count and its waiting
 /// token.
 struct Due {
@@ -399,6 +406,8 @@ struct Daemon {
     scanning: Arc<std::sync::atomic::AtomicBool>,
     /// When this daemon started, for the daemon registry.
     started: DateTime<Utc>,
+    /// A permit per run this daemon may have going (`max_running`), when limited.
+    room: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// How often finished runs older than `keep_history` are deleted.
@@ -458,7 +467,12 @@ impl Daemon {
         let job = Arc::clone(&armed.job);
         let running = Arc::clone(&armed.running);
         let ledger = self.ledger.clone();
+        let room = self.room.clone();
         self.track(record.job.clone(), async move {
+            let _room = match room {
+                Some(room) => room.acquire_owned().await.ok(),
+                None => None,
+            };
             // A resumed run counts as running: a firing meanwhile follows `overlap`.
             let _running = Running::enter(running, Overlap::Allow);
             match job.resume(&ledger, &record).await {
@@ -527,7 +541,12 @@ impl Daemon {
         runs: Vec<crate::state::RunRecord>,
         taken: &mpsc::Sender<crate::state::RunRecord>,
     ) {
-        for mut record in runs {
+        // At its limit, this daemon leaves them to daemons with room.
+        let room = self
+            .room
+            .as_ref()
+            .map_or(usize::MAX, |room| room.available_permits());
+        for mut record in runs.into_iter().take(room) {
             let known = self.armed.contains_key(&record.job);
             if !known && !self.orphaned(&record) {
                 tracing::debug!(job = %record.job, run_id = %record.run_id, "A run's lease ran out, but its job is not in this daemon's job file; left to another daemon.");
@@ -762,7 +781,7 @@ impl Daemon {
     /// within milliseconds of their slot. Runs with jitter wait for it and claim alone.
     async fn fire_all(&mut self, due: Vec<Fire>) {
         let now = self.clock.now();
-        let mut together: BTreeMap<DateTime<Utc>, Vec<Due>> = BTreeMap::new();
+        let mut together: BTreeMap<DateTime<Utc>, Vec<(Due, Option<Room>)>> = BTreeMap::new();
         for fire in due {
             let Some(due) = self.fire(fire, now).await else {
                 continue;
@@ -771,10 +790,21 @@ impl Daemon {
                 self.start(due);
                 continue;
             }
+            // At `max_running`, the run waits for room before it claims (`start`).
+            let room = match &self.room {
+                None => None,
+                Some(room) => match Arc::clone(room).try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        self.start(due);
+                        continue;
+                    }
+                },
+            };
             together
                 .entry(due.slot.with_timezone(&Utc))
                 .or_default()
-                .push(due);
+                .push((due, room));
         }
         for (at, runs) in together {
             self.start_claimed_together(at, runs);
@@ -824,7 +854,7 @@ impl Daemon {
     /// never waits for the store. Whether a run starts is decided at `at`: not when the
     /// daemon is stopping or its job changed, not with `overlap = "skip"` while the
     /// previous run is going; the claims of runs that do not start are taken back.
-    fn start_claimed_together(&self, at: DateTime<Utc>, runs: Vec<Due>) {
+    fn start_claimed_together(&self, at: DateTime<Utc>, runs: Vec<(Due, Option<Room>)>) {
         let ledger = self.ledger.clone();
         let spawner = self.spawner();
         let abort = self.abort.clone();
@@ -833,7 +863,7 @@ impl Daemon {
         self.tracker.spawn(async move {
             let new: Vec<(Arc<Job>, NewRun)> = runs
                 .iter()
-                .map(|due| (Arc::clone(&due.job), due.job.new_run(&ledger, due.slot, false)))
+                .map(|(due, _)| (Arc::clone(&due.job), due.job.new_run(&ledger, due.slot, false)))
                 .collect();
             let claimed = tokio::select! {
                 claimed = Job::claim_all(&ledger, &new) => claimed,
@@ -849,7 +879,7 @@ impl Daemon {
             }
             let mut begun = Vec::with_capacity(new.len());
             let mut not_started = Vec::new();
-            for (((job, run), due), claimed) in new.into_iter().zip(runs).zip(claimed) {
+            for (((job, run), (due, room)), claimed) in new.into_iter().zip(runs).zip(claimed) {
                 let slot = due.slot;
                 if !claimed {
                     // With several daemons, every slot but the ones this daemon wins: not news.
@@ -867,11 +897,12 @@ impl Daemon {
                     continue;
                 };
                 started(spawner.events.as_ref(), &ledger, clock, &job, slot);
-                begun.push((Begun::now(&run.ctx), job, run.ctx, running));
+                begun.push((Begun::now(&run.ctx), job, run.ctx, running, room));
             }
-            for (begun, job, ctx, running) in begun {
+            for (begun, job, ctx, running, room) in begun {
                 spawner.track(job.name.clone(), async move {
                     let _running = running;
+                    let _room = room;
                     Some(job.runner.run_begun(ctx, begun).await)
                 });
             }
@@ -902,6 +933,7 @@ impl Daemon {
         let events = self.events.clone();
         let name = job.name.clone();
         let clock = self.clock;
+        let room = self.room.clone();
         self.track(name, async move {
             let start_at = chrono::Duration::from_std(jitter)
                 .ok()
@@ -916,6 +948,15 @@ impl Daemon {
                     }
                 }
             }
+            // At `max_running`: claim once one of this daemon's runs ends (a daemon with
+            // room has likely claimed the slot by then).
+            let _room = match room {
+                None => None,
+                Some(room) => tokio::select! {
+                    permit = room.acquire_owned() => permit.ok(),
+                    () = waiting.cancelled() => return None,
+                },
+            };
             let Some(_running) = Running::enter(running, job.overlap) else {
                 skipped(events.as_ref(), &ledger, &job, slot);
                 return None;

@@ -96,6 +96,12 @@ pub struct DaemonConfig {
     /// 1⅓ leases. Between 3 s and 1 h.
     #[serde(default = "default_lease")]
     pub lease: ConfigDuration,
+    /// The most runs this daemon has going at once. A run due while it is at its limit
+    /// waits for one of its runs to end before claiming its slot, so that daemons with room
+    /// claim it first (with one daemon, due runs queue); it takes over no runs meanwhile.
+    /// Unset: no limit.
+    #[serde(default)]
+    pub max_running: Option<usize>,
     /// Where run history, checkpoints and cursors are kept: `state = "sqlite://PATH"` (one
     /// daemon; a relative path is taken from the job file's directory) or
     /// `"postgres://…"` (several daemons), or `state_env` / `state_file` for a URL that
@@ -186,6 +192,7 @@ impl Default for DaemonConfig {
             shutdown_timeout: default_shutdown_timeout(),
             keep_history: default_keep_history(),
             lease: default_lease(),
+            max_running: None,
             state: SecretField::default(),
         }
     }

@@ -41,6 +41,9 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
     if lease < std::time::Duration::from_secs(3) || lease > std::time::Duration::from_secs(3600) {
         problems.add(daemon.key("lease"), "must be between 3s and 1h");
     }
+    if config.daemon.max_running == Some(0) {
+        problems.add(daemon.key("max_running"), "must be at least 1");
+    }
     config.daemon.state.validate(&daemon, &mut problems);
     config.api.validate(&root.key("api"), &mut problems);
     if let Some(SecretRef::Inline(state)) = config.daemon.state.source() {

@@ -359,3 +359,61 @@ async fn ferry_cluster_lists_the_live_daemons_and_their_runs() {
         assert!(line.contains("stopped"), "{backend}: {after}");
     }
 }
+
+/// `max_running = 1`: of two runs due at once, one starts; the other waits for it to end
+/// before claiming its slot (another daemon with room would have claimed it meanwhile;
+/// alone, this one runs it late rather than never).
+#[tokio::test(start_paused = true)]
+async fn a_daemon_at_max_running_waits_for_room_before_claiming() {
+    let _still = Hold::new();
+    let (addr, answers) = held_server("data").await;
+    let ws = Workspace::new();
+    let job = |name: &str| {
+        format!(
+            r#"
+[[jobs]]
+name = "{name}"
+schedule = "0 1 12 * * *"
+source = {{ type = "url", url = "http://{addr}/data" }}
+writers = [{{ type = "local", path = "out/{name}" }}]
+"#
+        )
+    };
+    let config = ws.job_file(&format!(
+        "[daemon]\nmax_running = 1\n{}{}",
+        job("first"),
+        job("second")
+    ));
+    let mut daemon = boot_at(&config, utc("2026-06-01T12:00:30Z"));
+    daemon.ready().await;
+    daemon.advance(Duration::from_secs(30)).await;
+    let (first, _) = daemon
+        .until(WAIT, |e| matches!(e, Event::Started { .. }))
+        .await;
+    let Event::Started { job: first, .. } = first else {
+        unreachable!("matched above")
+    };
+    // The other waits: nothing more starts while the first runs.
+    daemon.advance(Duration::from_secs(5)).await;
+    let meanwhile = daemon.collect(Duration::from_millis(300)).await;
+    assert!(
+        !meanwhile.iter().any(|e| matches!(e, Event::Started { .. })),
+        "{meanwhile:#?}"
+    );
+    answers.add_permits(1);
+    let (report, _) = daemon.finished().await;
+    assert_eq!(report.job, first);
+    let (second, _) = daemon
+        .until(WAIT, |e| matches!(e, Event::Started { .. }))
+        .await;
+    let Event::Started { job: second, slot } = second else {
+        unreachable!("matched above")
+    };
+    assert_ne!(second, first, "the other job runs once there is room");
+    assert_eq!(slot.with_timezone(&Utc), utc("2026-06-01T12:01:00Z"));
+    answers.add_permits(1);
+    let (report, _) = daemon.finished().await;
+    assert_eq!(report.job, second);
+    assert_eq!(report.status, RunStatus::Succeeded);
+    daemon.stop().await;
+}
