@@ -62,13 +62,8 @@ impl Store {
     }
 
     /// The daemons seen since `since`, and those that stopped since then, newest start
-    /// first. Rows older than that are deleted (a killed daemon's row ages out).
+    /// first. (Rows age out with the history: [`Store::prune`].)
     pub async fn daemons(&self, since: DateTime<Utc>) -> Result<Vec<DaemonRecord>, StateError> {
-        let forget = since - chrono::Duration::days(7);
-        sqlx::query("DELETE FROM ferry_daemons WHERE last_seen < $1")
-            .bind(millis(forget))
-            .execute(&self.pool)
-            .await?;
         let rows = sqlx::query(
             "SELECT id, host, pid, version, started_at, last_seen, running, stopped_at
              FROM ferry_daemons WHERE last_seen >= $1 OR stopped_at >= $1

@@ -482,9 +482,9 @@ impl Store {
         Ok(row.map(|r| r.try_get("value")).transpose()?)
     }
 
-    /// Deletes finished runs that ended before `before`, with their notification records,
-    /// in one transaction; runs still going are kept whatever their age. How many runs
-    /// went.
+    /// Deletes finished runs that ended before `before`, with their notification records
+    /// and outbox rows, and daemons last seen before then, in one transaction; runs still
+    /// going and unsent notifications are kept whatever their age. How many runs went.
     pub async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -499,6 +499,18 @@ impl Store {
                 .bind(millis(before))
                 .execute(&mut *tx)
                 .await?;
+        // Daemons not heard from since then (a killed one never says it stopped), and the
+        // notifications settled before then.
+        sqlx::query("DELETE FROM ferry_daemons WHERE last_seen < $1")
+            .bind(millis(before))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM ferry_outbox WHERE state IN ('sent', 'failed') AND created_at < $1",
+        )
+        .bind(millis(before))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
     }

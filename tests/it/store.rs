@@ -554,8 +554,21 @@ async fn old_finished_runs_are_pruned_and_running_ones_kept() {
         if backend != "sqlite" {
             continue;
         }
+        // A daemon killed long ago never said it stopped: its row goes with the history.
+        let gone = ferry::state::DaemonRecord {
+            id: format!("{job}-daemon"),
+            host: "db1".into(),
+            pid: 1,
+            version: "0".into(),
+            started_at: Utc::now(),
+            last_seen: Utc::now(),
+            running: 0,
+            stopped_at: None,
+        };
+        store.heartbeat(&gone).await.expect("heartbeat");
         let later = Utc::now() + chrono::Duration::seconds(1);
         assert_eq!(store.prune(later).await.expect("prune"), 1, "{backend}");
+        assert!(store.daemons(epoch).await.expect("read").is_empty());
         let left = store.history(Some(&job), 10).await.expect("history");
         assert_eq!(left.len(), 1, "{left:#?}");
         assert_eq!(left[0].run_id, going);
