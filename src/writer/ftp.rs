@@ -252,6 +252,9 @@ fn ftp_error(action: &str, err: FtpError) -> DeliveryError {
     DeliveryError::new(kind, format!("{action}: {err}"))
 }
 
+/// How long a session's end is waited for after QUIT (see `FtpWriter::close`).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// How often a checkpointing upload records how far it got.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
@@ -381,6 +384,32 @@ impl FtpWriter {
             }
         }
         self.within("change directory", ftp.cwd("/")).await
+    }
+
+    /// Ends a session, best effort: QUIT, then wait until the server has closed the control
+    /// connection. A server that caps sessions per client counts a session until its end
+    /// (ProFTPD's `MaxClientsPerHost`, vsftpd's `max_per_ip`), so the next run's session
+    /// under `max_connections` would otherwise be refused in the moment between our QUIT
+    /// and the server's end of it.
+    async fn close(&self, mut ftp: Ftp) {
+        let ended = async {
+            if ftp.quit().await.is_err() {
+                return;
+            }
+            let socket = ftp.get_ref().await;
+            let mut buf = [0u8; 256];
+            loop {
+                if socket.readable().await.is_err() {
+                    return;
+                }
+                match socket.try_read(&mut buf) {
+                    Ok(0) => return,
+                    Err(err) if err.kind() != std::io::ErrorKind::WouldBlock => return,
+                    _ => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.timeout.min(CLOSE_WAIT), ended).await;
     }
 
     /// Removes `path`, best effort.
@@ -513,39 +542,19 @@ impl FtpWriter {
             .await?;
         Ok(sent)
     }
-}
-
-#[async_trait]
-impl Writer for FtpWriter {
-    fn kind(&self) -> &'static str {
-        "ftp"
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "ftp ftp://{}:{}{}",
-            self.settings.host, self.settings.port, self.path
-        )
-    }
-
-    fn connection_limit(&self) -> Option<super::limits::ConnectionLimit> {
-        Some(super::limits::ConnectionLimit {
-            destination: format!("ftp://{}:{}", self.settings.host, self.settings.port),
-            max: self.settings.max_connections?,
-        })
-    }
-
-    async fn write(
+    /// One delivery over an open session: the file goes up under `temp`, is checked, then
+    /// renamed onto `target`.
+    async fn deliver(
         &self,
-        ctx: &RunContext,
+        ftp: &mut Ftp,
+        target: &str,
+        temp: String,
         mut payload: Payload,
     ) -> Result<Delivery, DeliveryError> {
-        let (target, temp) = self.names(ctx)?;
-        let location = self.location(&target);
+        let location = self.location(target);
         let dir = target.rsplit_once('/').map_or("", |(dir, _)| dir);
-        let mut ftp = self.connect().await?;
-        self.make_dirs(&mut ftp, dir).await?;
-        if !self.settings.overwrite && ftp.size(&target).await.is_ok() {
+        self.make_dirs(ftp, dir).await?;
+        if !self.settings.overwrite && ftp.size(target).await.is_ok() {
             return Err(DeliveryError::new(
                 ErrorKind::Rejected,
                 format!("{location} exists and `overwrite` is false"),
@@ -576,13 +585,13 @@ impl Writer for FtpWriter {
             record.states = saved.states[..=at].to_vec();
         }
 
-        let sent = match self.upload(&mut ftp, &temp, &mut payload, record).await {
+        let sent = match self.upload(ftp, &temp, &mut payload, record).await {
             Ok(sent) => sent,
             Err(err) => {
                 // With checkpoints the temporary file stays for the next attempt to resume
                 // (`discard` removes it if the run fails); without, nothing is left behind.
                 if !payload.checkpointing() {
-                    self.remove(&mut ftp, &temp).await;
+                    self.remove(ftp, &temp).await;
                 }
                 return Err(err);
             }
@@ -593,15 +602,15 @@ impl Writer for FtpWriter {
             .within(&format!("SIZE {temp}"), ftp.size(&temp))
             .await?;
         if stored as u64 != digest.bytes || offset + sent != digest.bytes {
-            self.remove(&mut ftp, &temp).await;
+            self.remove(ftp, &temp).await;
             return Err(DeliveryError::new(
                 ErrorKind::Integrity,
                 format!("{temp} holds {stored} bytes after sending {}", digest.bytes),
             ));
         }
-        if let Some(hashed) = self.server_sha256(&mut ftp, &temp).await? {
+        if let Some(hashed) = self.server_sha256(ftp, &temp).await? {
             if hashed != digest.sha256 {
-                self.remove(&mut ftp, &temp).await;
+                self.remove(ftp, &temp).await;
                 return Err(DeliveryError::new(
                     ErrorKind::Integrity,
                     format!(
@@ -614,18 +623,51 @@ impl Writer for FtpWriter {
         }
         hold.confirm().await?;
         let rename = format!("rename {temp} onto {target}");
-        let mut renamed = self.within(&rename, ftp.rename(&temp, &target)).await;
+        let mut renamed = self.within(&rename, ftp.rename(temp.as_str(), target)).await;
         if renamed.is_err() && self.settings.overwrite {
             // Some servers refuse RNTO onto an existing name: remove it, then rename.
-            self.remove(&mut ftp, &target).await;
-            renamed = self.within(&rename, ftp.rename(&temp, &target)).await;
+            self.remove(ftp, target).await;
+            renamed = self.within(&rename, ftp.rename(temp.as_str(), target)).await;
         }
         if let Err(err) = renamed {
-            self.remove(&mut ftp, &temp).await;
+            self.remove(ftp, &temp).await;
             return Err(err);
         }
-        let _ = tokio::time::timeout(self.timeout, ftp.quit()).await;
         Ok(digest.receipt(location.clone(), Some(location)))
+    }
+
+}
+
+#[async_trait]
+impl Writer for FtpWriter {
+    fn kind(&self) -> &'static str {
+        "ftp"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "ftp ftp://{}:{}{}",
+            self.settings.host, self.settings.port, self.path
+        )
+    }
+
+    fn connection_limit(&self) -> Option<super::limits::ConnectionLimit> {
+        Some(super::limits::ConnectionLimit {
+            destination: format!("ftp://{}:{}", self.settings.host, self.settings.port),
+            max: self.settings.max_connections?,
+        })
+    }
+
+    async fn write(
+        &self,
+        ctx: &RunContext,
+        payload: Payload,
+    ) -> Result<Delivery, DeliveryError> {
+        let (target, temp) = self.names(ctx)?;
+        let mut ftp = self.connect().await?;
+        let delivered = self.deliver(&mut ftp, &target, temp, payload).await;
+        self.close(ftp).await;
+        delivered
     }
 
     async fn resume_point(
@@ -645,12 +687,13 @@ impl Writer for FtpWriter {
         // The server may be down now: that is an error (the attempt is retried), not a
         // reason to throw away what it holds.
         let mut ftp = self.connect().await?;
-        let held = match self.within(&format!("SIZE {temp}"), ftp.size(&temp)).await {
+        let held = self.within(&format!("SIZE {temp}"), ftp.size(&temp)).await;
+        self.close(ftp).await;
+        let held = match held {
             Ok(size) => size as u64,
             Err(err) if err.kind().is_transient_by_default() => return Err(err),
             Err(_) => 0,
         };
-        let _ = tokio::time::timeout(self.timeout, ftp.quit()).await;
         Ok(saved
             .states
             .iter()
@@ -670,10 +713,11 @@ impl Writer for FtpWriter {
         };
         if let Ok(mut ftp) = self.connect().await {
             self.remove(&mut ftp, &temp).await;
-            let _ = tokio::time::timeout(self.timeout, ftp.quit()).await;
+            self.close(ftp).await;
         }
     }
 }
+
 
 #[cfg(test)]
 mod tests {

@@ -727,9 +727,9 @@ async fn a_killed_proftpd_is_resumed_with_rest() {
 }
 
 /// Servers cap sessions per client: ProFTPD with `MaxClientsPerHost 1` refuses a second
-/// session while one is open. Two jobs delivering to it at once: without `max_connections`
-/// one of them is refused; with `max_connections = 1` the second waits for the first's
-/// session to end, and both deliver.
+/// session while one is open. With a session held open by hand, a job is refused; with
+/// `max_connections = 1`, two jobs delivering to it at once both deliver: the second waits
+/// until the first's session has ended, on the server too.
 #[tokio::test]
 async fn max_connections_keeps_within_a_servers_session_cap() {
     let Some(binary) = proftpd() else {
@@ -739,45 +739,43 @@ async fn max_connections_keeps_within_a_servers_session_cap() {
     let ws = Workspace::new();
     ws.secret("ftp", PASSWORD);
     random_file(&ws.path().join("input.bin"), 4 << 20);
-    let two = |limit: &str| {
-        ["first", "second"]
-            .map(|name| {
-                ftp_job(
-                    r#"{ type = "file", path = "input.bin" }"#,
-                    server.port,
-                    &format!("/in/{name}.bin"),
-                    limit,
-                )
-                .replace("name = \"ftp-job\"", &format!("name = \"{name}\""))
-                // Half a second each, so the two sessions would overlap.
-                .replace(
-                    "schedule = \"0 0 0 * * Mon-Fri\"",
-                    "schedule = \"0 0 0 * * Mon-Fri\"\nrate_limit = \"8MiB\"",
-                )
-                .replace("max_attempts = 3", "max_attempts = 1")
-            })
-            .join("\n")
-    };
-    let run_both = |text: String| {
-        let ws = &ws;
-        async move {
-            let (first, second) = (ws.job(&text, "first"), ws.job(&text, "second"));
-            tokio::join!(first.run(first.now_slot()), second.run(second.now_slot()))
-        }
+    let job = |name: &str, limit: &str| {
+        ftp_job(
+            r#"{ type = "file", path = "input.bin" }"#,
+            server.port,
+            &format!("/in/{name}.bin"),
+            limit,
+        )
+        .replace("name = \"ftp-job\"", &format!("name = \"{name}\""))
+        // Half a second each, so two sessions would overlap.
+        .replace(
+            "schedule = \"0 0 0 * * Mon-Fri\"",
+            "schedule = \"0 0 0 * * Mon-Fri\"\nrate_limit = \"8MiB\"",
+        )
+        .replace("max_attempts = 3", "max_attempts = 1")
     };
 
-    let (a, b) = run_both(two("")).await;
-    let refused: Vec<&RunReport> = [&a, &b]
-        .into_iter()
-        .filter(|r| r.status == RunStatus::Failed)
-        .collect();
-    assert_eq!(
-        refused.len(),
-        1,
-        "without a limit one session is refused: {a:#?} {b:#?}"
+    // A session of our own: logged in once the server has let go of the probe that saw it
+    // start, and held open.
+    let held = held_session(server.port).await;
+    let text = job("refused", "");
+    let refused = ws.job(&text, "refused");
+    let report = refused.run(refused.now_slot()).await;
+    assert_eq!(report.status, RunStatus::Failed, "{report:#?}");
+    let error = report.error.as_ref().expect("an error");
+    assert!(
+        error.chain.join(" ").contains("maximum number of clients"),
+        "{error:#?}"
     );
+    end_session(held).await;
 
-    let (a, b) = run_both(two(", max_connections = 1")).await;
+    let text = [
+        job("first", ", max_connections = 1"),
+        job("second", ", max_connections = 1"),
+    ]
+    .join("\n");
+    let (first, second) = (ws.job(&text, "first"), ws.job(&text, "second"));
+    let (a, b) = tokio::join!(first.run(first.now_slot()), second.run(second.now_slot()));
     assert_eq!(a.status, RunStatus::Succeeded, "{a:#?}");
     assert_eq!(b.status, RunStatus::Succeeded, "{b:#?}");
     let want = sha256_file(&ws.path().join("input.bin"));
@@ -786,5 +784,37 @@ async fn max_connections_keeps_within_a_servers_session_cap() {
             sha256_file(&server.root().join(format!("in/{name}.bin"))),
             want
         );
+    }
+}
+
+/// A session to the local server on `port`, logged in as the test user: tried until the
+/// server admits it (a connection that only probed whether it was up may still count
+/// against its cap for a moment).
+async fn held_session(port: u16) -> suppaftp::tokio::AsyncFtpStream {
+    for _ in 0..100 {
+        let mut ftp = suppaftp::tokio::AsyncFtpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        if ftp.login(USER, PASSWORD).await.is_ok() {
+            return ftp;
+        }
+        end_session(ftp).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server never admitted a session");
+}
+
+/// Ends `ftp`'s session and waits until the server has closed its side.
+async fn end_session(mut ftp: suppaftp::tokio::AsyncFtpStream) {
+    let _ = ftp.quit().await;
+    let socket = ftp.get_ref().await;
+    let mut buf = [0u8; 64];
+    loop {
+        let _ = socket.readable().await;
+        match socket.try_read(&mut buf) {
+            Ok(0) => return,
+            Err(err) if err.kind() != std::io::ErrorKind::WouldBlock => return,
+            _ => {}
+        }
     }
 }
