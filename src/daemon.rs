@@ -39,8 +39,9 @@ use crate::job::{Job, NewRun};
 use crate::notify::Notifications;
 use crate::report::RunReport;
 use crate::runner::Begun;
+use crate::schedule::policy::UnclaimedSlots;
 use crate::schedule::timer::sleep_until;
-use crate::schedule::{Clock, Misfire, Overlap, Running, Timer};
+use crate::schedule::{Clock, Misfire, Overlap, Running, Timer, Unclaimed};
 use crate::state::{Backend, Ledger, Outcome, StateError, Store, owner_id};
 
 /// What the daemon is asked to do from outside (signals, tests).
@@ -230,6 +231,8 @@ pub async fn run_on(
             .daemon
             .max_running
             .map(|max| Arc::new(tokio::sync::Semaphore::new(max))),
+        unclaimed: Unclaimed::default(),
+        recovering: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     if let Some(api) = &daemon.api {
         daemon.emit(Event::Listening {
@@ -350,6 +353,9 @@ const CLAIM_AHEAD: Duration = Duration::from_millis(250);
 /// A permit for one run under `max_running`.
 type Room = tokio::sync::OwnedSemaphorePermit;
 
+/// Each job's latest slot with a run ([`Store::last_slots`]).
+type LastSlots = HashMap<String, DateTime<Utc>>;
+
 /// A run the timer released: its job, its slot, the job's running count and its waiting
 /// token.
 struct Due {
@@ -408,10 +414,17 @@ struct Daemon {
     started: DateTime<Utc>,
     /// A permit per run this daemon may have going (`max_running`), when limited.
     room: Option<Arc<tokio::sync::Semaphore>>,
+    /// Slots whose claim failed (the store could not be reached), made up once it answers.
+    unclaimed: Unclaimed,
+    /// Whether a look at the store for [`Daemon::unclaimed`] is under way (one at a time).
+    recovering: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How often finished runs older than `keep_history` are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// How often, after claims failed, the store is asked whether it answers again.
+const RECOVER_EVERY: Duration = Duration::from_secs(1);
 
 impl Daemon {
     /// Resumes the runs a previous daemon left unfinished, from their checkpoints, when the
@@ -637,6 +650,81 @@ impl Daemon {
         Ok(())
     }
 
+    /// Asks the store, in the background, for each job's latest slot with a run, and sends
+    /// the answer with the failed claims it is for to `answers`; when the store still does
+    /// not answer, the failed claims stay for the next try. One ask at a time.
+    fn ask_again(&self, answers: mpsc::Sender<(UnclaimedSlots, LastSlots)>) {
+        use std::sync::atomic::Ordering;
+        if self.recovering.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = self.ledger.store.clone();
+        let unclaimed = self.unclaimed.clone();
+        let recovering = Arc::clone(&self.recovering);
+        tokio::spawn(async move {
+            let missed = unclaimed.take();
+            match store.last_slots().await {
+                Ok(last) => {
+                    let _ = answers.send((missed, last)).await;
+                }
+                Err(err) => {
+                    store.count_failure();
+                    tracing::debug!(error = %err, "The state store still does not answer; slots whose claim failed wait.");
+                    unclaimed.restore(missed);
+                }
+            }
+            recovering.store(false, Ordering::Release);
+        });
+    }
+
+    /// Once the store answers again: for each job whose claims failed, its latest failed
+    /// slot runs once when it is within the job's `misfire_grace` and no run for it or a
+    /// later slot was recorded meanwhile ([`Misfire::after_outage`]).
+    fn make_up(&self, missed: UnclaimedSlots, last: &LastSlots) {
+        let now = self.clock.now();
+        for (name, (slot, count)) in missed {
+            let Some(armed) = self.armed.get(&name) else {
+                continue;
+            };
+            let job = &armed.job;
+            if !job.enabled {
+                continue;
+            }
+            let recorded = last.get(&name).copied();
+            match Misfire::after_outage(now, job.misfire_grace, slot, count, recorded) {
+                Misfire::CatchUp { slot, missed } => {
+                    tracing::info!(job = %name, slot = %slot.to_rfc3339(), missed, "The state store answers again: catching up the slots it could not record, in one run.");
+                    self.start(Due {
+                        job: Arc::clone(job),
+                        slot,
+                        running: Arc::clone(&armed.running),
+                        waiting: armed.waiting.clone(),
+                    });
+                }
+                Misfire::TooOld {
+                    slot,
+                    missed,
+                    grace,
+                } => tracing::warn!(
+                    job = %name,
+                    slot = %slot.to_rfc3339(),
+                    missed,
+                    misfire_grace = %humantime::format_duration(grace),
+                    "The state store answers again, but the slots it could not record are older than misfire_grace; not run."
+                ),
+                Misfire::NotMadeUp { missed } => tracing::warn!(
+                    job = %name,
+                    missed,
+                    "The state store answers again; the slots it could not record are not made up (the job has no misfire_grace)."
+                ),
+                Misfire::Nothing => tracing::debug!(
+                    job = %name,
+                    "The state store answers again; a run for the slot whose claim failed, or a later one, is recorded, so nothing is made up."
+                ),
+            }
+        }
+    }
+
     /// Deletes finished runs older than `keep_history` (a failure is logged: the store
     /// only grows until the next try).
     async fn prune(&self) {
@@ -669,6 +757,9 @@ impl Daemon {
         scan.tick().await;
         let (expired_tx, mut expired) = mpsc::channel(4);
         let (taken_tx, mut taken) = mpsc::channel(64);
+        let mut recover = tokio::time::interval(RECOVER_EVERY);
+        recover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (answers_tx, mut answers) = mpsc::channel(1);
         let now = loop {
             tokio::select! {
                 due = self.timer.next_due() => self.fire_all(due).await,
@@ -678,6 +769,8 @@ impl Daemon {
                 }
                 Some(runs) = expired.recv() => self.take_over_expired(runs, &taken_tx),
                 Some(run) = taken.recv() => self.resume(run),
+                _ = recover.tick(), if !self.unclaimed.is_empty() => self.ask_again(answers_tx.clone()),
+                Some((missed, last)) = answers.recv() => self.make_up(missed, &last),
                 command = control.recv() => match command {
                     Some(Control::Reload) => self.reload().await,
                     Some(Control::Shutdown) | None => break false,
@@ -860,6 +953,7 @@ impl Daemon {
         let abort = self.abort.clone();
         let stopping = self.not_started.clone();
         let clock = self.clock;
+        let unclaimed = self.unclaimed.clone();
         self.tracker.spawn(async move {
             let new: Vec<(Arc<Job>, NewRun)> = runs
                 .iter()
@@ -869,8 +963,12 @@ impl Daemon {
                 claimed = Job::claim_all(&ledger, &new) => claimed,
                 () = abort.cancelled() => return,
             };
-            // Logged and reported to the jobs' failure handlers by the claim.
+            // Logged and reported to the jobs' failure handlers by the claim; made up once
+            // the store answers again.
             let Ok(claimed) = claimed else {
+                for (due, _) in &runs {
+                    unclaimed.add(&due.job.name, due.slot);
+                }
                 return;
             };
             tokio::select! {
@@ -934,6 +1032,7 @@ impl Daemon {
         let name = job.name.clone();
         let clock = self.clock;
         let room = self.room.clone();
+        let unclaimed = self.unclaimed.clone();
         self.track(name, async move {
             let start_at = chrono::Duration::from_std(jitter)
                 .ok()
@@ -969,8 +1068,12 @@ impl Daemon {
                     }
                     report
                 }
-                // Logged and reported to the job's failure handlers by the claim.
-                Err(_) => None,
+                // Logged and reported to the job's failure handlers by the claim; made up
+                // once the store answers again.
+                Err(_) => {
+                    unclaimed.add(&job.name, slot);
+                    None
+                }
             }
         });
     }

@@ -274,11 +274,21 @@ impl Job {
     /// Logs and reports (to the failure handlers) that `run` was not started because the
     /// store could not record it.
     async fn not_claimed(&self, run: &NewRun, err: &StateError) {
+        // The daemon makes a scheduled slot up once the store answers, within the grace.
+        let later = match self.misfire_grace {
+            Some(grace) if !run.claim.borrowed().manual => format!(
+                " (it runs once the store answers, if that is within misfire_grace, {})",
+                humantime::format_duration(grace)
+            ),
+            _ => String::new(),
+        };
         let failure = DeliveryError::new(
             ErrorKind::Io,
-            format!("the state store could not record the run, so it was not started: {err}"),
+            format!(
+                "the state store could not record the run, so it was not started{later}: {err}"
+            ),
         );
-        tracing::error!(job = %self.name, slot = %run.ctx.slot.to_rfc3339(), error = %err, "Cannot claim the slot; not running it.");
+        tracing::error!(job = %self.name, slot = %run.ctx.slot.to_rfc3339(), error = %err, "Cannot claim the slot; not running it now.");
         self.runner.report_not_run(&run.ctx, &failure).await;
     }
 

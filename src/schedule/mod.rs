@@ -24,7 +24,7 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
-pub use policy::{Misfire, Overlap, Running};
+pub use policy::{Misfire, Overlap, Running, Unclaimed};
 pub use timer::{Clock, Timer};
 
 /// A cron expression in a time zone.

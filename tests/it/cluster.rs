@@ -12,7 +12,7 @@ use ferry::report::RunStatus;
 use ferry::state::{Claim, FIRST_EPOCH, RunState, Store};
 
 use crate::support::daemon::{Hold, WAIT, boot_at};
-use crate::support::{Workspace, held_server, utc};
+use crate::support::{Relay, Workspace, held_server, utc};
 
 /// The stores to run on: `(name, state URL)`, a SQLite file in `ws` and PostgreSQL when
 /// configured.
@@ -416,4 +416,97 @@ writers = [{{ type = "local", path = "out/{name}" }}]
     assert_eq!(report.job, second);
     assert_eq!(report.status, RunStatus::Succeeded);
     daemon.stop().await;
+}
+
+/// PostgreSQL out of reach while slots fall due: their claims fail (the store could not
+/// record the runs, so none starts). Once it answers again, each job's missed slot runs
+/// once if it is within the job's `misfire_grace`; a job whose grace has passed, or that
+/// has none, waits for its next slot. Nothing runs twice.
+#[tokio::test(start_paused = true)]
+async fn slots_whose_claim_failed_in_a_store_outage_are_made_up_once_within_grace() {
+    let _still = Hold::new();
+    let Ok(url) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+        eprintln!("store outage test not run: FERRY_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let (relay, relayed) = Relay::postgres(&url).await;
+    let ws = Workspace::new();
+    let [graced, late, none] = ["graced", "late", "none"].map(unique_job);
+    let job = |name: &str, grace: &str| {
+        format!(
+            r#"
+[[jobs]]
+name = "{name}"
+schedule = "0 * * * * *"
+{grace}
+source = {{ type = "inline", data = "{name}" }}
+writers = [{{ type = "local", path = "out/{name}-{{scheduled:%H%M}}" }}]
+"#
+        )
+    };
+    let config = ws.job_file(&format!(
+        "[daemon]\nstate = \"{relayed}\"\nlease = \"3s\"\n{}{}{}",
+        job(&graced, "misfire_grace = \"5m\""),
+        job(&late, "misfire_grace = \"20s\""),
+        job(&none, ""),
+    ));
+    let mut daemon = boot_at(&config, utc("2026-06-01T12:00:30Z"));
+    daemon.ready().await;
+
+    // Out of reach from before 12:01 to 12:01:50: each claim try waits for a connection
+    // until the pool's timeout, so the claims of 12:01 fail at about 12:01:33.
+    relay.down();
+    let mut seen = Vec::new();
+    for _ in 0..400 {
+        daemon.advance(Duration::from_millis(200)).await;
+        seen.extend(daemon.collect(Duration::from_millis(2)).await);
+    }
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::Started { .. })),
+        "nothing starts while the store is out of reach: {seen:#?}"
+    );
+    relay.up();
+
+    // The graced job's 12:01 runs once the store answers; then every job's 12:02 runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut finished = Vec::new();
+    while finished.len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "finished so far: {finished:#?}; events: {seen:#?}"
+        );
+        daemon.advance(Duration::from_millis(100)).await;
+        for event in daemon.collect(Duration::from_millis(5)).await {
+            if let Event::Finished(report) = &event {
+                assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+                finished.push((report.job.clone(), utc(&report.slot)));
+            }
+            seen.push(event);
+        }
+    }
+    let at = |hhmm: &str| utc(&format!("2026-06-01T{hhmm}:00Z"));
+    assert_eq!(finished[0], (graced.clone(), at("12:01")), "{finished:#?}");
+    let mut at_12_02: Vec<&str> = finished[1..]
+        .iter()
+        .map(|(job, slot)| {
+            assert_eq!(*slot, at("12:02"), "{finished:#?}");
+            job.as_str()
+        })
+        .collect();
+    at_12_02.sort_unstable();
+    let mut all = vec![graced.as_str(), late.as_str(), none.as_str()];
+    all.sort_unstable();
+    assert_eq!(at_12_02, all);
+    daemon.stop().await;
+
+    // In the store: the graced job's two runs, and one for each of the others.
+    let store = Store::open(&url, ws.path()).await.expect("open the store");
+    for (name, runs) in [(&graced, 2), (&late, 1), (&none, 1)] {
+        let history = store.history(Some(name), 10).await.expect("history");
+        assert_eq!(history.len(), runs, "{name}: {history:#?}");
+    }
+    assert!(ws.path().join(format!("out/{graced}-1201")).exists());
+    assert!(!ws.path().join(format!("out/{late}-1201")).exists());
+    assert!(!ws.path().join(format!("out/{none}-1201")).exists());
+    relay.stop().await;
 }

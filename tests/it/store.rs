@@ -7,6 +7,8 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use ferry::state::{Checkpoint, Claim, FIRST_EPOCH, Outcome, RunState, StateError, Store};
 use serde_json::json;
 
+use crate::support::Relay;
+
 /// Every store to test: a fresh SQLite file, and PostgreSQL when configured.
 async fn stores() -> Vec<(&'static str, Store, tempfile::TempDir)> {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -777,26 +779,6 @@ async fn run_writes_made_together_land_as_if_made_alone() {
     }
 }
 
-/// Relays 127.0.0.1:(returned port) to `target` until the returned task is aborted (a
-/// database "going away" for its clients: new connections are then refused).
-async fn relay(target: std::net::SocketAddr) -> (u16, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let task = tokio::spawn(async move {
-        let mut links = tokio::task::JoinSet::new();
-        while let Ok((mut client, _)) = listener.accept().await {
-            links.spawn(async move {
-                if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
-    });
-    (port, task)
-}
-
 #[tokio::test]
 async fn a_pool_timeout_says_why_no_connection_came() {
     use ferry::state::StateError;
@@ -823,23 +805,12 @@ async fn a_pool_timeout_says_why_no_connection_came() {
     };
     // The server behind a relay, which then goes away: the pool would only say it timed
     // out; the store names the server and the refusal.
-    let authority = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|auth| auth.rsplit('@').next())
-        .expect("host:port in FERRY_TEST_POSTGRES_URL");
-    let target: std::net::SocketAddr = tokio::net::lookup_host(authority)
-        .await
-        .expect("resolve")
-        .next()
-        .expect("an address");
-    let (port, relay) = relay(target).await;
-    let relayed = url.replacen(authority, &format!("127.0.0.1:{port}"), 1);
+    let (relay, relayed) = Relay::postgres(&url).await;
+    let port = relay.port;
     let pg = Store::open(&relayed, dir.path())
         .await
         .expect("open through the relay");
-    relay.abort();
-    let _ = relay.await;
+    relay.stop().await;
     let refused = pg.diagnose(timed_out()).await.to_string();
     assert!(
         refused.contains(&format!("127.0.0.1:{port}")),

@@ -324,3 +324,73 @@ pub async fn wait_for_attempt(ledger: &Ledger, job: &str, attempt: u32, limit: D
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A TCP relay on 127.0.0.1 to another server, which a test can cut: while down it cuts
+/// every link and closes each new connection at once (a server out of reach, as its client
+/// sees it); stopped, it refuses connections.
+pub struct Relay {
+    pub port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let (up, watch) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*watch.borrow() {
+                    continue;
+                }
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Relay { port, up, task }
+    }
+
+    /// A relay to the PostgreSQL server `url` names, and the URL through it.
+    pub async fn postgres(url: &str) -> (Relay, String) {
+        let authority = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split('/').next())
+            .and_then(|auth| auth.rsplit('@').next())
+            .expect("host:port in the PostgreSQL URL");
+        let target: SocketAddr = tokio::net::lookup_host(authority)
+            .await
+            .expect("resolve")
+            .next()
+            .expect("an address");
+        let relay = Relay::start(target).await;
+        let relayed = url.replacen(authority, &format!("127.0.0.1:{}", relay.port), 1);
+        (relay, relayed)
+    }
+
+    /// Cuts every link and closes new connections until [`Relay::up`].
+    pub fn down(&self) {
+        self.up.send_replace(false);
+    }
+
+    pub fn up(&self) {
+        self.up.send_replace(true);
+    }
+
+    /// Stops listening: connections are refused from now on.
+    pub async fn stop(self) {
+        self.down();
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
