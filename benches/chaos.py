@@ -6,11 +6,13 @@ jobs firing every second, plus big deliveries every minute (a local file, and S3
 their servers are given), each throttled so that it lasts long enough to be interrupted.
 Every KILL_EVERY seconds one random daemon gets SIGKILL and is started again RESTART_AFTER
 seconds later. Optionally one daemon is stopped with SIGSTOP past its lease and continued,
-and PostgreSQL is restarted mid-run. Afterwards it reads the daemons' JSON logs, the store
+and PostgreSQL is restarted mid-run, or stopped for a while (an outage: the slots that fall
+due meanwhile cannot be claimed, and with `--misfire-grace` are made up once it is back). Afterwards it reads the daemons' JSON logs, the store
 and what a webhook receiver got, and prints:
 
   * duplicate starts: (job, slot) pairs with more than one "Run started." line;
-  * missed slots: seconds of the small jobs without a run;
+  * missed slots: seconds of the small jobs without a run (outside a PostgreSQL outage, whose
+    seconds are counted apart, with the catch-up runs the daemons logged);
   * big deliveries: outcome, attempts, resumed_from, sha256 against the source's;
   * notifications: webhook calls per run (must be exactly 1) and outbox rows not sent;
   * take-overs and runs given up by fencing.
@@ -153,11 +155,12 @@ shutdown_timeout = "5s"
 type = "webhook"
 url = "http://127.0.0.1:{hook_port}/hook"
 """]
+    grace = f'misfire_grace = "{args.misfire_grace}"\n' if args.misfire_grace else ""
     for i in range(args.jobs):
         lines.append(f"""[[jobs]]
 name = "small-{i:04}"
 schedule = "* * * * * *"
-source = {{ type = "inline", data = "x" }}
+{grace}source = {{ type = "inline", data = "x" }}
 writers = [{{ type = "local", path = "{out}/small/{{job}}" }}]
 """)
     bigs = [("big-local", f'{{ type = "local", path = "{out}/big/{{scheduled:%H%M}}.bin" }}')]
@@ -169,7 +172,7 @@ writers = [{{ type = "local", path = "{out}/small/{{job}}" }}]
         lines.append(f"""[[jobs]]
 name = "{name}"
 schedule = "0 * * * * *"
-source = {{ type = "file", path = "{big}" }}
+{grace}source = {{ type = "file", path = "{big}" }}
 writers = [{writer}]
 rate_limit = "{args.big_rate}"
 retry = {{ max_attempts = 30, initial_interval = "1s", max_interval = "5s" }}
@@ -234,6 +237,8 @@ def main():
     p.add_argument("--restart-after", type=float, default=5)
     p.add_argument("--sigstop", type=float, default=0, help="at this second, SIGSTOP a daemon for 1.5 leases")
     p.add_argument("--pg-restart", type=float, default=0, help="at this second, restart PostgreSQL (systemctl/pg_ctlcluster)")
+    p.add_argument("--pg-stop", type=float, default=0, help="with --pg-restart: keep PostgreSQL stopped this many seconds")
+    p.add_argument("--misfire-grace", default=None, help="every job's misfire_grace (e.g. 2m)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--aim", action="store_true", help="kill a daemon running a big delivery when there is one")
     p.add_argument("--keep", action="store_true", help="keep the work directory and database")
@@ -282,6 +287,7 @@ def main():
         kills = stops = 0
         stopped = None
         pg_restarted = False
+        outage = None  # [stopped, started again] of PostgreSQL
         while time.time() - began < args.duration:
             now = time.time()
             for when, d in list(restarts):
@@ -320,9 +326,18 @@ def main():
                     time.sleep(0.5)  # wait for a big delivery to restart under
                     continue
                 pg_restarted = True
-                print(f"{now - began:6.1f}s restarting PostgreSQL", flush=True)
-                restart_postgres()
-                print(f"{time.time() - began:6.1f}s PostgreSQL back", flush=True)
+                if args.pg_stop:
+                    print(f"{now - began:6.1f}s stopping PostgreSQL for {args.pg_stop:.0f} s", flush=True)
+                    postgres("stop")
+                    outage = [time.time(), None]
+                else:
+                    print(f"{now - began:6.1f}s restarting PostgreSQL", flush=True)
+                    postgres("restart")
+                    print(f"{time.time() - began:6.1f}s PostgreSQL back", flush=True)
+            if outage and outage[1] is None and now - outage[0] >= args.pg_stop:
+                postgres("start")
+                outage[1] = time.time()
+                print(f"{outage[1] - began:6.1f}s PostgreSQL back", flush=True)
             time.sleep(0.1)
         chaos_end = time.time()
         for _, d in restarts:
@@ -340,7 +355,7 @@ def main():
                 except subprocess.TimeoutExpired:
                     d.signal(signal.SIGKILL)
         hooks.shutdown()
-        ok = report(args, db, logs, began, chaos_end, big_jobs, source_sha)
+        ok = report(args, db, logs, began, chaos_end, big_jobs, source_sha, outage)
     finally:
         for proc in servers:
             proc.kill()
@@ -364,18 +379,20 @@ def parse_secs(text):
     return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
 
 
-def restart_postgres():
-    for cmd in (["pg_ctlcluster", "15", "main", "restart"], ["service", "postgresql", "restart"]):
+def postgres(action):
+    """Stops, starts or restarts the local PostgreSQL (waiting for its port unless stopped)."""
+    for cmd in (["pg_ctlcluster", "15", "main", action], ["service", "postgresql", action]):
         if shutil.which(cmd[0]) and subprocess.run(cmd).returncode == 0:
             break
-    wait_port(5432, 60)
+    if action != "stop":
+        wait_port(5432, 60)
 
 
-def report(args, db, logs, began, chaos_end, big_jobs, source_sha):
+def report(args, db, logs, began, chaos_end, big_jobs, source_sha, outage):
     started = collections.Counter()
     skipped = set()
     first_ready = None
-    takeovers = lost = fenced_outcomes = 0
+    takeovers = lost = fenced_outcomes = caught_up = 0
     for name, event in read_logs(logs):
         message = event.get("fields", {}).get("message", "")
         if message == "Run started.":
@@ -386,6 +403,8 @@ def report(args, db, logs, began, chaos_end, big_jobs, source_sha):
             skipped.add((fields.get("job"), fields.get("slot")))
         elif message.startswith("Ready") and first_ready is None:
             first_ready = event.get("timestamp")
+        elif message.startswith("The state store answers again: catching up"):
+            caught_up += 1
         elif message == "Resuming a run left unfinished.":
             takeovers += 1
         elif message.startswith("The run is no longer this daemon's"):
@@ -400,11 +419,17 @@ def report(args, db, logs, began, chaos_end, big_jobs, source_sha):
     for job, slot in rows:
         have[job].add(int(slot) // 1000)
     lo, hi = int(began) + 3, int(chaos_end) - 3
-    expected = args.jobs * (hi - lo + 1)
+    # The seconds of a PostgreSQL outage (and the few after it while the pools reconnect):
+    # their claims fail, and at most one run per job makes them up.
+    down = set()
+    if outage:
+        down = set(range(int(outage[0]) - 1, int(outage[1] or chaos_end) + 6))
+    expected = args.jobs * sum(1 for s in range(lo, hi + 1) if s not in down)
     # A slot skipped by `overlap = "skip"` (its previous run still going: e.g. recording its
     # outcome while PostgreSQL restarts) is logged as such and counted apart.
     skipped_secs = {(job, int(datetime.datetime.fromisoformat(slot).timestamp())) for job, slot in skipped if job and slot}
-    gaps = [(f"small-{i:04}", s) for i in range(args.jobs) for s in range(lo, hi + 1) if s not in have[f"small-{i:04}"]]
+    gaps = [(f"small-{i:04}", s) for i in range(args.jobs) for s in range(lo, hi + 1)
+            if s not in have[f"small-{i:04}"] and s not in down]
     missed = sum(1 for gap in gaps if gap not in skipped_secs)
     overlapped = len(gaps) - missed
     failed_small = int(psql(db, "SELECT count(*) FROM ferry_runs WHERE job LIKE 'small-%' AND state <> 'succeeded'")[0][0])
@@ -417,6 +442,11 @@ def report(args, db, logs, began, chaos_end, big_jobs, source_sha):
     print()
     print(f"small jobs: {expected} slots expected, {missed} missed, {overlapped} skipped by overlap = \"skip\" "
           f"(previous run still going), {len(duplicates)} started twice, {failed_small} not succeeded (still running or failed)")
+    if outage:
+        ran = sum(1 for i in range(args.jobs) for s in down if s in have[f"small-{i:04}"])
+        print(f"PostgreSQL outage {outage[0] - began:.0f}-{(outage[1] or chaos_end) - began:.0f} s: of the "
+              f"{args.jobs * len(down)} small slots of its seconds (and 5 after), {ran} ran (late, or as "
+              f"catch-up runs); catch-up runs logged: {caught_up}")
     print(f"take-overs logged: {takeovers}; runs given up by fencing: {lost}")
     print("big deliveries:")
     print(f"  {'job':10} {'run':34} {'state':10} {'att':>3} {'epoch':>5} {'resumed_from':>13} {'sha256 ok':9} {'hooks':>5}")

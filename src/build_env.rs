@@ -5,6 +5,7 @@
 //! runners or the daemon.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{DeliveryError, ErrorKind};
@@ -32,17 +33,20 @@ impl BuildEnv {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         Ok(BuildEnv {
             base_dir,
-            http: http_client(reqwest::redirect::Policy::limited(MAX_REDIRECTS))?,
-            http_same_origin: http_client(reqwest::redirect::Policy::custom(|attempt| {
-                let first = attempt.previous().first().map(reqwest::Url::origin);
-                if attempt.previous().len() > MAX_REDIRECTS {
-                    attempt.error("too many redirects")
-                } else if first.is_some_and(|first| first == attempt.url().origin()) {
-                    attempt.follow()
-                } else {
-                    attempt.stop()
-                }
-            }))?,
+            http: http_client(reqwest::redirect::Policy::limited(MAX_REDIRECTS), None)?,
+            http_same_origin: http_client(
+                reqwest::redirect::Policy::custom(|attempt| {
+                    let first = attempt.previous().first().map(reqwest::Url::origin);
+                    if attempt.previous().len() > MAX_REDIRECTS {
+                        attempt.error("too many redirects")
+                    } else if first.is_some_and(|first| first == attempt.url().origin()) {
+                        attempt.follow()
+                    } else {
+                        attempt.stop()
+                    }
+                }),
+                None,
+            )?,
         })
     }
 
@@ -61,16 +65,24 @@ impl BuildEnv {
 const MAX_REDIRECTS: usize = 10;
 
 /// A client with ferry's user agent and time limits, sending no `Referer` (it would carry
-/// the first URL, query token and all, to the next host).
-fn http_client(redirects: reqwest::redirect::Policy) -> Result<reqwest::Client, DeliveryError> {
-    reqwest::Client::builder()
+/// the first URL, query token and all, to the next host); trusting what `tls` trusts when
+/// given (a kind's `ca_file` or `accept_invalid_certs`), else the system's roots.
+pub(crate) fn http_client(
+    redirects: reqwest::redirect::Policy,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<reqwest::Client, DeliveryError> {
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(300))
         .redirect(redirects)
-        .referer(false)
-        .build()
-        .map_err(|err| {
-            DeliveryError::new(ErrorKind::Config, "cannot set up the HTTP client").with_source(err)
-        })
+        .referer(false);
+    if let Some(tls) = tls {
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    builder.build().map_err(|err| {
+        DeliveryError::new(ErrorKind::Config, "cannot set up the HTTP client").with_source(err)
+    })
 }

@@ -145,6 +145,8 @@ pub struct DeliveryError {
     message: String,
     #[source]
     source: Option<BoxError>,
+    /// How long the other side asked us to wait before trying again (HTTP `Retry-After`).
+    retry_after: Option<std::time::Duration>,
 }
 
 impl DeliveryError {
@@ -154,7 +156,20 @@ impl DeliveryError {
             kind,
             message: message.into(),
             source: None,
+            retry_after: None,
         }
+    }
+
+    /// Notes that the other side asked for `wait` before the next try (HTTP `Retry-After`):
+    /// a retry waits at least that long.
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// The wait the other side asked for before the next try, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// Attaches the underlying cause (shown in the error chain).
@@ -199,7 +214,10 @@ impl DeliveryError {
     /// A copy with the same kind whose message is the whole chain on one line (errors
     /// cannot be cloned, and one source failure must reach every writer).
     pub fn summary(&self) -> DeliveryError {
-        DeliveryError::new(self.kind, display_chain(&self.chain()))
+        DeliveryError {
+            retry_after: self.retry_after,
+            ..DeliveryError::new(self.kind, display_chain(&self.chain()))
+        }
     }
 
     /// Wraps this error in an [`std::io::Error`] so it can travel through byte streams and

@@ -7,23 +7,21 @@
 //! logs and errors name the host only.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde::Deserialize;
 
 use super::message::{DEFAULT_BODY, DEFAULT_CHAT, Escape, Facts, MessageTemplate};
 use super::{Notifier, NotifierSettings};
 use crate::build_env::BuildEnv;
 use crate::error::{DeliveryError, ErrorKind};
-use crate::http;
+use crate::http::{self, HeaderSetting};
 use crate::report::RunReport;
 use crate::settings::{
-    ConfigDuration, KeyPath, NOT_A_VARIABLE, Problems, Secret, SecretField, SecretRef,
-    is_variable_name, keys,
+    ConfigDuration, KeyPath, Problems, Secret, SecretField, SecretRef, keys,
 };
 
 /// Settings of a `webhook` notifier.
@@ -88,25 +86,6 @@ pub enum WebhookFormat {
     Text,
 }
 
-/// A header's value: written out, or a secret from the environment or a file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum HeaderSetting {
-    /// The value itself.
-    Plain(String),
-    /// A secret value.
-    Secret {
-        /// The environment variable holding it.
-        #[serde(default)]
-        env: Option<String>,
-        /// The file holding it.
-        #[serde(default)]
-        file: Option<PathBuf>,
-        /// Text put before the secret, e.g. `"Bearer "`.
-        #[serde(default)]
-        prefix: Option<String>,
-    },
-}
 
 impl WebhookConfig {
     fn escape(&self) -> Escape {
@@ -125,27 +104,7 @@ impl NotifierSettings for WebhookConfig {
         {
             problems.add(at.key("url"), err);
         }
-        for (name, setting) in &self.headers {
-            let at = at.key("headers").key(name);
-            if HeaderName::try_from(name.as_str()).is_err() {
-                problems.add(at.clone(), "not a valid header name");
-            }
-            match setting {
-                HeaderSetting::Plain(value) => {
-                    if HeaderValue::try_from(value.as_str()).is_err() {
-                        problems.add(at, "not a valid header value");
-                    }
-                }
-                HeaderSetting::Secret { env, file, .. } => {
-                    if env.is_some() == file.is_some() {
-                        problems.add(at.clone(), "give exactly one of `env` and `file`");
-                    }
-                    if env.as_deref().is_some_and(|name| !is_variable_name(name)) {
-                        problems.add(at.key("env"), NOT_A_VARIABLE);
-                    }
-                }
-            }
-        }
+        http::validate_headers(&self.headers, &at.key("headers"), problems);
         if let Some(body) = &self.body
             && let Err(err) = MessageTemplate::parse(body, self.escape())
         {
@@ -165,10 +124,7 @@ impl NotifierSettings for WebhookConfig {
         let url = self.url.resolve_required(&env.base_dir)?;
         let host =
             check_url(url.expose()).map_err(|err| config(format!("notifier {name}: url {err}")))?;
-        let secret_headers = self
-            .headers
-            .values()
-            .any(|setting| matches!(setting, HeaderSetting::Secret { .. }));
+        let secret_headers = self.headers.values().any(HeaderSetting::is_secret);
         if url.expose().starts_with("http://")
             && (secret_headers || !matches!(self.url.source(), Some(SecretRef::Inline(_))))
         {
@@ -178,35 +134,8 @@ impl NotifierSettings for WebhookConfig {
                 "This webhook sends its secret URL or headers unencrypted over http://."
             );
         }
-        let mut headers = HeaderMap::new();
-        for (key, setting) in &self.headers {
-            let value = match setting {
-                HeaderSetting::Plain(value) => value.clone(),
-                HeaderSetting::Secret {
-                    env: var,
-                    file,
-                    prefix,
-                } => {
-                    let secret = match (var, file) {
-                        (Some(var), _) => SecretRef::Env(var.clone()),
-                        (None, Some(file)) => SecretRef::File(file.clone()),
-                        (None, None) => {
-                            return Err(config(format!(
-                                "notifier {name}: header {key} has no value"
-                            )));
-                        }
-                    };
-                    let secret = secret.resolve(&env.base_dir)?;
-                    format!("{}{}", prefix.as_deref().unwrap_or(""), secret.expose())
-                }
-            };
-            let key = HeaderName::try_from(key.as_str())
-                .map_err(|_| config(format!("notifier {name}: bad header name {key}")))?;
-            let mut value = HeaderValue::try_from(value)
-                .map_err(|_| config(format!("notifier {name}: bad value for header {key}")))?;
-            value.set_sensitive(matches!(setting, HeaderSetting::Secret { .. }));
-            headers.insert(key, value);
-        }
+        let headers = http::header_map(&self.headers, &env.base_dir)
+            .map_err(|err| err.context(format!("notifier {name}")))?;
         let body = match (&self.body, self.format) {
             (Some(source), _) => Some(source.as_str()),
             (None, WebhookFormat::Json) => None,

@@ -25,6 +25,9 @@ use crate::writer::Delivery;
 
 pub use crate::report::{FailureReport, RunReport, RunStatus};
 
+/// The longest wait a server's `Retry-After` gets before the next attempt.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// The end of a run's attempts.
 #[derive(Debug)]
 pub struct Attempted {
@@ -143,6 +146,12 @@ impl<A: Activity> RetryingActivity<A> {
                     n => format!("all {n} attempts failed"),
                 };
                 return stop(err, why);
+            };
+            // A server that says when to come back (HTTP 429 or 503 with Retry-After) is
+            // waited for, up to an hour; `max_elapsed` still bounds the whole run.
+            let delay = match err.retry_after() {
+                Some(asked) => delay.max(asked.min(MAX_RETRY_AFTER)),
+                None => delay,
             };
             if let Some(limit) = self.policy.max_elapsed
                 && started.elapsed() + delay > limit

@@ -49,7 +49,7 @@ impl SourceSettings for UrlConfig {
     fn validate(&self, at: &KeyPath, problems: &mut Problems) {
         self.url.validate_required(at, problems);
         if let Some(SecretRef::Inline(url)) = self.url.source()
-            && let Err(err) = check_template(&url)
+            && let Err(err) = http::check_url_template(&url)
         {
             problems.add(at.key("url"), err);
         }
@@ -78,7 +78,7 @@ impl SourceSettings for UrlConfig {
         let secret_url = !matches!(self.url.source(), Some(SecretRef::Inline(_)));
         let text = self.url.resolve_required(&env.base_dir)?;
         // A URL from a variable or file is checked now, without quoting it.
-        check_template(text.expose()).map_err(|_| {
+        http::check_url_template(text.expose()).map_err(|_| {
             config_error("the url from url_env / url_file is not a valid http(s) URL template".into())
         })?;
         let url = Template::parse(text.expose()).map_err(|err| config_error(err.to_string()))?;
@@ -102,7 +102,7 @@ impl SourceSettings for UrlConfig {
         let credentials = auth.is_some() || !headers.is_empty() || secret_url;
         if credentials && text.expose().starts_with("http://") {
             tracing::warn!(
-                url = %shown_url(text.expose(), secret_url),
+                url = %http::shown_url(text.expose(), secret_url),
                 "This url source sends credentials (authentication or headers) unencrypted over http://."
             );
         }
@@ -117,26 +117,6 @@ impl SourceSettings for UrlConfig {
     }
 }
 
-/// Checks a URL template: it parses as a template, is http(s), and carries no user or
-/// password in its authority (a literal one is fully checked as a URL). Never quotes it.
-fn check_template(url: &str) -> Result<(), String> {
-    let template = Template::parse(url).map_err(|err| err.to_string())?;
-    let Some(("http" | "https", rest)) = url.split_once("://") else {
-        return Err("the URL must start with http:// or https://".into());
-    };
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    if authority.contains('@') {
-        return Err(
-            "put credentials in `username` and `password_env` (or the whole URL in `url_env` / \
-             `url_file`), not in `url`"
-                .into(),
-        );
-    }
-    if template.is_literal() {
-        reqwest::Url::parse(url).map_err(|err| format!("not a valid URL: {err}"))?;
-    }
-    Ok(())
-}
 
 #[derive(Debug, Clone)]
 enum Auth {
@@ -176,7 +156,7 @@ impl UrlSource {
 #[async_trait]
 impl DataSource for UrlSource {
     fn describe(&self) -> String {
-        format!("url {}", shown_url(self.url.as_str(), self.secret_url))
+        format!("url {}", http::shown_url(self.url.as_str(), self.secret_url))
     }
 
     async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
@@ -209,7 +189,7 @@ impl UrlSource {
         from: Option<u64>,
     ) -> Result<(reqwest::Response, String), DeliveryError> {
         let url = self.url.render(ctx);
-        let shown = shown_url(&url, self.secret_url);
+        let shown = http::shown_url(&url, self.secret_url);
         let mut request = self.client.get(&url).headers(self.headers.clone());
         if let Some(from) = from {
             request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
@@ -255,20 +235,3 @@ fn body_stream(response: reqwest::Response, shown: &str) -> SourceStream {
     }
 }
 
-/// `url` as messages, logs and the store may show it: without user, password and query
-/// (which often carry tokens), and when the URL itself is a secret, without its path.
-fn shown_url(url: &str, secret: bool) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "(not a URL; not shown)".to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let host = rest[..end].rsplit_once('@').map_or(&rest[..end], |(_, host)| host);
-    let path = &rest[end..];
-    if secret {
-        return format!("{scheme}://{host}/…");
-    }
-    match path.split_once(['?', '#']) {
-        Some((path, _)) => format!("{scheme}://{host}{path}?…"),
-        None => format!("{scheme}://{host}{path}"),
-    }
-}

@@ -6,7 +6,7 @@
 //! sha256 of exactly what that writer consumed. A writer must make its output appear
 //! atomically: a failed delivery never leaves a half-written file under the final name.
 //!
-//! Kinds: `local`, `s3`, `ftp`, one file (or folder) each; [`payload`] holds the stream a
+//! Kinds: `local`, `s3`, `ftp`, `http`, one file (or folder) each; [`payload`] holds the stream a
 //! writer reads and the accounting of what it read; [`limits`] the sessions a destination
 //! allows at once.
 
@@ -162,5 +162,7 @@ kinds! {
         mod s3: "s3" => S3(Box<S3Config>),
         /// `type = "ftp"`: a file on an FTP server.
         mod ftp: "ftp" => Ftp(Box<FtpConfig>),
+        /// `type = "http"`: the body of an HTTP PUT or POST.
+        mod http: "http" => Http(Box<HttpConfig>),
     }
 }

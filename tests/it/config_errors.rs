@@ -449,3 +449,27 @@ writers = [
         assert!(errors.contains(expected), "{expected}\n---\n{errors}");
     }
 }
+
+#[test]
+fn http_writer_settings_are_checked_at_their_keys() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = [{ type = "http", url = "http://u:p@example.com/in", method = "DELETE", expect_status = [201, 999], ca_file = "ca.pem", headers = { "Bad Name" = "x", "X-Key" = { env = "1NOPE" } }, password = "p" }]
+"#;
+    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+    let expected = [
+        "jobs.toml:5:35: jobs[0].writers[0].url: put credentials in `username`",
+        "jobs.toml:5:64: jobs[0].writers[0].method: unknown variant `DELETE`, expected `PUT` or `POST`",
+        "jobs.toml:5:99: jobs[0].writers[0].expect_status: 999 is not an HTTP status (100–599)",
+        "jobs.toml:5:121: jobs[0].writers[0].ca_file: only applies with an https:// url",
+        "jobs.toml:5:156: jobs[0].writers[0].headers.Bad Name: not a valid header name",
+        "jobs.toml:5:179: jobs[0].writers[0].headers.X-Key.env: not an environment variable name",
+        "jobs.toml:5:203: jobs[0].writers[0].password: a password needs a `username`",
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for (line, want) in found.iter().zip(expected) {
+        assert!(line.starts_with(want), "{want}\n{found:#?}");
+    }
+}

@@ -8,6 +8,7 @@ mod daemon;
 mod dst;
 mod fanout;
 mod ftp;
+mod http_writer;
 mod local_writer;
 mod monitoring;
 mod notify;

@@ -12,7 +12,7 @@ use ferry::state::{Ledger, NotificationOutcome};
 use mailin_embedded::AuthMechanism;
 
 use crate::support::smtp::*;
-use crate::support::{Tls, Workspace, ferry, self_signed, show};
+use crate::support::{Workspace, ferry, self_signed, show, tls_front};
 
 /// A job writing `source` to a local file, telling `users` of success, `admin` of failure.
 fn job(source: &str) -> String {
@@ -552,47 +552,6 @@ async fn trigger_waits_for_notifications_and_history_shows_them() {
     assert_eq!(runs[0]["notifications"][1]["notifier"], "users");
     assert_eq!(runs[0]["notifications"][1]["sent"], true);
     assert_eq!(runs[0]["notifications"][0]["sent"], false);
-}
-
-/// Terminates TLS on a free port and passes the plain bytes on to `backend`, as stunnel
-/// would: the SMTP server above (which speaks STARTTLS only) reached over implicit TLS.
-async fn tls_front(tls: &Tls, backend: u16) -> u16 {
-    use rustls_pki_types::pem::PemObject as _;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(&tls.cert)
-        .expect("certificate file")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certificates");
-    let key = PrivateKeyDer::from_pem_file(&tls.key).expect("key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut secured) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
-                else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut secured, &mut plain).await;
-            });
-        }
-    });
-    port
 }
 
 #[tokio::test]

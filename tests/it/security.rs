@@ -766,6 +766,9 @@ async fn no_secret_of_any_kind_leaves_its_place() {
     const BEARER: &str = "bearer-SECRET-41";
     const HOOK_TOKEN: &str = "hook-url-SECRET-42";
     const HOOK_HEADER: &str = "hook-header-SECRET-43";
+    const UPLOAD_TOKEN: &str = "upload-url-SECRET-44";
+    const UPLOAD_KEY: &str = "upload-key-SECRET-45";
+    const UPLOAD_PASSWORD: &str = "upload-password-SECRET-46";
     let data = axum::Router::new().fallback(|headers: HeaderMap| async move {
         match headers.get("authorization").and_then(|v| v.to_str().ok()) {
             Some(value) if value == format!("Bearer {BEARER}") => (StatusCode::OK, "payload\n"),
@@ -773,6 +776,29 @@ async fn no_secret_of_any_kind_leaves_its_place() {
         }
     });
     let data = crate::support::serve(data).await;
+    // The http writer's server takes the upload only with its token, key and password.
+    let uploaded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let upload = axum::Router::new().fallback({
+        let uploaded = std::sync::Arc::clone(&uploaded);
+        move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| async move {
+            let basic = format!(
+                "Basic {}",
+                base64(format!("up:{UPLOAD_PASSWORD}").as_bytes())
+            );
+            let key = headers.get("x-upload-key").and_then(|v| v.to_str().ok());
+            let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+            if uri.path().contains(UPLOAD_TOKEN)
+                && key == Some(UPLOAD_KEY)
+                && auth == Some(basic.as_str())
+            {
+                uploaded.lock().expect("lock").push(body.to_vec());
+                StatusCode::CREATED
+            } else {
+                StatusCode::FORBIDDEN
+            }
+        }
+    });
+    let upload = crate::support::serve(upload).await;
     let (hook, hook_seen) = redirecting(None).await;
     let ws = Workspace::new();
     let tls = crate::support::self_signed(ws.path());
@@ -787,6 +813,12 @@ async fn no_secret_of_any_kind_leaves_its_place() {
         ("smtp", SMTP_PASSWORD),
         ("hook-url", &format!("http://{hook}/hook/{HOOK_TOKEN}")),
         ("hook-header", HOOK_HEADER),
+        (
+            "upload-url",
+            &format!("http://{upload}/in/{UPLOAD_TOKEN}/all.txt"),
+        ),
+        ("upload-key", UPLOAD_KEY),
+        ("upload-password", UPLOAD_PASSWORD),
     ];
     for (name, value) in secrets {
         ws.secret(name, value);
@@ -813,6 +845,7 @@ source = {{ type = "url", url = "http://{data}/export", bearer_token_file = "sec
 writers = [
   {{ type = "ftp", host = "127.0.0.1", port = {ftp_port}, username = "{USER}", password_file = "secrets/ftp", allow_plaintext_password = true, path = "/all.txt" }},
   {{ type = "s3", bucket = "{BUCKET}", key = "all.txt", endpoint = "http://{addr}", path_style = true, region = "us-east-1", access_key_id = "{ACCESS_KEY}", secret_access_key_file = "secrets/s3" }},
+  {{ type = "http", url_file = "secrets/upload-url", headers = {{ X-Upload-Key = {{ file = "secrets/upload-key" }} }}, username = "up", password_file = "secrets/upload-password" }},
 ]
 
 [[jobs]]
@@ -844,6 +877,7 @@ writers = [{{ type = "local", path = "out/env.txt" }}]
         std::fs::read(ftp_root.path().join("all.txt")).expect("ftp"),
         b"payload\n"
     );
+    assert_eq!(*uploaded.lock().expect("lock"), vec![b"payload\n".to_vec()]);
     let history = ferry_with_env(&["history", "--json", "--config", &config], &[]);
     assert_eq!(history.status.code(), Some(0), "{}", show(&history));
     outputs.push(show(&history));
@@ -868,6 +902,9 @@ writers = [{{ type = "local", path = "out/env.txt" }}]
         SMTP_PASSWORD,
         HOOK_TOKEN,
         HOOK_HEADER,
+        UPLOAD_TOKEN,
+        UPLOAD_KEY,
+        UPLOAD_PASSWORD,
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -877,6 +914,7 @@ writers = [{{ type = "local", path = "out/env.txt" }}]
             .iter()
             .map(|s| base64(s.as_bytes())),
     );
+    forbidden.push(base64(format!("up:{UPLOAD_PASSWORD}").as_bytes()));
     forbidden.push(base64(smtp_plain.as_bytes()));
     for (i, output) in outputs.iter().enumerate() {
         for secret in &forbidden {
