@@ -818,3 +818,140 @@ async fn end_session(mut ftp: suppaftp::tokio::AsyncFtpStream) {
         }
     }
 }
+
+/// vsftpd (Debian's), from `FERRY_TEST_VSFTPD` (set by `.ci/run`, which installs it);
+/// `None` (the test is not run, and says so) when unset.
+fn vsftpd() -> Option<std::ffi::OsString> {
+    let Some(binary) = std::env::var_os("FERRY_TEST_VSFTPD") else {
+        eprintln!("vsftpd test not run: FERRY_TEST_VSFTPD is not set");
+        return None;
+    };
+    Some(binary)
+}
+
+/// vsftpd on a free port with anonymous uploads into `up/` of a temporary directory, over
+/// explicit TLS only (logins and data), with its usual `require_ssl_reuse=YES`: a data
+/// connection must resume the control connection's TLS session.
+struct Vsftpd {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Vsftpd {
+    async fn start_tls(binary: &std::ffi::OsStr, tls: &crate::support::Tls) -> Vsftpd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("root");
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(root.join("up")).expect("upload dir");
+        std::fs::create_dir_all(&empty).expect("empty dir");
+        let (port, passive) = (free_port(), free_port());
+        let conf = dir.path().join("vsftpd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\n\
+                 run_as_launching_user=YES\nanonymous_enable=YES\nno_anon_password=YES\n\
+                 anon_root={root}\nwrite_enable=YES\nanon_upload_enable=YES\n\
+                 anon_mkdir_write_enable=YES\nanon_other_write_enable=YES\nanon_umask=022\n\
+                 local_enable=NO\npasv_enable=YES\npasv_address=127.0.0.1\n\
+                 pasv_min_port={passive}\npasv_max_port={}\nsecure_chroot_dir={empty}\n\
+                 seccomp_sandbox=NO\nisolate=NO\nisolate_network=NO\nxferlog_enable=NO\n\
+                 ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\n\
+                 force_anon_data_ssl=YES\nrequire_ssl_reuse=YES\n\
+                 rsa_cert_file={cert}\nrsa_private_key_file={key}\n\
+                 vsftpd_log_file={log}\ndual_log_enable=YES\n",
+                passive.saturating_add(20),
+                root = root.display(),
+                empty = empty.display(),
+                cert = tls.cert.display(),
+                key = tls.key.display(),
+                log = dir.path().join("vsftpd.log").display(),
+            ),
+        )
+        .expect("vsftpd.conf");
+        let child = std::process::Command::new(binary)
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start vsftpd");
+        // Killed when dropped, if it never comes up too.
+        let server = Vsftpd { child, dir, port };
+        for _ in 0..250 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("vsftpd did not start on port {port}:\n{}", server.log());
+    }
+
+    fn uploads(&self) -> PathBuf {
+        self.dir.path().join("root/up")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vsftpd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Vsftpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// FTPS against vsftpd as it is usually run: TLS on both channels and the data connection
+/// resuming the control connection's TLS session (`require_ssl_reuse=YES`, where rclone
+/// users meet "425 TLS session of data connection not resumed"). Directories are created
+/// and a 3 MiB file arrives whole, under its final name only.
+#[tokio::test]
+async fn explicit_tls_to_vsftpd_resumes_the_tls_session_for_data() {
+    let Some(binary) = vsftpd() else {
+        return;
+    };
+    let ws = Workspace::new();
+    let tls = self_signed(ws.path());
+    let server = Vsftpd::start_tls(&binary, &tls).await;
+    random_file(&ws.path().join("input.bin"), 3 << 20);
+    let text = ftp_job(
+        r#"{ type = "file", path = "input.bin" }"#,
+        server.port,
+        // As the launching user vsftpd cannot chroot: the path is the machine's.
+        &format!("{}/nightly/{{job}}.bin", server.uploads().display()),
+        r#", security = "explicit_tls", ca_file = "server.pem""#,
+    )
+    .replace(
+        r#"username = "ferry", password_file = "secrets/ftp", allow_plaintext_password = true, "#,
+        r#"username = "anonymous", "#,
+    );
+    let report = ws.run_first(&text, None).await;
+    assert_eq!(
+        report.status,
+        RunStatus::Succeeded,
+        "{report:#?}\n{}",
+        server.log()
+    );
+    assert_eq!(
+        sha256_file(&server.uploads().join("nightly/ftp-job.bin")),
+        sha256_file(&ws.path().join("input.bin"))
+    );
+    assert_eq!(
+        files_under(&server.uploads()),
+        vec!["nightly/ftp-job.bin".to_owned()]
+    );
+
+    // Plain FTP is refused by this server: nothing more arrives.
+    let plain = text.replace(r#", security = "explicit_tls", ca_file = "server.pem""#, "");
+    let report = ws.run_first(&plain, None).await;
+    assert_eq!(report.status, RunStatus::Failed, "{report:#?}");
+    assert_eq!(
+        files_under(&server.uploads()),
+        vec!["nightly/ftp-job.bin".to_owned()]
+    );
+}
