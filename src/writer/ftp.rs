@@ -58,7 +58,8 @@ pub struct FtpConfig {
     /// The password: `password`, `password_env` (a variable) or `password_file`.
     #[serde(flatten)]
     pub password: SecretField<keys::Password>,
-    /// The file to write on the server, an absolute path; a template.
+    /// The file to write on the server, a template: an absolute path, or one relative to
+    /// the login directory (as curl and lftp read `ftp://host/dir/file`).
     pub path: String,
     /// `"none"` (plain FTP, the default) or `"explicit_tls"` (AUTH TLS, data protected).
     #[serde(default)]
@@ -147,10 +148,10 @@ impl WriterSettings for FtpConfig {
         }
         match Template::parse_path(&self.path) {
             Err(err) => problems.add(at.key("path"), err.to_string()),
-            Ok(_) if !self.path.starts_with('/') || self.path.ends_with('/') => {
+            Ok(_) if self.path.ends_with('/') => {
                 problems.add(
                     at.key("path"),
-                    "must be an absolute path to a file, e.g. \"/in/export.csv\"",
+                    "must be a path to a file, e.g. \"/in/export.csv\" (absolute) or \"in/export.csv\" (under the login directory)",
                 );
             }
             Ok(_) => {}
@@ -300,7 +301,11 @@ fn sha256_in_reply(reply: &str) -> Option<String> {
 
 impl FtpWriter {
     fn location(&self, path: &str) -> String {
-        format!("ftp://{}:{}{path}", self.settings.host, self.settings.port)
+        let slash = if path.starts_with('/') { "" } else { "/" };
+        format!(
+            "ftp://{}:{}{slash}{path}",
+            self.settings.host, self.settings.port
+        )
     }
 
     /// The target path and its temporary name for `ctx`'s run.
@@ -313,7 +318,10 @@ impl FtpWriter {
                 format!("{} does not name a file", self.location(&target)),
             ));
         }
-        let temp = format!("{dir}/{name}.partial-{}", ctx.run_id);
+        let temp = match target.rsplit_once('/') {
+            Some(_) => format!("{dir}/{name}.partial-{}", ctx.run_id),
+            None => format!("{name}.partial-{}", ctx.run_id),
+        };
         Ok((target, temp))
     }
 
@@ -368,9 +376,23 @@ impl FtpWriter {
         Ok(ftp)
     }
 
-    /// Creates each missing directory of `dir`, from the root down.
-    async fn make_dirs(&self, ftp: &mut Ftp, dir: &str) -> Result<(), DeliveryError> {
-        let mut current = String::new();
+    /// Creates each missing directory of `target`'s, from the root (or, for a relative path,
+    /// the login directory) down, and goes back to where the session started.
+    async fn make_dirs(&self, ftp: &mut Ftp, target: &str) -> Result<(), DeliveryError> {
+        let dir = target.rsplit_once('/').map_or("", |(dir, _)| dir);
+        // A relative path is under the login directory, where the session starts and must
+        // stay: every later command names the file relative to it.
+        let home = match target.starts_with('/') {
+            true => "/".to_owned(),
+            false => {
+                self.within("ask for the login directory (PWD)", ftp.pwd())
+                    .await?
+            }
+        };
+        let mut current = match target.starts_with('/') {
+            true => String::new(),
+            false => home.trim_end_matches('/').to_owned(),
+        };
         for part in dir.split('/').filter(|p| !p.is_empty()) {
             current.push('/');
             current.push_str(part);
@@ -383,7 +405,7 @@ impl FtpWriter {
                     .await?;
             }
         }
-        self.within("change directory", ftp.cwd("/")).await
+        self.within("change directory", ftp.cwd(&home)).await
     }
 
     /// Ends a session, best effort: QUIT, then wait until the server has closed the control
@@ -552,8 +574,7 @@ impl FtpWriter {
         mut payload: Payload,
     ) -> Result<Delivery, DeliveryError> {
         let location = self.location(target);
-        let dir = target.rsplit_once('/').map_or("", |(dir, _)| dir);
-        self.make_dirs(ftp, dir).await?;
+        self.make_dirs(ftp, target).await?;
         if !self.settings.overwrite && ftp.size(target).await.is_ok() {
             return Err(DeliveryError::new(
                 ErrorKind::Rejected,

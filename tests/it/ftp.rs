@@ -200,6 +200,28 @@ async fn accept_invalid_certs_still_checks_the_host_name() {
     assert!(files_under(root.path()).is_empty());
 }
 
+/// Paths without a leading slash are under the login directory (here the served root): a
+/// bare file name, and one in directories to create.
+#[tokio::test]
+async fn relative_paths_are_under_the_login_directory() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (port, _server) = serve(root.path()).await;
+    let ws = Workspace::new();
+    let source = r#"{ type = "inline", data = "relative\n" }"#;
+    for path in ["drop.csv", "in/{scheduled:%Y}/drop.csv"] {
+        let report = run(&ws, &ftp_job(source, port, path, "")).await;
+        assert_eq!(report.status, RunStatus::Succeeded, "{path}: {report:#?}");
+    }
+    assert_eq!(
+        files_under(root.path()),
+        vec!["drop.csv".to_owned(), "in/2026/drop.csv".to_owned()]
+    );
+    assert_eq!(
+        std::fs::read(root.path().join("drop.csv")).expect("delivered"),
+        b"relative\n"
+    );
+}
+
 #[tokio::test]
 async fn explicit_tls_trusts_the_ca_file_and_nothing_else() {
     let root = tempfile::tempdir().expect("temp dir");
@@ -909,7 +931,8 @@ impl Drop for Vsftpd {
 /// FTPS against vsftpd as it is usually run: TLS on both channels and the data connection
 /// resuming the control connection's TLS session (`require_ssl_reuse=YES`, where rclone
 /// users meet "425 TLS session of data connection not resumed"). Directories are created
-/// and a 3 MiB file arrives whole, under its final name only.
+/// and a 3 MiB file arrives whole, under its final name only; a relative path lands under
+/// the login directory.
 #[tokio::test]
 async fn explicit_tls_to_vsftpd_resumes_the_tls_session_for_data() {
     let Some(binary) = vsftpd() else {
@@ -946,12 +969,36 @@ async fn explicit_tls_to_vsftpd_resumes_the_tls_session_for_data() {
         vec!["nightly/ftp-job.bin".to_owned()]
     );
 
+    // A relative path is under the login directory (vsftpd's anon_root, not chrooted: an
+    // absolute path would be the machine's), as curl reads ftp://host/up/relative/file.
+    let relative = text.replace(
+        &format!("{}/nightly/{{job}}.bin", server.uploads().display()),
+        "up/relative/{job}.bin",
+    );
+    let report = ws.run_first(&relative, None).await;
+    assert_eq!(
+        report.status,
+        RunStatus::Succeeded,
+        "{report:#?}\n{}",
+        server.log()
+    );
+    assert_eq!(
+        sha256_file(&server.uploads().join("relative/ftp-job.bin")),
+        sha256_file(&ws.path().join("input.bin"))
+    );
+    assert_eq!(
+        report.deliveries[0].location,
+        format!("ftp://127.0.0.1:{}/up/relative/ftp-job.bin", server.port)
+    );
+    let delivered = vec![
+        "nightly/ftp-job.bin".to_owned(),
+        "relative/ftp-job.bin".to_owned(),
+    ];
+    assert_eq!(files_under(&server.uploads()), delivered);
+
     // Plain FTP is refused by this server: nothing more arrives.
     let plain = text.replace(r#", security = "explicit_tls", ca_file = "server.pem""#, "");
     let report = ws.run_first(&plain, None).await;
     assert_eq!(report.status, RunStatus::Failed, "{report:#?}");
-    assert_eq!(
-        files_under(&server.uploads()),
-        vec!["nightly/ftp-job.bin".to_owned()]
-    );
+    assert_eq!(files_under(&server.uploads()), delivered);
 }
