@@ -953,17 +953,25 @@ async fn explicit_tls_to_vsftpd_resumes_the_tls_session_for_data() {
         r#"username = "ferry", password_file = "secrets/ftp", allow_plaintext_password = true, "#,
         r#"username = "anonymous", "#,
     );
-    let report = ws.run_first(&text, None).await;
-    assert_eq!(
-        report.status,
-        RunStatus::Succeeded,
-        "{report:#?}\n{}",
-        server.log()
-    );
-    assert_eq!(
-        sha256_file(&server.uploads().join("nightly/ftp-job.bin")),
-        sha256_file(&ws.path().join("input.bin"))
-    );
+    // Runs `text`, which must deliver the input to `landed` under the upload directory.
+    let delivers = |text: String, landed: &'static str| {
+        let (ws, server) = (&ws, &server);
+        async move {
+            let report = ws.run_first(&text, None).await;
+            assert_eq!(
+                report.status,
+                RunStatus::Succeeded,
+                "{report:#?}\n{}",
+                server.log()
+            );
+            assert_eq!(
+                sha256_file(&server.uploads().join(landed)),
+                sha256_file(&ws.path().join("input.bin"))
+            );
+            report
+        }
+    };
+    delivers(text.clone(), "nightly/ftp-job.bin").await;
     assert_eq!(
         files_under(&server.uploads()),
         vec!["nightly/ftp-job.bin".to_owned()]
@@ -975,17 +983,7 @@ async fn explicit_tls_to_vsftpd_resumes_the_tls_session_for_data() {
         &format!("{}/nightly/{{job}}.bin", server.uploads().display()),
         "up/relative/{job}.bin",
     );
-    let report = ws.run_first(&relative, None).await;
-    assert_eq!(
-        report.status,
-        RunStatus::Succeeded,
-        "{report:#?}\n{}",
-        server.log()
-    );
-    assert_eq!(
-        sha256_file(&server.uploads().join("relative/ftp-job.bin")),
-        sha256_file(&ws.path().join("input.bin"))
-    );
+    let report = delivers(relative, "relative/ftp-job.bin").await;
     assert_eq!(
         report.deliveries[0].location,
         format!("ftp://127.0.0.1:{}/up/relative/ftp-job.bin", server.port)
