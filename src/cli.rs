@@ -921,7 +921,7 @@ async fn status_from_api(config: &Config) -> Result<Option<(serde_json::Value, S
             // it must name the listen address.
             let trust = crate::tls::TlsSettings {
                 ca_file: Some(cert.clone()),
-                accept_invalid_certs: false,
+                ..Default::default()
             }
             .trust(&config.base_dir, "the daemon's API")
             .and_then(|trust| trust.client_config())

@@ -150,6 +150,13 @@ impl NotifierSettings for EmailConfig {
             at,
             problems,
         );
+        if self.tls.pin_sha256.is_some() {
+            // lettre, which sends the mail, checks certificates its own way.
+            problems.add(
+                at.key("pin_sha256"),
+                "not available for email notifiers; give the server's certificate (or its CA) as ca_file",
+            );
+        }
         for (key, source, escape) in self.templates() {
             if let Some(source) = source
                 && let Err(err) = MessageTemplate::parse(source, escape)
@@ -185,6 +192,12 @@ impl NotifierSettings for EmailConfig {
             match self.tls.trust(&env.base_dir, &self.host)? {
                 Trust::System => {}
                 Trust::Any => tls = tls.dangerous_accept_invalid_certs(true),
+                // Refused by `validate`: lettre checks certificates its own way.
+                Trust::Pinned(_) => {
+                    return Err(config(
+                        "pin_sha256 is not available for email notifiers; give the certificate as ca_file".into(),
+                    ));
+                }
                 Trust::Exactly(certs) => {
                     tls = tls.certificate_store(CertificateStore::None);
                     for cert in certs {

@@ -473,3 +473,27 @@ writers = [{ type = "http", url = "http://u:p@example.com/in", method = "DELETE"
         assert!(line.starts_with(want), "{want}\n{found:#?}");
     }
 }
+
+#[test]
+fn one_way_to_trust_a_server_and_a_fingerprint_that_is_one() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = [{ type = "ftp", host = "h", path = "/a", security = "explicit_tls", ca_file = "ca.pem", pin_sha256 = "AB:CD" }]
+"#;
+    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "jobs.toml:5:113: jobs[0].writers[0].pin_sha256: cannot be combined with `ca_file`"
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with(
+            "jobs.toml:5:113: jobs[0].writers[0].pin_sha256: must be a SHA-256 fingerprint"
+        ),
+        "{found:#?}"
+    );
+}

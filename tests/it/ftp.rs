@@ -222,6 +222,57 @@ async fn relative_paths_are_under_the_login_directory() {
     );
 }
 
+/// A self-signed certificate made as `openssl req -x509` makes it is marked as a CA, which
+/// webpki refuses as a server's own ("CaUsedAsEndEntity") where curl takes it: given as
+/// `ca_file`, the server presenting exactly it is trusted; `pin_sha256` trusts the
+/// certificate with that fingerprint; another fingerprint is refused.
+#[tokio::test]
+async fn a_self_signed_ca_certificate_is_trusted_as_given_or_by_fingerprint() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let ws = Workspace::new();
+    let (tls, fingerprint) = crate::support::self_signed_ca(ws.path());
+    let port = free_port();
+    let _server = FtpServer::start(root.path(), port, Some(&tls)).await;
+    let source = r#"{ type = "inline", data = "pinned\n" }"#;
+    for (path, trust) in [
+        ("/a.txt", r#"ca_file = "ca-server.pem""#.to_owned()),
+        ("/b.txt", format!(r#"pin_sha256 = "{fingerprint}""#)),
+        // Lower case, without colons, as `sha256sum` prints it.
+        (
+            "/c.txt",
+            format!(
+                r#"pin_sha256 = "{}""#,
+                fingerprint.replace(':', "").to_lowercase()
+            ),
+        ),
+    ] {
+        let text = ftp_job(
+            source,
+            port,
+            path,
+            &format!(r#", security = "explicit_tls", {trust}"#),
+        );
+        let report = run(&ws, &text).await;
+        assert_eq!(report.status, RunStatus::Succeeded, "{trust}: {report:#?}");
+    }
+    let other = "AB:".repeat(31) + "AB";
+    let text = ftp_job(
+        source,
+        port,
+        "/d.txt",
+        &format!(r#", security = "explicit_tls", pin_sha256 = "{other}""#),
+    );
+    let report = run(&ws, &text).await;
+    assert_eq!(report.status, RunStatus::Failed, "{report:#?}");
+    let failure = report.error.expect("failure");
+    assert_eq!(failure.kind, ErrorKind::Auth, "{failure:?}");
+    assert_eq!(report.attempts, 1);
+    assert_eq!(
+        files_under(root.path()),
+        vec!["a.txt".to_owned(), "b.txt".to_owned(), "c.txt".to_owned()]
+    );
+}
+
 #[tokio::test]
 async fn explicit_tls_trusts_the_ca_file_and_nothing_else() {
     let root = tempfile::tempdir().expect("temp dir");

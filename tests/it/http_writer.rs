@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use ferry::error::ErrorKind;
 use ferry::runner::RunStatus;
 
-use crate::support::{Workspace, run_job, self_signed, serve, tls_front};
+use crate::support::{Workspace, run_job, self_signed, self_signed_ca, serve, tls_front};
 
 /// What the server got: one entry per request.
 #[derive(Debug, Clone)]
@@ -88,6 +88,14 @@ async fn receive(
         );
     }
     response
+}
+
+/// The port of a `http://127.0.0.1:PORT` base URL.
+fn port_of(base: &str) -> u16 {
+    base.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
 }
 
 fn job(source: &str, writer: &str) -> String {
@@ -284,11 +292,7 @@ async fn a_server_that_is_down_is_a_network_failure() {
 #[tokio::test]
 async fn https_trusts_the_ca_file_and_nothing_else() {
     let (base, server) = Server::start(Vec::new()).await;
-    let backend: u16 = base
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let backend = port_of(&base);
     let ws = Workspace::new();
     let tls = self_signed(ws.path());
     let port = tls_front(&tls, backend).await;
@@ -305,4 +309,38 @@ async fn https_trusts_the_ca_file_and_nothing_else() {
     let report = run_job(&ws, &job(INLINE, &untrusted), "upload").await;
     assert_eq!(report.status, RunStatus::Failed, "{report:#?}");
     assert_eq!(server.received().len(), 1, "nothing was sent");
+}
+
+/// A self-signed certificate marked as a CA (as `openssl req -x509` makes them) is trusted as
+/// `ca_file` when the server presents exactly it, and by its fingerprint with `pin_sha256`;
+/// a server showing another certificate than the pinned one gets nothing.
+#[tokio::test]
+async fn https_trusts_a_self_signed_ca_certificate_as_given_or_pinned() {
+    let (base, server) = Server::start(Vec::new()).await;
+    let backend = port_of(&base);
+    let ws = Workspace::new();
+    let (tls, fingerprint) = self_signed_ca(ws.path());
+    let port = tls_front(&tls, backend).await;
+    let url = format!("https://127.0.0.1:{port}/in/data.csv");
+    for trust in [
+        r#"ca_file = "ca-server.pem""#.to_owned(),
+        format!(r#"pin_sha256 = "{fingerprint}""#),
+    ] {
+        let writer = format!(r#"{{ type = "http", url = "{url}", {trust} }}"#);
+        let report = run_job(&ws, &job(INLINE, &writer), "upload").await;
+        assert_eq!(report.status, RunStatus::Succeeded, "{trust}: {report:#?}");
+    }
+    assert_eq!(server.received().len(), 2);
+
+    // Another server's certificate, as an impostor would show.
+    let other = self_signed(ws.path());
+    let impostor = tls_front(&other, backend).await;
+    let writer = format!(
+        r#"{{ type = "http", url = "https://127.0.0.1:{impostor}/in/data.csv", pin_sha256 = "{fingerprint}" }}"#
+    );
+    let report = run_job(&ws, &job(INLINE, &writer), "upload").await;
+    assert_eq!(report.status, RunStatus::Failed, "{report:#?}");
+    let chain = report.error.as_ref().expect("an error").chain.join(" | ");
+    assert!(chain.contains("not the one in pin_sha256"), "{chain}");
+    assert_eq!(server.received().len(), 2, "nothing was sent");
 }

@@ -269,6 +269,30 @@ pub fn self_signed(dir: &Path) -> Tls {
     tls
 }
 
+/// A self-signed certificate for 127.0.0.1 and localhost marked as a CA, as
+/// `openssl req -x509` makes them, written to `dir`; and its SHA-256 fingerprint as
+/// `openssl x509 -fingerprint -sha256` prints it (`AB:CD:…`).
+pub fn self_signed_ca(dir: &Path) -> (Tls, String) {
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("names");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    let tls = Tls {
+        cert: dir.join("ca-server.pem"),
+        key: dir.join("ca-server.key"),
+    };
+    std::fs::write(&tls.cert, cert.pem()).expect("write certificate");
+    std::fs::write(&tls.key, key.serialize_pem()).expect("write key");
+    let fingerprint = Sha256::digest(cert.der())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    (tls, fingerprint)
+}
+
 /// Builds job `name` from `text` in `ws` and runs it for the test slot.
 pub async fn run_job(ws: &Workspace, text: &str, name: &str) -> RunReport {
     ws.job(text, name).run(slot()).await
