@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use async_trait::async_trait;
@@ -197,6 +198,7 @@ impl Writer for HttpWriter {
         payload.hold().confirm().await?;
         let len = payload.len_hint();
         let (body, returned, failure) = Body::of(payload);
+        let handed = Arc::clone(&body.sent);
         let mut request = self
             .client
             .request(self.method.clone(), &url)
@@ -249,14 +251,20 @@ impl Writer for HttpWriter {
             )
         })?;
         // With a Content-Length the request stops reading at that many bytes: the end of
-        // the data (or more of it than announced) is still to be read.
+        // the data is still to be read. Anything more was not sent.
         let mut payload = payload;
         while let Some(rest) = payload.next().await {
             let rest = rest.map_err(|err| DeliveryError::io("read the data to send", err))?;
             if !rest.is_empty() {
+                let why = match len {
+                    Some(len) if handed.load(Ordering::Relaxed) == len => {
+                        "the data went on past its announced length"
+                    }
+                    _ => "the server answered before the whole body was sent",
+                };
                 return Err(DeliveryError::new(
                     ErrorKind::Integrity,
-                    format!("{action}: the data went on past its announced length"),
+                    format!("{action} answered {status}, but {why}"),
                 ));
             }
         }
@@ -272,6 +280,8 @@ struct Body {
     payload: Option<Payload>,
     back: Option<oneshot::Sender<Payload>>,
     failure: Arc<Mutex<Option<DeliveryError>>>,
+    /// Bytes handed to the request so far.
+    sent: Arc<AtomicU64>,
 }
 
 /// Where a source's failure seen by the body is left for the writer.
@@ -285,6 +295,7 @@ impl Body {
             payload: Some(payload),
             back: Some(back),
             failure: Arc::clone(&failure),
+            sent: Arc::default(),
         };
         (body, returned, failure)
     }
@@ -304,7 +315,10 @@ impl Stream for Body {
             return Poll::Ready(None);
         };
         match ready!(Pin::new(payload).poll_next(cx)) {
-            Some(Ok(chunk)) => Poll::Ready(Some(Ok(chunk))),
+            Some(Ok(chunk)) => {
+                self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                Poll::Ready(Some(Ok(chunk)))
+            }
             Some(Err(err)) => {
                 let failure = DeliveryError::io("read the data to send", err);
                 let shown = failure.summary();

@@ -344,3 +344,26 @@ async fn https_trusts_a_self_signed_ca_certificate_as_given_or_pinned() {
     assert!(chain.contains("not the one in pin_sha256"), "{chain}");
     assert_eq!(server.received().len(), 2, "nothing was sent");
 }
+
+/// A server that answers 201 at once, before reading a large body: the data did not all
+/// reach it, so the run does not count it as delivered.
+#[tokio::test]
+async fn an_answer_before_the_whole_body_is_not_a_delivery() {
+    let router = axum::Router::new().fallback(|| async { StatusCode::CREATED });
+    let addr = serve(router).await;
+    let ws = Workspace::new();
+    let source = r#"{ type = "command", command = ["sh", "-c", "head -c 20000000 /dev/zero"] }"#;
+    let writer = format!(r#"{{ type = "http", method = "POST", url = "http://{addr}/drop" }}"#);
+    let text = job(source, &writer).replace("max_attempts = 3", "max_attempts = 1");
+    let report = run_job(&ws, &text, "upload").await;
+    assert_eq!(report.status, RunStatus::Failed, "{report:#?}");
+    let error = report.error.as_ref().expect("an error");
+    assert_eq!(error.kind, ErrorKind::Integrity, "{error:#?}");
+    let chain = error.chain.join(" | ");
+    assert!(
+        chain.contains(
+            "answered 201 Created, but the server answered before the whole body was sent"
+        ),
+        "{chain}"
+    );
+}
