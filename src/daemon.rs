@@ -380,6 +380,18 @@ struct Armed {
     running: Arc<AtomicUsize>,
 }
 
+impl Armed {
+    /// A run of this job for `slot`, with the job's running count and waiting token.
+    fn due(&self, slot: DateTime<Tz>) -> Due {
+        Due {
+            job: Arc::clone(&self.job),
+            slot,
+            running: Arc::clone(&self.running),
+            waiting: self.waiting.clone(),
+        }
+    }
+}
+
 struct Daemon {
     path: PathBuf,
     /// When slots are due (the system's wall clock, except in tests).
@@ -639,12 +651,7 @@ impl Daemon {
         }
         for (name, slot) in due {
             if let Some(armed) = self.armed.get(&name) {
-                self.start(Due {
-                    job: Arc::clone(&armed.job),
-                    slot,
-                    running: Arc::clone(&armed.running),
-                    waiting: armed.waiting.clone(),
-                });
+                self.start(armed.due(slot));
             }
         }
         Ok(())
@@ -694,12 +701,7 @@ impl Daemon {
             match Misfire::after_outage(now, job.misfire_grace, slot, count, recorded) {
                 Misfire::CatchUp { slot, missed } => {
                     tracing::info!(job = %name, slot = %slot.to_rfc3339(), missed, "The state store answers again: catching up the slots it could not record, in one run.");
-                    self.start(Due {
-                        job: Arc::clone(job),
-                        slot,
-                        running: Arc::clone(&armed.running),
-                        waiting: armed.waiting.clone(),
-                    });
+                    self.start(armed.due(slot));
                 }
                 Misfire::TooOld {
                     slot,
@@ -911,9 +913,8 @@ impl Daemon {
         if armed.generation != fire.generation || armed.next != Some(fire.slot) {
             return None;
         }
-        let job = Arc::clone(&armed.job);
-        let running = Arc::clone(&armed.running);
-        let waiting = armed.waiting.clone();
+        let mut due = armed.due(fire.slot);
+        let job = Arc::clone(&due.job);
 
         // Arm the next slot first, after this one and after now: a loop held up past later
         // slots skips them (and says so) rather than firing a burst or arming the past.
@@ -934,12 +935,8 @@ impl Daemon {
         // The gap to compare a job's last success with: over a weekend for a weekday job.
         let interval = next.and_then(|next| next.signed_duration_since(slot).to_std().ok());
         self.ledger.metrics.schedule(&fire.job, interval);
-        Some(Due {
-            job,
-            slot,
-            running,
-            waiting,
-        })
+        due.slot = slot;
+        Some(due)
     }
 
     /// Claims `runs`, all due at `at`, in one go, waits for `at`, logs their starts, then
