@@ -14,6 +14,7 @@ use std::fmt;
 pub use duration::{ByteRate, ByteSize, ConfigDuration};
 pub use secret::{
     NOT_A_VARIABLE, Secret, SecretField, SecretKey, SecretRef, is_variable_name, keys,
+    read_secret_file,
 };
 
 /// Where a setting sits in the job file: `jobs[2].source.path`.

@@ -76,6 +76,10 @@ pub mod keys {
         Password = "password"
     );
     secret_key!(
+        /// `passphrase`, `passphrase_env`, `passphrase_file` (a private key's).
+        Passphrase = "passphrase"
+    );
+    secret_key!(
         /// `url`, `url_env`, `url_file` (a URL that carries a token).
         Url = "url"
     );
@@ -130,6 +134,17 @@ impl<K: SecretKey> SecretField<K> {
     /// Whether any form was given.
     pub fn is_given(&self) -> bool {
         self.inline.is_some() || self.env.is_some() || self.file.is_some()
+    }
+
+    /// The key the job file gives it under (`password`, `password_env` or
+    /// `password_file`), for problems about the value to point at; the plain key when none.
+    pub fn given_key(&self) -> String {
+        let key = K::KEY;
+        match (&self.env, &self.file) {
+            (Some(_), _) => format!("{key}_env"),
+            (None, Some(_)) => format!("{key}_file"),
+            (None, None) => key.to_owned(),
+        }
     }
 
     /// Records a problem at `at` when more than one form was given, or an empty variable
@@ -347,23 +362,44 @@ impl SecretRef {
                 )
             }),
             SecretRef::File(path) => {
-                let path = match path.strip_prefix(CREDENTIALS) {
-                    Ok(name) => credentials_dir()?.join(name),
-                    Err(_) => base_dir.join(path),
-                };
-                let mut text = std::fs::read_to_string(&path).map_err(|err| {
-                    DeliveryError::new(
-                        ErrorKind::Config,
-                        format!("cannot read secret file {}", path.display()),
-                    )
-                    .with_source(err)
-                })?;
+                let mut text = read_secret_file(path, base_dir, MAX_SECRET_FILE)?;
                 let trimmed = text.trim_end_matches(['\n', '\r']).len();
                 text.truncate(trimmed);
                 Ok(Secret(text))
             }
         }
     }
+}
+
+/// The most a secret file (`*_file`) may hold.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a file that holds a secret (a `*_file` setting, a private key): `path` relative to
+/// `base_dir`, or under systemd's `$CREDENTIALS_DIRECTORY` when it starts with the
+/// credentials prefix; at most `limit` bytes, UTF-8.
+pub fn read_secret_file(path: &Path, base_dir: &Path, limit: u64) -> Result<String, DeliveryError> {
+    use std::io::Read as _;
+    let path = match path.strip_prefix(CREDENTIALS) {
+        Ok(name) => credentials_dir()?.join(name),
+        Err(_) => base_dir.join(path),
+    };
+    let cannot = |why: &str| {
+        DeliveryError::new(
+            ErrorKind::Config,
+            format!("cannot read secret file {}{why}", path.display()),
+        )
+    };
+    let file = std::fs::File::open(&path).map_err(|err| cannot("").with_source(err))?;
+    let mut text = String::new();
+    file.take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(|err| cannot("").with_source(err))?;
+    if text.len() as u64 > limit {
+        return Err(cannot(&format!(
+            ": it holds more than {limit} bytes, too much for a secret"
+        )));
+    }
+    Ok(text)
 }
 
 /// A resolved secret. Its `Debug` and `Display` never show the value.

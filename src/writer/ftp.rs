@@ -31,7 +31,8 @@ use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode, Status};
 use tokio::io::AsyncWriteExt as _;
 
-use super::{Delivery, HashState, Payload, Writer, WriterSettings};
+use super::upload::{CHECKPOINT_EVERY, UploadCheckpoint, partial_name};
+use super::{Delivery, Payload, Writer, WriterSettings};
 use crate::build_env::BuildEnv;
 use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
@@ -161,7 +162,7 @@ impl WriterSettings for FtpConfig {
             && self.password.is_given()
             && !self.allow_plaintext_password
         {
-            problems.add(at.key("password"), PLAINTEXT_PASSWORD);
+            problems.add(at.key(&self.password.given_key()), PLAINTEXT_PASSWORD);
         }
         if self.timeout.is_some_and(|t| t.get().is_zero()) {
             problems.add(at.key("timeout"), "must be longer than zero");
@@ -256,41 +257,6 @@ fn ftp_error(action: &str, err: FtpError) -> DeliveryError {
 /// How long a session's end is waited for after QUIT (see `FtpWriter::close`).
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// How often a checkpointing upload records how far it got.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
-
-/// How many recent hash states a checkpoint keeps. The server may hold less than was sent
-/// (data in flight when the connection broke is lost), so a resume continues from the
-/// latest state the server's SIZE covers.
-const STATES_KEPT: usize = 4;
-
-/// What an uploading attempt records: its temporary file and recent points it can resume
-/// from, oldest first.
-#[derive(Debug, Default, serde::Serialize, Deserialize)]
-struct UploadCheckpoint {
-    temp: String,
-    states: Vec<HashState>,
-}
-
-impl UploadCheckpoint {
-    /// The checkpoint's record, when it is about `temp`.
-    fn of(checkpoint: &Checkpoint, temp: &str) -> Option<UploadCheckpoint> {
-        let saved: UploadCheckpoint = serde_json::from_value(checkpoint.document.clone()).ok()?;
-        (saved.temp == temp).then_some(saved)
-    }
-
-    fn push(&mut self, state: HashState) {
-        if self.states.len() == STATES_KEPT {
-            self.states.remove(0);
-        }
-        self.states.push(state);
-    }
-
-    fn bytes_done(&self) -> u64 {
-        self.states.last().map_or(0, |state| state.bytes)
-    }
-}
-
 /// The sha256 in a reply to HASH (`213 SHA-256 0-49 <hex> name`) or XSHA256 (`250 <hex>`).
 fn sha256_in_reply(reply: &str) -> Option<String> {
     reply
@@ -311,18 +277,13 @@ impl FtpWriter {
     /// The target path and its temporary name for `ctx`'s run.
     fn names(&self, ctx: &RunContext) -> Result<(String, String), DeliveryError> {
         let target = self.path.render(ctx);
-        let (dir, name) = target.rsplit_once('/').unwrap_or(("", target.as_str()));
-        if name.is_empty() || name == "." || name == ".." {
-            return Err(DeliveryError::new(
+        match partial_name(&target, &ctx.run_id) {
+            Some(temp) => Ok((target, temp)),
+            None => Err(DeliveryError::new(
                 ErrorKind::Config,
                 format!("{} does not name a file", self.location(&target)),
-            ));
+            )),
         }
-        let temp = match target.rsplit_once('/') {
-            Some(_) => format!("{dir}/{name}.partial-{}", ctx.run_id),
-            None => format!("{name}.partial-{}", ctx.run_id),
-        };
-        Ok((target, temp))
     }
 
     /// Runs one control exchange within the time limit.
@@ -552,11 +513,7 @@ impl FtpWriter {
                 }
             }
             if checkpoint_due {
-                record.push(payload.hash_state());
-                let bytes_done = record.bytes_done();
-                if let Ok(document) = serde_json::to_value(&record) {
-                    payload.save_checkpoint(document, bytes_done).await;
-                }
+                record.save(payload).await;
                 last_checkpoint = tokio::time::Instant::now();
             }
         }
@@ -583,28 +540,8 @@ impl FtpWriter {
         }
 
         // Resuming: continue the hash from the state recorded at the resume point.
-        let mut record = UploadCheckpoint {
-            temp: temp.clone(),
-            states: Vec::new(),
-        };
         let offset = payload.offset();
-        if offset > 0 {
-            let saved = payload
-                .checkpoint()
-                .and_then(|checkpoint| UploadCheckpoint::of(checkpoint, &temp))
-                .unwrap_or_default();
-            let Some(at) = saved.states.iter().position(|state| state.bytes == offset) else {
-                // Without the hash at that point the file cannot be continued: the next
-                // attempt starts over.
-                payload.save_checkpoint(serde_json::Value::Null, 0).await;
-                return Err(DeliveryError::new(
-                    ErrorKind::Integrity,
-                    format!("no hash state recorded at byte {offset} of {temp}"),
-                ));
-            };
-            payload.resume_hash(&saved.states[at])?;
-            record.states = saved.states[..=at].to_vec();
-        }
+        let record = UploadCheckpoint::continue_for(&mut payload, &temp).await?;
 
         let sent = match self.upload(ftp, &temp, &mut payload, record).await {
             Ok(sent) => sent,
@@ -702,7 +639,7 @@ impl Writer for FtpWriter {
         let Some(saved) = UploadCheckpoint::of(checkpoint, &temp) else {
             return Ok(0);
         };
-        if saved.states.is_empty() {
+        if saved.is_empty() {
             return Ok(0);
         }
         // The server may be down now: that is an error (the attempt is retried), not a
@@ -715,13 +652,7 @@ impl Writer for FtpWriter {
             Err(err) if err.kind().is_transient_by_default() => return Err(err),
             Err(_) => 0,
         };
-        Ok(saved
-            .states
-            .iter()
-            .rev()
-            .map(|state| state.bytes)
-            .find(|&bytes| bytes <= held)
-            .unwrap_or(0))
+        Ok(saved.resume_point(held))
     }
 
     async fn discard(&self, ctx: &RunContext, _checkpoint: Option<&Checkpoint>) {
@@ -759,17 +690,4 @@ mod tests {
         assert_eq!(sha256_in_reply(""), None);
     }
 
-    #[test]
-    fn a_checkpoint_keeps_its_latest_states() {
-        let mut record = UploadCheckpoint::default();
-        for bytes in 1..=6 {
-            record.push(HashState {
-                bytes,
-                state: String::new(),
-            });
-        }
-        assert_eq!(record.states.len(), STATES_KEPT);
-        assert_eq!(record.states[0].bytes, 3);
-        assert_eq!(record.bytes_done(), 6);
-    }
 }

@@ -6,12 +6,13 @@
 //! sha256 of exactly what that writer consumed. A writer must make its output appear
 //! atomically: a failed delivery never leaves a half-written file under the final name.
 //!
-//! Kinds: `local`, `s3`, `ftp`, `http`, one file (or folder) each; [`payload`] holds the stream a
+//! Kinds: `local`, `s3`, `ftp`, `http`, `sftp`, one file (or folder) each; [`payload`] holds the stream a
 //! writer reads and the accounting of what it read; [`limits`] the sessions a destination
 //! allows at once.
 
 pub mod limits;
 mod payload;
+mod upload;
 
 use std::fmt;
 use std::sync::Arc;
@@ -164,5 +165,7 @@ kinds! {
         mod ftp: "ftp" => Ftp(Box<FtpConfig>),
         /// `type = "http"`: the body of an HTTP PUT or POST.
         mod http: "http" => Http(Box<HttpConfig>),
+        /// `type = "sftp"`: a file on an SSH server, over SFTP.
+        mod sftp: "sftp" => Sftp(Box<SftpConfig>),
     }
 }

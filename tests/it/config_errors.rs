@@ -497,3 +497,36 @@ writers = [{ type = "ftp", host = "h", path = "/a", security = "explicit_tls", c
         "{found:#?}"
     );
 }
+
+#[test]
+fn sftp_writer_settings_are_checked_at_their_keys() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = [{ type = "sftp", host = "u@h", username = "", path = "/in/", passphrase_env = "KEY_PASS", host_key = "SHA256:nope", mode = "0999" }]
+[[jobs]]
+name = "b"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+writers = [{ type = "sftp", host = "h", username = "u", password_env = "P", path = "a", known_hosts = "k", host_key = "SHA256:x" }]
+"#;
+    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+    let expected = [
+        "jobs.toml:5:36: jobs[0].writers[0].host: must be a host name or address",
+        "jobs.toml:5:54: jobs[0].writers[0].username: must not be empty",
+        "jobs.toml:5:65: jobs[0].writers[0].path: must be a path to a file",
+        "jobs.toml:5:12: jobs[0].writers[0].private_key_file: is needed to log in",
+        "jobs.toml:5:90: jobs[0].writers[0].passphrase_env: is the passphrase of private_key_file",
+        "jobs.toml:5:113: jobs[0].writers[0].host_key: is not a SHA-256 fingerprint",
+        "jobs.toml:5:135: jobs[0].writers[0].mode: must be octal permission bits",
+        "jobs.toml:10:119: jobs[1].writers[0].host_key: and known_hosts are two ways",
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for want in expected {
+        assert!(
+            found.iter().any(|line| line.starts_with(want)),
+            "{want}\n{found:#?}"
+        );
+    }
+}

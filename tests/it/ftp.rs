@@ -10,8 +10,8 @@ use ferry::state::Ledger;
 
 use crate::support::ftp::*;
 use crate::support::{
-    Tls, Workspace, eventually, files_under, random_file, self_signed, sha256_file,
-    wait_for_attempt,
+    Tls, Workspace, files_under, random_file, self_signed, sha256_file, wait_for_attempt,
+    wait_until_held,
 };
 
 fn ftp_job(source: &str, port: u16, path: &str, extra: &str) -> String {
@@ -358,21 +358,6 @@ fn resumable_job(port: u16) -> String {
         "{text}"
     );
     text
-}
-
-/// Waits until the files in `dir` hold `bytes` in all.
-async fn wait_until_held(dir: &Path, bytes: u64) {
-    let held = || -> u64 {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| entry.metadata().ok())
-            .map(|meta| meta.len())
-            .sum()
-    };
-    let what = format!("{bytes} bytes held in {}", dir.display());
-    eventually(&what, Duration::from_secs(60), || held() >= bytes).await;
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ mod s3;
 mod scenario;
 mod schedule;
 mod security;
+mod sftp;
 mod sources;
 mod store;
 mod support;

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod ftp;
 pub mod s3;
 pub mod smtp;
+pub mod sshd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -347,6 +348,22 @@ pub async fn wait_for_attempt(ledger: &Ledger, job: &str, attempt: u32, limit: D
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the files in `dir` hold `bytes` in all (an upload's temporary file has grown
+/// so far on the server).
+pub async fn wait_until_held(dir: &Path, bytes: u64) {
+    let held = || -> u64 {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.metadata().ok())
+            .map(|meta| meta.len())
+            .sum()
+    };
+    let what = format!("{bytes} bytes held in {}", dir.display());
+    eventually(&what, Duration::from_secs(60), || held() >= bytes).await;
 }
 
 /// A TCP relay on 127.0.0.1 to another server, which a test can cut: while down it cuts
