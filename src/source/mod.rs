@@ -5,7 +5,7 @@
 //! arrives as an error item in the stream (carrying a [`DeliveryError`] inside the
 //! `io::Error`), so writers never mistake a broken source for a finished one.
 //!
-//! Kinds: `inline`, `file`, `url`, `command`, one file each.
+//! Kinds: `inline`, `file`, `url`, `command`, `sql`, one file each.
 
 use std::fmt;
 use std::io;
@@ -123,5 +123,7 @@ kinds! {
         mod url: "url" => Url(UrlConfig),
         /// `type = "command"`: the standard output of a program.
         mod command: "command" => Command(CommandConfig),
+        /// `type = "sql"`: the result of a query on PostgreSQL or SQLite.
+        mod sql: "sql" => Sql(SqlConfig),
     }
 }

@@ -530,3 +530,27 @@ writers = [{ type = "sftp", host = "h", username = "u", password_env = "P", path
         );
     }
 }
+
+#[test]
+fn sql_source_settings_are_checked_at_their_keys() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "sql", url = "mysql://db/shop", query = " ", format = "xml", connect_timeout = "0s" }
+writers = [{ type = "local", path = "out" }]
+"#;
+    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+    let expected = [
+        "jobs.toml:4:32: jobs[0].source.url: must be a postgres://… or sqlite://PATH URL",
+        "jobs.toml:4:59: jobs[0].source.query: must not be empty",
+        "jobs.toml:4:64: jobs[0].source.format: unknown variant `xml`, expected `csv` or `jsonl`",
+        "jobs.toml:4:98: jobs[0].source.connect_timeout: must be longer than zero",
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for want in expected {
+        assert!(
+            found.iter().any(|line| line.starts_with(want)),
+            "{want}\n{found:#?}"
+        );
+    }
+}

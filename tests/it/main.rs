@@ -23,5 +23,6 @@ mod schedule;
 mod security;
 mod sftp;
 mod sources;
+mod sql_source;
 mod store;
 mod support;
