@@ -334,15 +334,11 @@ impl SqlSource {
             }
         };
         // The query is the job file's, as its operator wrote it; the run's values are bound.
-        let mut bound = sqlx::query(sqlx::AssertSqlSafe(wrapped.as_str()));
-        for param in &self.settings.params {
-            bound = match param {
-                SqlParam::Scheduled => bound.bind(ctx.slot.with_timezone(&chrono::Utc)),
-                SqlParam::ScheduledDate => bound.bind(ctx.slot.date_naive()),
-                SqlParam::Job => bound.bind(ctx.job.clone()),
-                SqlParam::RunId => bound.bind(ctx.run_id.clone()),
-            };
-        }
+        let bound = bind(
+            sqlx::query(sqlx::AssertSqlSafe(wrapped.as_str())),
+            &self.settings.params,
+            ctx,
+        );
         let mut rows = bound.fetch(&mut conn);
         while let Some(row) = rows.try_next().await.map_err(|err| sql_error(run, err))? {
             match self.settings.format {
@@ -375,15 +371,11 @@ impl SqlSource {
         out: &mut Chunks,
     ) -> Result<(), DeliveryError> {
         let run = "run the query";
-        let mut bound = sqlx::query(sqlx::AssertSqlSafe(self.settings.query.trim()));
-        for param in &self.settings.params {
-            bound = match param {
-                SqlParam::Scheduled => bound.bind(ctx.slot.with_timezone(&chrono::Utc)),
-                SqlParam::ScheduledDate => bound.bind(ctx.slot.date_naive()),
-                SqlParam::Job => bound.bind(ctx.job.clone()),
-                SqlParam::RunId => bound.bind(ctx.run_id.clone()),
-            };
-        }
+        let bound = bind(
+            sqlx::query(sqlx::AssertSqlSafe(self.settings.query.trim())),
+            &self.settings.params,
+            ctx,
+        );
         // The header comes from the statement, so a query without rows still has one.
         let names: Vec<String> = (&mut conn)
             .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(
@@ -430,6 +422,29 @@ impl SqlSource {
         }
         Ok(())
     }
+}
+
+/// `query` with the run's values for `params` bound, in order.
+fn bind<'q, DB>(
+    mut query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    params: &[SqlParam],
+    ctx: &RunContext,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    DB: sqlx::Database,
+    chrono::DateTime<chrono::Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    chrono::NaiveDate: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for param in params {
+        query = match param {
+            SqlParam::Scheduled => query.bind(ctx.slot.with_timezone(&chrono::Utc)),
+            SqlParam::ScheduledDate => query.bind(ctx.slot.date_naive()),
+            SqlParam::Job => query.bind(ctx.job.clone()),
+            SqlParam::RunId => query.bind(ctx.run_id.clone()),
+        };
+    }
+    query
 }
 
 /// A SQLite value, as stored.
