@@ -8,7 +8,7 @@
 //! and one line in that list:
 //!
 //! ```text
-//! mod sftp: "sftp" => Sftp(Box<SftpConfig>),
+//! mod webdav: "webdav" => Webdav(Box<WebdavConfig>),
 //! ```
 
 /// Declares a job-file enum of kinds, tagged by `type`, dispatching to `$settings`.
