@@ -151,7 +151,7 @@ impl SourceSettings for SqlConfig {
 }
 
 /// A source that streams a query's rows.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SqlSource {
     settings: SqlConfig,
     url: Secret,
@@ -492,6 +492,15 @@ fn sqlite_value(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<SqliteValue, 
     })
 }
 
+/// Aborts the query's task when the stream reading it is dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[async_trait]
 impl DataSource for SqlSource {
     fn describe(&self) -> String {
@@ -504,14 +513,9 @@ impl DataSource for SqlSource {
 
     async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
         let (tx, rx) = mpsc::channel(2);
-        let source = SqlSource {
-            settings: self.settings.clone(),
-            url: self.url.clone(),
-            engine: self.engine,
-            connect_timeout: self.connect_timeout,
-        };
+        let source = self.clone();
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        let producer = tokio::spawn(async move {
             let mut out = Chunks {
                 buffer: Vec::with_capacity(CHUNK_SIZE + CHUNK_SIZE / 4),
                 tx,
@@ -523,8 +527,10 @@ impl DataSource for SqlSource {
                 Err(err) => out.fail(err).await,
             }
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
+        // A run that stops reading (cancelled, or a writer failed) ends the query too.
+        let guard = AbortOnDrop(producer.abort_handle());
+        let stream = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+            rx.recv().await.map(|item| (item, (rx, guard)))
         });
         Ok(SourceStream {
             stream: Box::pin(stream),

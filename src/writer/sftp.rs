@@ -117,6 +117,9 @@ const SAFE_WRITE: usize = 32 * 1024;
 /// russh-sftp's 256 KiB packet limit.
 const MAX_WRITE: usize = 255 * 1024;
 
+/// How often a quiet connection is probed; four unanswered probes end it.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
 /// How long a session's end is waited for.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -547,7 +550,11 @@ impl SftpWriter {
                 key: self.host_key.algorithms(host, port).into(),
                 ..russh::Preferred::DEFAULT
             },
-            inactivity_timeout: Some(self.timeout.max(Duration::from_secs(60))),
+            // No idle limit (a slow source may send nothing for minutes); keepalives find a
+            // server that has gone, and every request has its own time limit.
+            inactivity_timeout: None,
+            keepalive_interval: Some(KEEPALIVE),
+            keepalive_max: 4,
             nodelay: true,
             ..Default::default()
         };
