@@ -156,6 +156,10 @@ impl Activity for DeliveryActivity {
         if !pending.is_empty() {
             self.deliver(ctx, &pending, progress).await?;
         }
+        self.source
+            .delivered(ctx)
+            .await
+            .map_err(|err| err.context(format_args!("source {}", self.source.describe())))?;
         let deliveries: Vec<Delivery> = progress.delivered.values().cloned().collect();
         if let Some(gate) = &self.gate {
             if let Some(marker) = gate.marker() {

@@ -5,7 +5,7 @@
 //! arrives as an error item in the stream (carrying a [`DeliveryError`] inside the
 //! `io::Error`), so writers never mistake a broken source for a finished one.
 //!
-//! Kinds: `inline`, `file`, `url`, `command`, `sql`, one file each.
+//! Kinds: `inline`, `file`, `url`, `command`, `sql`, `api`, one file each.
 
 use std::fmt;
 use std::io;
@@ -101,6 +101,13 @@ pub trait DataSource: fmt::Debug + Send + Sync {
     ) -> Result<Option<SourceStream>, DeliveryError> {
         Ok(None)
     }
+
+    /// Every writer of `ctx`'s run has delivered: the source keeps what the next run starts
+    /// from (an `api` source's `since` value). An error fails the attempt; the retry calls
+    /// this again without writing anything.
+    async fn delivered(&self, _ctx: &RunContext) -> Result<(), DeliveryError> {
+        Ok(())
+    }
 }
 
 /// The job-file settings of a source kind.
@@ -125,5 +132,7 @@ kinds! {
         mod command: "command" => Command(CommandConfig),
         /// `type = "sql"`: the result of a query on PostgreSQL or SQLite.
         mod sql: "sql" => Sql(SqlConfig),
+        /// `type = "api"`: the records of a paginated JSON API.
+        mod api: "api" => Api(ApiConfig),
     }
 }

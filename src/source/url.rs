@@ -33,27 +33,43 @@ pub struct UrlConfig {
     /// A bearer token sent as `Authorization: Bearer …`: `bearer_token`, `bearer_token_env` or `bearer_token_file`.
     #[serde(flatten)]
     pub bearer_token: SecretField<keys::BearerToken>,
-    /// The most bytes the body may have (e.g. `"10GiB"`): a larger body fails the run
-    /// (`rejected`, not retried) instead of filling the disk. Unlimited by default.
-    #[serde(default)]
-    pub max_bytes: Option<ByteSize>,
     /// The user name for HTTP basic authentication.
     #[serde(default)]
     pub username: Option<String>,
     /// The basic-authentication password: `password`, `password_env` or `password_file`.
     #[serde(flatten)]
     pub password: SecretField<keys::Password>,
+    /// The most bytes the body may have (e.g. `"10GiB"`): a larger body fails the run
+    /// (`rejected`, not retried) instead of filling the disk. Unlimited by default.
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
 }
 
-impl SourceSettings for UrlConfig {
-    fn validate(&self, at: &KeyPath, problems: &mut Problems) {
-        self.url.validate_required(at, problems);
-        if let Some(SecretRef::Inline(url)) = self.url.source()
+/// How a source's GETs are made: headers and authentication, the keys the `url` and `api`
+/// sources share (each declares them itself: serde cannot flatten a struct that flattens).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestSettings<'a> {
+    pub(crate) headers: &'a BTreeMap<String, String>,
+    pub(crate) bearer_token: &'a SecretField<keys::BearerToken>,
+    pub(crate) username: &'a Option<String>,
+    pub(crate) password: &'a SecretField<keys::Password>,
+}
+
+impl RequestSettings<'_> {
+    /// Checks the URL (`url` holds it) and the request keys, recording problems at `at`.
+    pub(crate) fn validate(
+        &self,
+        url: &SecretField<keys::Url>,
+        at: &KeyPath,
+        problems: &mut Problems,
+    ) {
+        url.validate_required(at, problems);
+        if let Some(SecretRef::Inline(url)) = url.source()
             && let Err(err) = http::check_url_template(&url)
         {
             problems.add(at.key("url"), err);
         }
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers {
             if HeaderName::from_bytes(name.as_bytes()).is_err() {
                 problems.add(at.key("headers"), format!("invalid header name {name:?}"));
             } else if HeaderValue::from_str(value).is_err() {
@@ -73,17 +89,25 @@ impl SourceSettings for UrlConfig {
         }
     }
 
-    fn build(&self, env: &BuildEnv) -> Result<Arc<dyn DataSource>, DeliveryError> {
+    /// Reads the URL and the secrets: the URL template and what sends GETs with them.
+    /// `kind` names the source in a warning about credentials over plain http.
+    pub(crate) fn build(
+        &self,
+        url: &SecretField<keys::Url>,
+        env: &BuildEnv,
+        kind: &str,
+    ) -> Result<(Template, Getter), DeliveryError> {
         let config_error = |msg: String| DeliveryError::new(ErrorKind::Config, msg);
-        let secret_url = !matches!(self.url.source(), Some(SecretRef::Inline(_)));
-        let text = self.url.resolve_required(&env.base_dir)?;
+        let secret_url = !matches!(url.source(), Some(SecretRef::Inline(_)));
+        let text = url.resolve_required(&env.base_dir)?;
         // A URL from a variable or file is checked now, without quoting it.
         http::check_url_template(text.expose()).map_err(|_| {
             config_error("the url from url_env / url_file is not a valid http(s) URL template".into())
         })?;
-        let url = Template::parse(text.expose()).map_err(|err| config_error(err.to_string()))?;
+        let template =
+            Template::parse(text.expose()).map_err(|err| config_error(err.to_string()))?;
         let mut headers = HeaderMap::new();
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| config_error(format!("invalid header name {name:?}")))?;
             let value = HeaderValue::from_str(value)
@@ -91,7 +115,7 @@ impl SourceSettings for UrlConfig {
             headers.insert(name, value);
         }
         let token = self.bearer_token.resolve(&env.base_dir)?;
-        let auth = match (token, &self.username) {
+        let auth = match (token, self.username) {
             (Some(token), _) => Some(Auth::Bearer(token)),
             (None, Some(user)) => Some(Auth::Basic {
                 username: user.clone(),
@@ -103,20 +127,47 @@ impl SourceSettings for UrlConfig {
         if credentials && text.expose().starts_with("http://") {
             tracing::warn!(
                 url = %http::shown_url(text.expose(), secret_url),
-                "This url source sends credentials (authentication or headers) unencrypted over http://."
+                "This {kind} source sends credentials (authentication or headers) unencrypted over http://."
             );
         }
-        Ok(Arc::new(UrlSource {
-            client: env.http_for(credentials),
-            url,
-            headers,
-            auth,
-            max_bytes: self.max_bytes.map(|size| size.0),
-            secret_url,
-        }))
+        Ok((
+            template,
+            Getter {
+                client: env.http_for(credentials),
+                headers,
+                auth,
+                secret_url,
+                credentials,
+            },
+        ))
     }
 }
 
+impl UrlConfig {
+    fn request(&self) -> RequestSettings<'_> {
+        RequestSettings {
+            headers: &self.headers,
+            bearer_token: &self.bearer_token,
+            username: &self.username,
+            password: &self.password,
+        }
+    }
+}
+
+impl SourceSettings for UrlConfig {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) {
+        self.request().validate(&self.url, at, problems);
+    }
+
+    fn build(&self, env: &BuildEnv) -> Result<Arc<dyn DataSource>, DeliveryError> {
+        let (url, getter) = self.request().build(&self.url, env, "url")?;
+        Ok(Arc::new(UrlSource {
+            getter,
+            url,
+            max_bytes: self.max_bytes.map(|size| size.0),
+        }))
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Auth {
@@ -127,70 +178,50 @@ enum Auth {
     },
 }
 
-/// A source that streams the body of an HTTP GET.
+/// Sends a source's GETs, with its headers and authentication.
 #[derive(Debug, Clone)]
-pub struct UrlSource {
+pub(crate) struct Getter {
     client: reqwest::Client,
-    url: Template,
     headers: HeaderMap,
     auth: Option<Auth>,
-    max_bytes: Option<u64>,
     /// The URL came from a variable or file: messages show its host only.
     secret_url: bool,
+    /// Whether requests carry credentials (authentication, headers or a secret URL).
+    credentials: bool,
 }
 
-impl UrlSource {
-    /// A source GETting `url` (a template) with `client`.
-    pub fn new(client: reqwest::Client, url: Template) -> UrlSource {
-        UrlSource {
+impl Getter {
+    /// A getter without headers or authentication.
+    pub(crate) fn plain(client: reqwest::Client) -> Getter {
+        Getter {
             client,
-            url,
             headers: HeaderMap::new(),
             auth: None,
-            max_bytes: None,
             secret_url: false,
+            credentials: false,
         }
     }
-}
 
-#[async_trait]
-impl DataSource for UrlSource {
-    fn describe(&self) -> String {
-        format!("url {}", http::shown_url(self.url.as_str(), self.secret_url))
+    /// `url` as messages show it.
+    pub(crate) fn shown(&self, url: &str) -> String {
+        http::shown_url(url, self.secret_url)
     }
 
-    async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
-        let (response, shown) = self.get(ctx, None).await?;
-        body_stream(response, &shown).limited(self.max_bytes, &format!("GET {shown}"))
+    /// Whether requests carry credentials, which must not go to another origin.
+    pub(crate) fn has_credentials(&self) -> bool {
+        self.credentials
     }
 
-    async fn open_at(
+    /// Sends a GET of `url` (from byte `from`, when given) and checks its status: a status
+    /// of 400 or more, or a redirect the client did not follow, is an error. The response,
+    /// and the URL as messages show it.
+    pub(crate) async fn get(
         &self,
-        ctx: &RunContext,
-        offset: u64,
-    ) -> Result<Option<SourceStream>, DeliveryError> {
-        let (response, shown) = self.get(ctx, Some(offset)).await?;
-        // A server that ignores the range sends the whole body (200): start over instead.
-        if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
-            return Ok(None);
-        }
-        let left = self.max_bytes.map(|max| max.saturating_sub(offset));
-        body_stream(response, &shown)
-            .limited(left, &format!("GET {shown}"))
-            .map(Some)
-    }
-}
-
-impl UrlSource {
-    /// Sends the GET (from byte `from`, when given) and checks its status.
-    async fn get(
-        &self,
-        ctx: &RunContext,
+        url: &str,
         from: Option<u64>,
     ) -> Result<(reqwest::Response, String), DeliveryError> {
-        let url = self.url.render(ctx);
-        let shown = http::shown_url(&url, self.secret_url);
-        let mut request = self.client.get(&url).headers(self.headers.clone());
+        let shown = self.shown(url);
+        let mut request = self.client.get(url).headers(self.headers.clone());
         if let Some(from) = from {
             request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
         }
@@ -220,6 +251,53 @@ impl UrlSource {
             return Err(http::status_error(&format!("GET {shown}"), response).await);
         }
         Ok((response, shown))
+    }
+}
+
+/// A source that streams the body of an HTTP GET.
+#[derive(Debug, Clone)]
+pub struct UrlSource {
+    getter: Getter,
+    url: Template,
+    max_bytes: Option<u64>,
+}
+
+impl UrlSource {
+    /// A source GETting `url` (a template) with `client`.
+    pub fn new(client: reqwest::Client, url: Template) -> UrlSource {
+        UrlSource {
+            getter: Getter::plain(client),
+            url,
+            max_bytes: None,
+        }
+    }
+}
+
+#[async_trait]
+impl DataSource for UrlSource {
+    fn describe(&self) -> String {
+        format!("url {}", self.getter.shown(self.url.as_str()))
+    }
+
+    async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
+        let (response, shown) = self.getter.get(&self.url.render(ctx), None).await?;
+        body_stream(response, &shown).limited(self.max_bytes, &format!("GET {shown}"))
+    }
+
+    async fn open_at(
+        &self,
+        ctx: &RunContext,
+        offset: u64,
+    ) -> Result<Option<SourceStream>, DeliveryError> {
+        let (response, shown) = self.getter.get(&self.url.render(ctx), Some(offset)).await?;
+        // A server that ignores the range sends the whole body (200): start over instead.
+        if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+            return Ok(None);
+        }
+        let left = self.max_bytes.map(|max| max.saturating_sub(offset));
+        body_stream(response, &shown)
+            .limited(left, &format!("GET {shown}"))
+            .map(Some)
     }
 }
 

@@ -88,6 +88,44 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// The source's saved progress in run `run_id` (errors are logged: the source then
+    /// starts over).
+    pub async fn source_checkpoint(&self, run_id: &str) -> Option<Checkpoint> {
+        match self.store.source_checkpoint(run_id).await {
+            Ok(found) => found,
+            Err(err) => {
+                self.store.count_failure();
+                tracing::warn!(error = %err, "Cannot read the source's checkpoint; starting over.");
+                None
+            }
+        }
+    }
+
+    /// Saves the source's progress in run `run_id` while `tenure` holds the run. Failing to
+    /// save is logged (a resume starts further back); a save refused because another
+    /// daemon took the run over gives the run up.
+    pub async fn save_source_checkpoint(
+        &self,
+        run_id: &str,
+        tenure: &Tenure,
+        checkpoint: &Checkpoint,
+    ) {
+        match self
+            .store
+            .save_source_checkpoint(run_id, tenure.epoch(), checkpoint)
+            .await
+        {
+            Ok(()) => {}
+            Err(StateError::Fenced(_)) => {
+                tenure.lose("the source's checkpoint was refused: another daemon took the run over")
+            }
+            Err(err) => {
+                self.store.count_failure();
+                tracing::warn!(error = %err, "Cannot save the source's checkpoint.");
+            }
+        }
+    }
+
     /// Writer `writer`'s saved progress in run `run_id` (errors are logged, not returned:
     /// without a checkpoint the writer simply starts over).
     pub async fn checkpoint(&self, run_id: &str, writer: usize) -> Option<Checkpoint> {

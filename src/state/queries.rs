@@ -15,6 +15,9 @@ use super::{
     RunRecord, RunState, StateError, Store,
 };
 
+/// The `writer` column of the source's checkpoint: writers are numbered from 0.
+const SOURCE_SLOT: i64 = -1;
+
 pub(super) fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -390,11 +393,35 @@ impl Store {
         writer: usize,
         checkpoint: &Checkpoint,
     ) -> Result<(), StateError> {
+        let slot = i64::try_from(writer).unwrap_or(i64::MAX);
+        self.save_checkpoint_in(run_id, epoch, slot, checkpoint)
+            .await
+    }
+
+    /// Saves the source's progress in run `run_id` (the pages it has given), as
+    /// [`Store::save_checkpoint`] does a writer's.
+    pub async fn save_source_checkpoint(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StateError> {
+        self.save_checkpoint_in(run_id, epoch, SOURCE_SLOT, checkpoint)
+            .await
+    }
+
+    async fn save_checkpoint_in(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        slot: i64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StateError> {
         let written = self
             .write(Write::Checkpoint {
                 epoch,
                 run_id: run_id.to_owned(),
-                writer: i64::try_from(writer).unwrap_or(i64::MAX),
+                writer: slot,
                 document: checkpoint.document.to_string(),
                 bytes_done: i64::try_from(checkpoint.bytes_done).unwrap_or(i64::MAX),
                 at: millis(Utc::now()),
@@ -409,11 +436,25 @@ impl Store {
         run_id: &str,
         writer: usize,
     ) -> Result<Option<Checkpoint>, StateError> {
+        self.checkpoint_in(run_id, i64::try_from(writer).unwrap_or(i64::MAX))
+            .await
+    }
+
+    /// The source's saved progress in run `run_id`.
+    pub async fn source_checkpoint(&self, run_id: &str) -> Result<Option<Checkpoint>, StateError> {
+        self.checkpoint_in(run_id, SOURCE_SLOT).await
+    }
+
+    async fn checkpoint_in(
+        &self,
+        run_id: &str,
+        slot: i64,
+    ) -> Result<Option<Checkpoint>, StateError> {
         let row = sqlx::query(
             "SELECT document, bytes_done FROM ferry_checkpoints WHERE run_id = $1 AND writer = $2",
         )
         .bind(run_id)
-        .bind(i64::try_from(writer).unwrap_or(i64::MAX))
+        .bind(slot)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {

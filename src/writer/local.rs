@@ -550,8 +550,20 @@ impl Writer for LocalWriter {
         let mut sink = FileSink::start(file).map_err(write_error)?;
         let mut written = payload.offset();
         let mut last_checkpoint = tokio::time::Instant::now();
+        let mut saved = payload.offset();
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|err| DeliveryError::io("read the data", err))?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    // The source failed: what it gave before is a true prefix of the
+                    // payload, so the next attempt can continue after it rather than from
+                    // the last timed checkpoint (a paged source resumes at the next page).
+                    if payload.checkpointing() && written > saved && sink.sync().await.is_ok() {
+                        payload.save_checkpoint(document.clone(), written).await;
+                    }
+                    return Err(DeliveryError::io("read the data", err));
+                }
+            };
             written += chunk.len() as u64;
             sink.write(chunk).await.map_err(write_error)?;
             if payload.checkpointing() && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
@@ -559,6 +571,7 @@ impl Writer for LocalWriter {
                     .await
                     .map_err(|err| DeliveryError::io(format_args!("fsync {shown}"), err))?;
                 payload.save_checkpoint(document.clone(), written).await;
+                saved = written;
                 last_checkpoint = tokio::time::Instant::now();
             }
         }

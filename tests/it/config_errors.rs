@@ -554,3 +554,37 @@ writers = [{ type = "local", path = "out" }]
         );
     }
 }
+
+#[test]
+fn api_source_settings_are_checked_at_their_keys() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "api", url = "ftp://x/y", records = "data", pagination = { type = "cursor", pointer = "", param = "" }, since = { field = "", param = "s" }, max_pages = 0 }
+writers = [{ type = "local", path = "out" }]
+"#;
+    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+    let expected = [
+        "jobs[0].source.url: ",
+        "jobs[0].source.records: must be a JSON pointer",
+        "jobs[0].source.pagination.pointer: must not be empty",
+        "jobs[0].source.pagination.param: must not be empty",
+        "jobs[0].source.since.field: must not be empty",
+        "jobs[0].source.max_pages: must be at least 1",
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for want in expected {
+        assert!(
+            found.iter().any(|line| line.contains(want)),
+            "{want}\n{found:#?}"
+        );
+    }
+    let unknown = text.replace("type = \"cursor\"", "type = \"offset\"");
+    let found: Vec<String> = errors(&unknown).iter().map(ToString::to_string).collect();
+    assert!(
+        found
+            .iter()
+            .any(|line| line.contains("unknown variant `offset`")),
+        "{found:#?}"
+    );
+}

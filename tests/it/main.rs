@@ -1,5 +1,6 @@
 //! ferry's integration tests: one binary, shared helpers in `support`.
 
+mod api_source;
 mod architecture;
 mod cli;
 mod cluster;
