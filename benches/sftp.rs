@@ -9,7 +9,8 @@
 //! `ferry trigger` (file source → sftp writer: temporary name, fsync, size check,
 //! posix-rename), `scp` and `sftp -b`, three times each, alternating, under GNU time: wall
 //! time, MiB/s, CPU seconds and peak RSS. Every tool runs with its default cipher and
-//! settings, and checks the host key against the same known_hosts file.
+//! settings (ferry's is AES-256-GCM, OpenSSH's ChaCha20-Poly1305), plus `scp` with
+//! AES-256-GCM, and checks the host key against the same known_hosts file.
 
 mod common;
 
@@ -139,6 +140,17 @@ writers = [{{ type = "sftp", host = "127.0.0.1", port = {port}, username = "root
                 .arg("input.bin")
                 .arg(format!("root@127.0.0.1:{dir}/scp.bin")),
         );
+        // ferry prefers AES-GCM, OpenSSH ChaCha20-Poly1305: scp with ferry's cipher too.
+        measure(
+            "scp aes-gcm",
+            mib,
+            work.path(),
+            Command::new("scp")
+                .args(["-q", "-c", "aes256-gcm@openssh.com"])
+                .args(&ssh_options)
+                .arg("input.bin")
+                .arg(format!("root@127.0.0.1:{dir}/scp-gcm.bin")),
+        );
         measure(
             "sftp -b",
             mib,
@@ -149,7 +161,7 @@ writers = [{{ type = "sftp", host = "127.0.0.1", port = {port}, username = "root
                 .arg("root@127.0.0.1"),
         );
     }
-    for name in ["ferry.bin", "scp.bin", "sftp.bin"] {
+    for name in ["ferry.bin", "scp.bin", "scp-gcm.bin", "sftp.bin"] {
         let stored = std::fs::metadata(served.path().join(name)).map(|m| m.len());
         println!("  stored {name}: {stored:?} bytes");
     }
