@@ -18,7 +18,7 @@
 //! last successful run, sent as a query parameter; the value is kept in the store once
 //! every writer has delivered.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,13 +27,13 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::pages::{PageEnd, PageLog};
 use super::url::{Getter, RequestSettings};
 use super::{DataSource, SourceSettings, SourceStream};
 use crate::build_env::BuildEnv;
 use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind};
 use crate::settings::{ByteSize, KeyPath, Problems, SecretField, keys};
-use crate::state::Checkpoint;
 use crate::template::Template;
 
 /// Settings of an `api` source.
@@ -120,27 +120,15 @@ pub struct Since {
     pub param: String,
 }
 
-/// How many page ends a checkpoint keeps: a writer's own checkpoint may lie a few pages
-/// behind the source's.
-const BOUNDARIES_KEPT: usize = 64;
-
-/// A page end: what was given up to it, and where the next page is.
+/// Where the next page starts, and what the pages so far have shown.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Boundary {
-    /// Bytes given up to this page's end.
-    bytes: u64,
+struct Position {
     /// Pages read.
     pages: u64,
     /// The next page's URL; `None` after the last page.
-    next: Option<String>,
+    url: Option<String>,
     /// The largest `since` value seen so far.
     since: Option<serde_json::Value>,
-}
-
-/// The source's checkpoint: recent page ends, oldest first.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct ApiCheckpoint {
-    boundaries: VecDeque<Boundary>,
 }
 
 fn check_pointer(pointer: &str, key: KeyPath, problems: &mut Problems) {
@@ -486,20 +474,25 @@ impl ApiSource {
         }
     }
 
-    /// The pages from `start` on, each as one chunk, recording each page end first (in
-    /// `saved`, the run's checkpoint so far).
-    fn walk(&self, ctx: &RunContext, start: Boundary, saved: ApiCheckpoint) -> SourceStream {
+    /// The pages from `start` on (`bytes` given before it), each as one chunk, each page
+    /// end recorded in `log` before the page goes on.
+    fn walk(
+        &self,
+        ctx: &RunContext,
+        start: PageEnd<Position>,
+        log: PageLog<Position>,
+    ) -> SourceStream {
         let source = self.clone();
         let ctx = ctx.clone();
-        let stream = futures::stream::try_unfold((start, saved), move |(mut at, mut saved)| {
+        let stream = futures::stream::try_unfold((start, log), move |(mut at, mut log)| {
             let source = source.clone();
             let ctx = ctx.clone();
             async move {
                 loop {
-                    let Some(url) = at.next.clone() else {
+                    let Some(url) = at.next.url.clone() else {
                         return Ok(None);
                     };
-                    if at.pages >= source.max_pages {
+                    if at.next.pages >= source.max_pages {
                         return Err(DeliveryError::new(
                             ErrorKind::Rejected,
                             format!("more than max_pages ({}) pages", source.max_pages),
@@ -507,19 +500,21 @@ impl ApiSource {
                         .into_io());
                     }
                     let page = source
-                        .page(&url, at.pages, at.since.clone())
+                        .page(&url, at.next.pages, at.next.since.clone())
                         .await
                         .map_err(DeliveryError::into_io)?;
-                    at = Boundary {
+                    at = PageEnd {
                         bytes: at.bytes + page.lines.len() as u64,
-                        pages: at.pages + 1,
-                        next: page.next,
-                        since: page.since,
+                        next: Position {
+                            pages: at.next.pages + 1,
+                            url: page.next,
+                            since: page.since,
+                        },
                     };
-                    tracing::debug!(page = at.pages, records = page.records, "API page read.");
-                    source.record(&ctx, &mut saved, &at).await;
+                    tracing::debug!(page = at.next.pages, records = page.records, "API page read.");
+                    log.record(&ctx, at.clone()).await;
                     if !page.lines.is_empty() {
-                        return Ok(Some((Bytes::from(page.lines), (at, saved))));
+                        return Ok(Some((Bytes::from(page.lines), (at, log))));
                     }
                 }
             }
@@ -528,38 +523,6 @@ impl ApiSource {
             stream: Box::pin(stream),
             len: None,
         }
-    }
-
-    /// Records a page end in the run's source checkpoint (with a state store).
-    async fn record(&self, ctx: &RunContext, saved: &mut ApiCheckpoint, at: &Boundary) {
-        let Some(ledger) = &ctx.ledger else {
-            return;
-        };
-        if saved.boundaries.len() >= BOUNDARIES_KEPT {
-            saved.boundaries.pop_front();
-        }
-        saved.boundaries.push_back(at.clone());
-        if let Ok(document) = serde_json::to_value(&*saved) {
-            let checkpoint = Checkpoint {
-                document,
-                bytes_done: at.bytes,
-            };
-            ledger
-                .save_source_checkpoint(&ctx.run_id, &ctx.tenure, &checkpoint)
-                .await;
-        }
-    }
-
-    /// The run's source checkpoint; empty without a store or one.
-    async fn saved(&self, ctx: &RunContext) -> ApiCheckpoint {
-        let Some(ledger) = &ctx.ledger else {
-            return ApiCheckpoint::default();
-        };
-        ledger
-            .source_checkpoint(&ctx.run_id)
-            .await
-            .and_then(|checkpoint| serde_json::from_value(checkpoint.document).ok())
-            .unwrap_or_default()
     }
 }
 
@@ -570,13 +533,15 @@ impl DataSource for ApiSource {
     }
 
     async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
-        let start = Boundary {
+        let start = PageEnd {
             bytes: 0,
-            pages: 0,
-            next: Some(self.first_url(ctx).await?),
-            since: None,
+            next: Position {
+                pages: 0,
+                url: Some(self.first_url(ctx).await?),
+                since: None,
+            },
         };
-        Ok(self.walk(ctx, start, ApiCheckpoint::default()))
+        Ok(self.walk(ctx, start, PageLog::default()))
     }
 
     async fn open_at(
@@ -584,20 +549,20 @@ impl DataSource for ApiSource {
         ctx: &RunContext,
         offset: u64,
     ) -> Result<Option<SourceStream>, DeliveryError> {
-        let saved = self.saved(ctx).await;
-        let Some(at) = saved.boundaries.iter().find(|b| b.bytes == offset).cloned() else {
+        let log = PageLog::<Position>::load(ctx).await;
+        let Some(at) = log.at(offset).cloned() else {
             return Ok(None);
         };
-        tracing::info!(pages = at.pages, "Continuing the API after the pages delivered.");
-        Ok(Some(self.walk(ctx, at, saved)))
+        tracing::info!(pages = at.next.pages, "Continuing the API after the pages delivered.");
+        Ok(Some(self.walk(ctx, at, log)))
     }
 
     async fn delivered(&self, ctx: &RunContext) -> Result<(), DeliveryError> {
         let (Some(_), Some(ledger)) = (&self.settings.since, &ctx.ledger) else {
             return Ok(());
         };
-        let saved = self.saved(ctx).await;
-        let Some(value) = saved.boundaries.back().and_then(|b| b.since.as_ref()) else {
+        let log = PageLog::<Position>::load(ctx).await;
+        let Some(value) = log.last().and_then(|end| end.next.since.as_ref()) else {
             return Ok(());
         };
         ledger

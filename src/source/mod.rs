@@ -22,6 +22,8 @@ use crate::error::{DeliveryError, ErrorKind};
 use crate::kinds::kinds;
 use crate::settings::{KeyPath, Problems};
 
+mod pages;
+
 /// A stream of byte chunks. Errors are `io::Error`s, usually wrapping a [`DeliveryError`].
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 

@@ -18,13 +18,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{
     Column as _, Connection as _, Executor as _, Row as _, Statement as _, TypeInfo as _,
     ValueRef as _,
 };
 use tokio::sync::mpsc;
 
+use super::pages::{PageEnd, PageLog};
 use super::{DataSource, SourceSettings, SourceStream};
 use crate::build_env::BuildEnv;
 use crate::error::{DeliveryError, ErrorKind};
@@ -53,6 +54,13 @@ pub struct SqlConfig {
     /// How long connecting may take (default `"30s"`).
     #[serde(default)]
     pub connect_timeout: Option<ConfigDuration>,
+    /// A column of the query that orders its rows uniquely (`"id"`): the rows are read in
+    /// pages ordered by it, and a retry continues after the last key the writers hold.
+    #[serde(default)]
+    pub resume_key: Option<String>,
+    /// Rows per page with `resume_key` (default 10,000).
+    #[serde(default)]
+    pub page_rows: Option<u64>,
 }
 
 /// A value of the run bound to a query parameter.
@@ -112,6 +120,15 @@ impl SourceSettings for SqlConfig {
         }
         if self.connect_timeout.is_some_and(|t| t.get().is_zero()) {
             problems.add(at.key("connect_timeout"), "must be longer than zero");
+        }
+        if self.resume_key.as_deref().is_some_and(str::is_empty) {
+            problems.add(at.key("resume_key"), "must name a column");
+        }
+        if self.page_rows == Some(0) {
+            problems.add(at.key("page_rows"), "must be at least 1");
+        }
+        if self.page_rows.is_some() && self.resume_key.is_none() {
+            problems.add(at.key("page_rows"), "only applies with resume_key");
         }
     }
 
@@ -255,7 +272,12 @@ impl SqlSource {
     }
 
     /// Runs the query, sending its encoded rows to `out`.
-    async fn produce(&self, ctx: &RunContext, out: &mut Chunks) -> Result<(), DeliveryError> {
+    async fn produce(
+        &self,
+        ctx: &RunContext,
+        out: &mut Chunks,
+        paging: Option<Paging>,
+    ) -> Result<(), DeliveryError> {
         let connect = format!("connect to {}", self.what());
         match self.engine {
             Engine::Postgres => {
@@ -266,7 +288,7 @@ impl SqlSource {
                 .await
                 .map_err(|_| DeliveryError::new(ErrorKind::Timeout, format!("{connect}: no answer")))?
                 .map_err(|err| sql_error(&connect, err))?;
-                self.postgres(conn, ctx, out).await
+                self.postgres(conn, ctx, out, paging).await
             }
             Engine::Sqlite => {
                 use std::str::FromStr as _;
@@ -277,7 +299,7 @@ impl SqlSource {
                 let conn = sqlx::SqliteConnection::connect_with(&options)
                     .await
                     .map_err(|err| sql_error(&connect, err))?;
-                self.sqlite(conn, ctx, out).await
+                self.sqlite(conn, ctx, out, paging).await
             }
         }
     }
@@ -287,10 +309,14 @@ impl SqlSource {
         mut conn: sqlx::PgConnection,
         ctx: &RunContext,
         out: &mut Chunks,
+        paging: Option<Paging>,
     ) -> Result<(), DeliveryError> {
         let query = self.settings.query.trim().trim_end_matches(';');
         let run = "run the query";
-        if self.settings.format == SqlFormat::Csv && self.settings.params.is_empty() {
+        if self.settings.format == SqlFormat::Csv
+            && self.settings.params.is_empty()
+            && paging.is_none()
+        {
             let copy = format!("COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)");
             let mut stream = conn
                 .copy_out_raw(&copy)
@@ -305,14 +331,19 @@ impl SqlSource {
             }
             return Ok(());
         }
-        let wrapped = match self.settings.format {
-            SqlFormat::Jsonl => format!("SELECT row_to_json(q)::text FROM ({query}) AS q"),
+        let statement = (&mut conn)
+            .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(query)))
+            .await
+            .map_err(|err| sql_error(run, err))?;
+        let columns: Vec<(String, String)> = statement
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_owned(), c.type_info().name().to_owned()))
+            .collect();
+        let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
+        let mut selected = match self.settings.format {
+            SqlFormat::Jsonl => "row_to_json(q)::text".to_owned(),
             SqlFormat::Csv => {
-                let statement = (&mut conn)
-                    .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(query)))
-                    .await
-                    .map_err(|err| sql_error(run, err))?;
-                let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
                 let mut seen = std::collections::HashSet::new();
                 if let Some(twice) = names.iter().find(|name| !seen.insert(**name)) {
                     return Err(DeliveryError::new(
@@ -320,7 +351,6 @@ impl SqlSource {
                         format!("the query returns two columns named {twice}: give them distinct names (AS …) for the CSV header"),
                     ));
                 }
-                csv_record(&mut out.buffer, names.iter().map(|n| Some(*n)));
                 let casts: Vec<String> = names
                     .iter()
                     .map(|name| {
@@ -330,38 +360,84 @@ impl SqlSource {
                         format!("CASE WHEN {column} IS NULL THEN NULL ELSE format('%s', {column}) END")
                     })
                     .collect();
-                format!("SELECT {} FROM ({query}) AS q", casts.join(", "))
+                casts.join(", ")
             }
         };
-        // The query is the job file's, as its operator wrote it; the run's values are bound.
-        let bound = bind(
-            sqlx::query(sqlx::AssertSqlSafe(wrapped.as_str())),
-            &self.settings.params,
-            ctx,
-        );
-        let mut rows = bound.fetch(&mut conn);
-        while let Some(row) = rows.try_next().await.map_err(|err| sql_error(run, err))? {
-            match self.settings.format {
-                SqlFormat::Jsonl => {
-                    let line: String = row.try_get(0).map_err(|err| sql_error(run, err))?;
-                    out.buffer.extend_from_slice(line.as_bytes());
-                    out.buffer.push(b'\n');
-                }
-                SqlFormat::Csv => {
-                    let mut fields = Vec::with_capacity(row.len());
-                    for i in 0..row.len() {
-                        let value: Option<String> =
-                            row.try_get(i).map_err(|err| sql_error(run, err))?;
-                        fields.push(value);
+        let mut tail = String::new();
+        if let Some(paging) = &paging {
+            let key = &paging.key;
+            let Some((_, key_type)) = columns.iter().find(|(name, _)| name == key) else {
+                return Err(no_key_column(key, &names));
+            };
+            if !key_type.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(DeliveryError::new(
+                    ErrorKind::Rejected,
+                    format!("resume_key {key} is of type {key_type}, which ferry cannot compare"),
+                ));
+            }
+            let column = format!("q.{}", quoted(key));
+            let param = self.settings.params.len() + 1;
+            selected.push_str(&format!(", {column}::text"));
+            tail = format!(
+                " WHERE (${param}::text IS NULL OR {column} > ${param}::text::{key_type}) ORDER BY {column} LIMIT {}",
+                paging.rows
+            );
+        }
+        let wrapped = format!("SELECT {selected} FROM ({query}) AS q{tail}");
+        let mut page = paging.map(Paging::start);
+        if self.settings.format == SqlFormat::Csv && page.as_ref().is_none_or(|p| p.at.bytes == 0)
+        {
+            csv_record(&mut out.buffer, names.iter().map(|n| Some(*n)));
+        }
+        loop {
+            // The query is the job file's, as its operator wrote it; the run's values are
+            // bound.
+            let mut bound = bind(
+                sqlx::query(sqlx::AssertSqlSafe(wrapped.as_str())),
+                &self.settings.params,
+                ctx,
+            );
+            if let Some(page) = &page {
+                bound = bound.bind(page.at.next.key.as_ref().map(key_text));
+            }
+            let mut rows = bound.fetch(&mut conn);
+            let (mut count, mut last) = (0u64, None);
+            while let Some(row) = rows.try_next().await.map_err(|err| sql_error(run, err))? {
+                let fields = row.len() - usize::from(page.is_some());
+                match self.settings.format {
+                    SqlFormat::Jsonl => {
+                        let line: String = row.try_get(0).map_err(|err| sql_error(run, err))?;
+                        out.buffer.extend_from_slice(line.as_bytes());
+                        out.buffer.push(b'\n');
                     }
-                    csv_record(&mut out.buffer, fields.iter().map(|f| f.as_deref()));
+                    SqlFormat::Csv => {
+                        let mut values = Vec::with_capacity(fields);
+                        for i in 0..fields {
+                            let value: Option<String> =
+                                row.try_get(i).map_err(|err| sql_error(run, err))?;
+                            values.push(value);
+                        }
+                        csv_record(&mut out.buffer, values.iter().map(|f| f.as_deref()));
+                    }
+                }
+                if page.is_some() {
+                    count += 1;
+                    last = row
+                        .try_get::<Option<String>, _>(fields)
+                        .map_err(|err| sql_error(run, err))?
+                        .map(serde_json::Value::String);
+                } else if !out.flush_if_full().await {
+                    return Ok(());
                 }
             }
-            if !out.flush_if_full().await {
+            drop(rows);
+            let Some(current) = &mut page else {
+                return Ok(());
+            };
+            if !current.end(ctx, out, count, last).await {
                 return Ok(());
             }
         }
-        Ok(())
     }
 
     async fn sqlite(
@@ -369,59 +445,173 @@ impl SqlSource {
         mut conn: sqlx::SqliteConnection,
         ctx: &RunContext,
         out: &mut Chunks,
+        paging: Option<Paging>,
     ) -> Result<(), DeliveryError> {
         let run = "run the query";
-        let bound = bind(
-            sqlx::query(sqlx::AssertSqlSafe(self.settings.query.trim())),
-            &self.settings.params,
-            ctx,
-        );
+        let query = self.settings.query.trim().trim_end_matches(';');
         // The header comes from the statement, so a query without rows still has one.
         let names: Vec<String> = (&mut conn)
-            .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(
-                self.settings.query.trim(),
-            )))
+            .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(query)))
             .await
             .map_err(|err| sql_error(run, err))?
             .columns()
             .iter()
             .map(|c| c.name().to_owned())
             .collect();
-        if self.settings.format == SqlFormat::Csv {
+        let (wrapped, key_index) = match &paging {
+            None => (query.to_owned(), None),
+            Some(paging) => {
+                let Some(index) = names.iter().position(|name| *name == paging.key) else {
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    return Err(no_key_column(&paging.key, &names));
+                };
+                let column = format!("q.{}", quoted(&paging.key));
+                let param = self.settings.params.len() + 1;
+                let wrapped = format!(
+                    "SELECT * FROM ({query}) AS q WHERE (?{param} IS NULL OR {column} > ?{param}) ORDER BY {column} LIMIT {}",
+                    paging.rows
+                );
+                (wrapped, Some(index))
+            }
+        };
+        let mut page = paging.map(Paging::start);
+        if self.settings.format == SqlFormat::Csv && page.as_ref().is_none_or(|p| p.at.bytes == 0)
+        {
             csv_record(&mut out.buffer, names.iter().map(|n| Some(n.as_str())));
         }
-        let mut rows = bound.fetch(&mut conn);
-        while let Some(row) = rows.try_next().await.map_err(|err| sql_error(run, err))? {
-            let mut values = Vec::with_capacity(row.len());
-            for i in 0..row.len() {
-                values.push(sqlite_value(&row, i).map_err(|err| sql_error(run, err))?);
+        loop {
+            let mut bound = bind(
+                sqlx::query(sqlx::AssertSqlSafe(wrapped.as_str())),
+                &self.settings.params,
+                ctx,
+            );
+            if let Some(page) = &page {
+                bound = match &page.at.next.key {
+                    Some(serde_json::Value::Number(n)) if n.is_i64() => bound.bind(n.as_i64()),
+                    Some(serde_json::Value::Number(n)) => bound.bind(n.as_f64()),
+                    other => bound.bind(other.as_ref().map(key_text)),
+                };
             }
-            match self.settings.format {
-                SqlFormat::Csv => {
-                    let texts: Vec<Option<String>> =
-                        values.iter().map(SqliteValue::text).collect();
-                    csv_record(&mut out.buffer, texts.iter().map(|t| t.as_deref()));
+            let mut rows = bound.fetch(&mut conn);
+            let (mut count, mut last) = (0u64, None);
+            while let Some(row) = rows.try_next().await.map_err(|err| sql_error(run, err))? {
+                let mut values = Vec::with_capacity(row.len());
+                for i in 0..row.len() {
+                    values.push(sqlite_value(&row, i).map_err(|err| sql_error(run, err))?);
                 }
-                SqlFormat::Jsonl => {
-                    // Written by hand to keep the columns' order (serde_json's map sorts).
-                    out.buffer.push(b'{');
-                    for (i, (name, value)) in names.iter().zip(&values).enumerate() {
-                        if i > 0 {
-                            out.buffer.push(b',');
-                        }
-                        let _ = serde_json::to_writer(&mut out.buffer, name);
-                        out.buffer.push(b':');
-                        let _ = serde_json::to_writer(&mut out.buffer, &value.json());
+                match self.settings.format {
+                    SqlFormat::Csv => {
+                        let texts: Vec<Option<String>> =
+                            values.iter().map(SqliteValue::text).collect();
+                        csv_record(&mut out.buffer, texts.iter().map(|t| t.as_deref()));
                     }
-                    out.buffer.extend_from_slice(b"}\n");
+                    SqlFormat::Jsonl => {
+                        // Written by hand to keep the columns' order (serde_json's map
+                        // sorts).
+                        out.buffer.push(b'{');
+                        for (i, (name, value)) in names.iter().zip(&values).enumerate() {
+                            if i > 0 {
+                                out.buffer.push(b',');
+                            }
+                            let _ = serde_json::to_writer(&mut out.buffer, name);
+                            out.buffer.push(b':');
+                            let _ = serde_json::to_writer(&mut out.buffer, &value.json());
+                        }
+                        out.buffer.extend_from_slice(b"}\n");
+                    }
+                }
+                match key_index {
+                    Some(index) => {
+                        count += 1;
+                        last = values.get(index).map(SqliteValue::json);
+                    }
+                    None if !out.flush_if_full().await => return Ok(()),
+                    None => {}
                 }
             }
-            if !out.flush_if_full().await {
+            drop(rows);
+            let Some(current) = &mut page else {
+                return Ok(());
+            };
+            if !current.end(ctx, out, count, last).await {
                 return Ok(());
             }
         }
-        Ok(())
     }
+}
+
+/// Where the next page of a `resume_key` query starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeyPosition {
+    /// The last key delivered; `None` before the first page.
+    key: Option<serde_json::Value>,
+    /// The last page was short: there is nothing after it.
+    done: bool,
+}
+
+/// A `resume_key` query's paging: the key, the page size, and the page ends so far.
+struct Paging {
+    key: String,
+    rows: u64,
+    start: PageEnd<KeyPosition>,
+    log: PageLog<KeyPosition>,
+}
+
+/// A paged query under way: where it is, and its log.
+struct Page {
+    rows: u64,
+    at: PageEnd<KeyPosition>,
+    log: PageLog<KeyPosition>,
+}
+
+impl Paging {
+    fn start(self) -> Page {
+        Page {
+            rows: self.rows,
+            at: self.start,
+            log: self.log,
+        }
+    }
+}
+
+impl Page {
+    /// Ends a page of `count` rows whose last key was `last`: records where the next page
+    /// starts, then sends the page as one chunk. Whether to go on.
+    async fn end(
+        &mut self,
+        ctx: &RunContext,
+        out: &mut Chunks,
+        count: u64,
+        last: Option<serde_json::Value>,
+    ) -> bool {
+        self.at = PageEnd {
+            bytes: self.at.bytes + out.buffer.len() as u64,
+            next: KeyPosition {
+                key: last.or_else(|| self.at.next.key.take()),
+                done: count < self.rows,
+            },
+        };
+        self.log.record(ctx, self.at.clone()).await;
+        out.flush().await && !self.at.next.done
+    }
+}
+
+/// A key as query text (for a cast on PostgreSQL, a text comparison on SQLite).
+fn key_text(key: &serde_json::Value) -> String {
+    match key {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn no_key_column(key: &str, names: &[&str]) -> DeliveryError {
+    DeliveryError::new(
+        ErrorKind::Rejected,
+        format!(
+            "resume_key {key} is not a column of the query (it returns {})",
+            names.join(", ")
+        ),
+    )
 }
 
 /// `query` with the run's values for `params` bound, in order.
@@ -512,6 +702,52 @@ impl DataSource for SqlSource {
     }
 
     async fn open(&self, ctx: &RunContext) -> Result<SourceStream, DeliveryError> {
+        let paging = self.paging(PageLog::default(), None);
+        Ok(self.stream(ctx, paging))
+    }
+
+    async fn open_at(
+        &self,
+        ctx: &RunContext,
+        offset: u64,
+    ) -> Result<Option<SourceStream>, DeliveryError> {
+        if self.settings.resume_key.is_none() {
+            return Ok(None);
+        }
+        let log = PageLog::<KeyPosition>::load(ctx).await;
+        let Some(at) = log.at(offset).cloned() else {
+            return Ok(None);
+        };
+        tracing::info!(key = ?at.next.key, "Continuing the query after the last key delivered.");
+        Ok(Some(self.stream(ctx, self.paging(log, Some(at)))))
+    }
+}
+
+impl SqlSource {
+    /// The paging of a `resume_key` query, from `at` (the start when `None`).
+    fn paging(
+        &self,
+        log: PageLog<KeyPosition>,
+        at: Option<PageEnd<KeyPosition>>,
+    ) -> Option<Paging> {
+        let key = self.settings.resume_key.clone()?;
+        Some(Paging {
+            key,
+            rows: self.settings.page_rows.unwrap_or(10_000),
+            start: at.unwrap_or(PageEnd {
+                bytes: 0,
+                next: KeyPosition {
+                    key: None,
+                    done: false,
+                },
+            }),
+            log,
+        })
+    }
+
+    /// Runs the query in a task of its own, its encoded rows coming through a channel of
+    /// two chunks.
+    fn stream(&self, ctx: &RunContext, paging: Option<Paging>) -> SourceStream {
         let (tx, rx) = mpsc::channel(2);
         let source = self.clone();
         let ctx = ctx.clone();
@@ -520,7 +756,7 @@ impl DataSource for SqlSource {
                 buffer: Vec::with_capacity(CHUNK_SIZE + CHUNK_SIZE / 4),
                 tx,
             };
-            match source.produce(&ctx, &mut out).await {
+            match source.produce(&ctx, &mut out, paging).await {
                 Ok(()) => {
                     out.flush().await;
                 }
@@ -532,10 +768,10 @@ impl DataSource for SqlSource {
         let stream = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
             rx.recv().await.map(|item| (item, (rx, guard)))
         });
-        Ok(SourceStream {
+        SourceStream {
             stream: Box::pin(stream),
             len: None,
-        })
+        }
     }
 }
 

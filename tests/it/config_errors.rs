@@ -536,7 +536,7 @@ fn sql_source_settings_are_checked_at_their_keys() {
     let text = r#"[[jobs]]
 name = "a"
 schedule = "@hourly"
-source = { type = "sql", url = "mysql://db/shop", query = " ", format = "xml", connect_timeout = "0s" }
+source = { type = "sql", url = "mysql://db/shop", query = " ", format = "xml", connect_timeout = "0s", page_rows = 5 }
 writers = [{ type = "local", path = "out" }]
 "#;
     let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
@@ -545,6 +545,7 @@ writers = [{ type = "local", path = "out" }]
         "jobs.toml:4:59: jobs[0].source.query: must not be empty",
         "jobs.toml:4:64: jobs[0].source.format: unknown variant `xml`, expected `csv` or `jsonl`",
         "jobs.toml:4:98: jobs[0].source.connect_timeout: must be longer than zero",
+        "jobs.toml:4:116: jobs[0].source.page_rows: only applies with resume_key",
     ];
     assert_eq!(found.len(), expected.len(), "{found:#?}");
     for want in expected {

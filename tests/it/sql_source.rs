@@ -227,3 +227,103 @@ async fn postgres_failures_are_told_apart() {
     assert_eq!(kind, ErrorKind::Network, "{text}");
     assert!(!ws.path().join("out/result").exists());
 }
+
+/// `resume_key` on SQLite: rows read in pages ordered by the key give the same file as one
+/// query (the CSV header once), and JSON Lines too.
+#[tokio::test]
+async fn sqlite_pages_by_a_key_give_the_same_rows() {
+    let ws = Workspace::new();
+    sqlite_orders(&ws).await;
+    let whole = r#"{ type = "sql", url = "sqlite://shop.db", query = "SELECT id, note, amount FROM orders ORDER BY id" }"#;
+    let report = run_job(&ws, &job(whole), "export").await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let expected = delivered(&ws);
+    let paged = r#"{ type = "sql", url = "sqlite://shop.db", query = "SELECT id, note, amount FROM orders", resume_key = "id", page_rows = 2 }"#;
+    let report = run_job(&ws, &job(paged), "export").await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(delivered(&ws), expected);
+
+    let wrong = paged.replace("resume_key = \"id\"", "resume_key = \"nope\"");
+    let report = run_job(&ws, &job(&wrong), "export").await;
+    let (kind, text) = failure(&report);
+    assert_eq!(kind, ErrorKind::Rejected, "{text}");
+    assert!(
+        text.contains("resume_key nope is not a column of the query (it returns id, note, amount)"),
+        "{text}"
+    );
+}
+
+/// `resume_key` on PostgreSQL: a run whose connection is cut half-way (through a relay)
+/// continues after the last key the writer holds. Every row is in the file once, in order,
+/// the header once; the second attempt starts part-way.
+#[tokio::test]
+async fn postgres_cut_half_way_resumes_after_the_last_key() {
+    let Some(url) = postgres() else {
+        return;
+    };
+    let table = "ferry_sql_source_resume";
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    for statement in [
+        format!("DROP TABLE IF EXISTS {table}"),
+        format!("CREATE TABLE {table} (id int PRIMARY KEY, label text)"),
+        format!(
+            "INSERT INTO {table} SELECT n, repeat('x', 200) || n FROM generate_series(1, 40000) n"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+            .execute(&mut conn)
+            .await
+            .expect("set up");
+    }
+    let (relay, relayed) = crate::support::Relay::postgres(&url).await;
+    let ws = Workspace::new();
+    let ledger = ws.ledger().await;
+    let text = job(&format!(
+        r#"{{ type = "sql", url = "{relayed}", query = "SELECT id, label FROM {table}", resume_key = "id", page_rows = 1000 }}"#
+    ))
+    .replace(
+        "retry = { max_attempts = 2, initial_interval = \"10ms\" }",
+        "retry = { max_attempts = 6, initial_interval = \"200ms\" }\nrate_limit = \"2MiB\"",
+    );
+    let out = ws.path().join("out");
+    let cutter = tokio::spawn(async move {
+        crate::support::wait_until_held(&out, 3 << 20).await;
+        relay.down();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        relay.up();
+        relay
+    });
+    let report = ws.run_first(&text, Some(&ledger)).await;
+    let _relay = cutter.await.expect("cut");
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert!(report.attempts >= 2, "{report:#?}");
+    assert!(
+        report.resumed_from >= 3 << 20,
+        "resumed part-way: {report:#?}"
+    );
+    eprintln!(
+        "resumed from byte {} of {}; attempts {}",
+        report.resumed_from, report.deliveries[0].bytes, report.attempts
+    );
+    let file = delivered(&ws);
+    let mut lines = file.lines();
+    assert_eq!(lines.next(), Some("id,label"));
+    let ids: Vec<u32> = lines
+        .map(|line| {
+            line.split(',')
+                .next()
+                .expect("id")
+                .parse()
+                .expect("a number")
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=40000).collect::<Vec<_>>(),
+        "every row once, in order"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&mut conn)
+        .await
+        .expect("drop");
+}
