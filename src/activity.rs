@@ -34,6 +34,9 @@ pub struct Progress {
     pub delivered: BTreeMap<usize, Delivery>,
     /// The furthest an attempt resumed into the payload from checkpoints, in bytes.
     pub resumed_from: u64,
+    /// Receipts of the files a `files` source's earlier attempts delivered whole (a retry
+    /// lists only the files still to deliver).
+    pub files_delivered: Vec<Delivery>,
 }
 
 /// A unit of work that can be attempted more than once for one run.
@@ -150,17 +153,28 @@ impl Activity for DeliveryActivity {
         ctx: &RunContext,
         progress: &mut Progress,
     ) -> Result<Vec<Delivery>, DeliveryError> {
-        let pending: Vec<usize> = (0..self.writers.len())
-            .filter(|i| !progress.delivered.contains_key(i))
-            .collect();
-        if !pending.is_empty() {
-            self.deliver(ctx, &pending, progress).await?;
-        }
-        self.source
-            .delivered(ctx)
+        let source = self.source.describe();
+        let deliveries = match self
+            .source
+            .files(ctx)
             .await
-            .map_err(|err| err.context(format_args!("source {}", self.source.describe())))?;
-        let deliveries: Vec<Delivery> = progress.delivered.values().cloned().collect();
+            .map_err(|err| err.context(format_args!("source {source}")))?
+        {
+            None => {
+                let pending: Vec<usize> = (0..self.writers.len())
+                    .filter(|i| !progress.delivered.contains_key(i))
+                    .collect();
+                if !pending.is_empty() {
+                    self.deliver(ctx, &pending, progress).await?;
+                }
+                self.source
+                    .delivered(ctx)
+                    .await
+                    .map_err(|err| err.context(format_args!("source {source}")))?;
+                progress.delivered.values().cloned().collect()
+            }
+            Some(files) => self.deliver_files(ctx, files, progress).await?,
+        };
         if let Some(gate) = &self.gate {
             if let Some(marker) = gate.marker() {
                 // Only now, every writer having delivered: the marker says "complete".
@@ -204,6 +218,41 @@ impl Activity for DeliveryActivity {
 }
 
 impl DeliveryActivity {
+    /// Delivers each of `files` through every writer, one file after another, each with its
+    /// receipts; a file is done (the source told, so a retry does not list it again) once
+    /// every writer has it.
+    async fn deliver_files(
+        &self,
+        ctx: &RunContext,
+        files: Vec<crate::context::SourceFile>,
+        progress: &mut Progress,
+    ) -> Result<Vec<Delivery>, DeliveryError> {
+        if files.is_empty() {
+            tracing::info!(source = %self.source.describe(), "No new files: nothing to deliver.");
+        }
+        let all: Vec<usize> = (0..self.writers.len()).collect();
+        for file in files {
+            let shown = file.path.display().to_string();
+            let one = RunContext {
+                file: Some(file),
+                ..ctx.clone()
+            };
+            let mut done = Progress::default();
+            self.deliver(&one, &all, &mut done)
+                .await
+                .map_err(|err| err.context(format_args!("file {shown}")))?;
+            self.source
+                .delivered(&one)
+                .await
+                .map_err(|err| err.context(format_args!("file {shown}")))?;
+            progress.resumed_from = progress.resumed_from.max(done.resumed_from);
+            progress
+                .files_delivered
+                .extend(done.delivered.into_values());
+        }
+        Ok(progress.files_delivered.clone())
+    }
+
     async fn deliver(
         &self,
         ctx: &RunContext,

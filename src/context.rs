@@ -27,6 +27,24 @@ pub struct RunContext {
     /// The run's hold on its row in the store: the epoch its writes name, and whether
     /// another daemon has taken it over.
     pub tenure: state::Tenure,
+    /// The file being delivered, when the source delivers files one by one (`files`):
+    /// `{file_name}` and `{file_stem}` in templates.
+    pub file: Option<SourceFile>,
+}
+
+/// A file a `files` source delivers in a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Where it is.
+    pub path: std::path::PathBuf,
+    /// Its name, `data.csv`.
+    pub name: String,
+    /// Its name without the last extension, `data`.
+    pub stem: String,
+    /// Its size when listed.
+    pub len: u64,
+    /// Its modification time when listed, in nanoseconds since the epoch.
+    pub modified_ns: i64,
 }
 
 impl RunContext {
@@ -40,6 +58,7 @@ impl RunContext {
             attempt: 1,
             ledger: None,
             tenure: state::Tenure::default(),
+            file: None,
         }
     }
 

@@ -349,6 +349,7 @@ impl Job {
             attempt: record.attempts + 1,
             ledger: Some(ledger.clone()),
             tenure: crate::state::Tenure::new(record.epoch),
+            file: None,
         };
         Ok(Some(self.runner.run(ctx).await))
     }

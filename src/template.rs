@@ -1,4 +1,5 @@
-//! Path and key templates: `{job}`, `{run_id}`, `{uuid}`, `{scheduled:FORMAT}`.
+//! Path and key templates: `{job}`, `{run_id}`, `{uuid}`, `{scheduled:FORMAT}`, and for a
+//! `files` source's deliveries `{file_name}` and `{file_stem}`.
 //!
 //! Templates are parsed (and their strftime formats checked) when the job file is validated,
 //! and rendered once per run, so every attempt of a run writes to the same place. They are
@@ -21,6 +22,8 @@ enum Part {
     RunId,
     Uuid,
     Scheduled(String),
+    FileName,
+    FileStem,
 }
 
 /// A parsed template.
@@ -41,7 +44,7 @@ pub enum TemplateError {
     Unmatched(usize),
     /// A placeholder name that does not exist.
     #[error(
-        "unknown placeholder {{{0}}}; known: {{job}}, {{run_id}}, {{uuid}}, {{scheduled:FORMAT}}"
+        "unknown placeholder {{{0}}}; known: {{job}}, {{run_id}}, {{uuid}}, {{scheduled:FORMAT}}, {{file_name}}, {{file_stem}}"
     )]
     Unknown(String),
     /// A strftime format chrono cannot render.
@@ -129,6 +132,8 @@ impl Template {
                 Part::RunId => out.write_str(&ctx.run_id),
                 Part::Uuid => write!(out, "{}", ctx.uuid),
                 Part::Scheduled(format) => write!(out, "{}", ctx.slot.format(format)),
+                Part::FileName => out.write_str(ctx.file.as_ref().map_or("", |f| &f.name)),
+                Part::FileStem => out.write_str(ctx.file.as_ref().map_or("", |f| &f.stem)),
             };
         }
         out
@@ -186,6 +191,8 @@ fn parse_placeholder(name: &str) -> Result<Part, TemplateError> {
         "job" => Ok(Part::Job),
         "run_id" => Ok(Part::RunId),
         "uuid" => Ok(Part::Uuid),
+        "file_name" => Ok(Part::FileName),
+        "file_stem" => Ok(Part::FileStem),
         _ => match name.strip_prefix("scheduled:") {
             Some(format) => {
                 let broken = format.is_empty()

@@ -1,6 +1,6 @@
 //! `type = "file"`: a local file, streamed in chunks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -83,45 +83,49 @@ impl FileSource {
         ctx: &RunContext,
         offset: u64,
     ) -> Result<SourceStream, DeliveryError> {
-        let path = self.base_dir.join(self.path.render(ctx));
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|err| DeliveryError::io(format_args!("open {}", path.display()), err))?;
-        let meta = file
-            .metadata()
-            .await
-            .map_err(|err| DeliveryError::io(format_args!("stat {}", path.display()), err))?;
-        if meta.is_dir() {
+        open_path(&self.base_dir.join(self.path.render(ctx)), offset).await
+    }
+}
+
+/// Streams the file at `path` from byte `offset` on.
+pub(crate) async fn open_path(path: &Path, offset: u64) -> Result<SourceStream, DeliveryError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|err| DeliveryError::io(format_args!("open {}", path.display()), err))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|err| DeliveryError::io(format_args!("stat {}", path.display()), err))?;
+    if meta.is_dir() {
+        return Err(DeliveryError::new(
+            ErrorKind::Config,
+            format!("{} is a directory, not a file", path.display()),
+        ));
+    }
+    let mut file = file;
+    if offset > 0 {
+        if meta.len() < offset {
             return Err(DeliveryError::new(
-                ErrorKind::Config,
-                format!("{} is a directory, not a file", path.display()),
+                ErrorKind::Integrity,
+                format!(
+                    "{} is shorter ({} bytes) than the {offset} bytes already delivered",
+                    path.display(),
+                    meta.len()
+                ),
             ));
         }
-        let mut file = file;
-        if offset > 0 {
-            if meta.len() < offset {
-                return Err(DeliveryError::new(
-                    ErrorKind::Integrity,
-                    format!(
-                        "{} is shorter ({} bytes) than the {offset} bytes already delivered",
-                        path.display(),
-                        meta.len()
-                    ),
-                ));
-            }
-            file.seek(std::io::SeekFrom::Start(offset))
-                .await
-                .map_err(|err| {
-                    DeliveryError::io(format_args!("seek in {}", path.display()), err)
-                })?;
-        }
-        let shown = path.display().to_string();
-        let file = file.into_std().await;
-        Ok(SourceStream {
-            stream: read_on_a_thread(file, shown),
-            len: meta.is_file().then_some(meta.len() - offset),
-        })
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|err| {
+                DeliveryError::io(format_args!("seek in {}", path.display()), err)
+            })?;
     }
+    let shown = path.display().to_string();
+    let file = file.into_std().await;
+    Ok(SourceStream {
+        stream: read_on_a_thread(file, shown),
+        len: meta.is_file().then_some(meta.len() - offset),
+    })
 }
 
 /// Chunks read ahead of the consumer: one being read, two waiting.

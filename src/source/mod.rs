@@ -5,7 +5,7 @@
 //! arrives as an error item in the stream (carrying a [`DeliveryError`] inside the
 //! `io::Error`), so writers never mistake a broken source for a finished one.
 //!
-//! Kinds: `inline`, `file`, `url`, `command`, `sql`, `api`, one file each.
+//! Kinds: `inline`, `file`, `url`, `command`, `sql`, `api`, `files`, one file each.
 
 use std::fmt;
 use std::io;
@@ -104,6 +104,17 @@ pub trait DataSource: fmt::Debug + Send + Sync {
         Ok(None)
     }
 
+    /// The files this run delivers one by one, each through every writer with its own
+    /// receipt (`ctx.file` names the one being delivered when [`DataSource::open`] and
+    /// [`DataSource::delivered`] are called); `None` (the default) for a source that gives
+    /// one payload a run.
+    async fn files(
+        &self,
+        _ctx: &RunContext,
+    ) -> Result<Option<Vec<crate::context::SourceFile>>, DeliveryError> {
+        Ok(None)
+    }
+
     /// Every writer of `ctx`'s run has delivered: the source keeps what the next run starts
     /// from (an `api` source's `since` value). An error fails the attempt; the retry calls
     /// this again without writing anything.
@@ -136,5 +147,7 @@ kinds! {
         mod sql: "sql" => Sql(SqlConfig),
         /// `type = "api"`: the records of a paginated JSON API.
         mod api: "api" => Api(ApiConfig),
+        /// `type = "files"`: new files in a directory, each delivered on its own.
+        mod files: "files" => Files(FilesConfig),
     }
 }

@@ -589,3 +589,26 @@ writers = [{ type = "local", path = "out" }]
         "{found:#?}"
     );
 }
+
+#[test]
+fn files_source_settings_are_checked_at_their_keys() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "files", glob = "drop/[*.csv", after = "archive" }
+writers = [{ type = "local", path = "out/{file_nam}" }]
+"#;
+    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+    let expected = [
+        "jobs.toml:4:35: jobs[0].source.glob: is not a pattern",
+        "jobs.toml:4:58: jobs[0].source.after: must be \"keep\", \"delete\" or \"move:DIR\"",
+        "jobs[0].writers[0].path: unknown placeholder {file_nam}",
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for want in expected {
+        assert!(
+            found.iter().any(|line| line.contains(want)),
+            "{want}\n{found:#?}"
+        );
+    }
+}

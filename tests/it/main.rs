@@ -8,6 +8,7 @@ mod config_errors;
 mod daemon;
 mod dst;
 mod fanout;
+mod files_source;
 mod ftp;
 mod http_writer;
 mod local_writer;

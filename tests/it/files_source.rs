@@ -1,0 +1,194 @@
+//! The `files` source: new files in a temporary drop directory, each delivered on its own.
+
+use std::time::{Duration, SystemTime};
+
+use ferry::runner::{RunReport, RunStatus};
+use ferry::state::Ledger;
+
+use crate::support::Workspace;
+
+fn job(extra: &str) -> String {
+    format!(
+        r#"[[jobs]]
+name = "drop"
+schedule = "@hourly"
+source = {{ type = "files", glob = "drop/*.csv"{extra} }}
+writers = [{{ type = "local", path = "out/{{file_stem}}-{{scheduled:%H}}.csv" }}]
+"#
+    )
+}
+
+/// Runs `text`'s job for the slot `hour` o'clock, recorded in `ledger`.
+async fn run_at(ws: &Workspace, ledger: &Ledger, text: &str, hour: u32) -> RunReport {
+    let job = ws.job(text, "drop");
+    let slot =
+        crate::support::utc(&format!("2026-11-23T{hour:02}:00:00Z")).with_timezone(&chrono_tz::UTC);
+    job.run_claimed(ledger, slot)
+        .await
+        .expect("store")
+        .expect("claimed")
+}
+
+fn drop_file(ws: &Workspace, name: &str, text: &str) {
+    std::fs::create_dir_all(ws.path().join("drop")).expect("drop dir");
+    std::fs::write(ws.path().join("drop").join(name), text).expect("write");
+}
+
+/// Makes a dropped file look `age` old.
+fn age(ws: &Workspace, name: &str, age: Duration) {
+    let file = std::fs::File::options()
+        .write(true)
+        .open(ws.path().join("drop").join(name))
+        .expect("open");
+    file.set_modified(SystemTime::now() - age)
+        .expect("set mtime");
+}
+
+fn delivered(report: &RunReport) -> Vec<String> {
+    let mut names: Vec<String> = report
+        .deliveries
+        .iter()
+        .map(|d| d.location.rsplit('/').next().unwrap_or_default().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Three runs with files added between them deliver each file once, each with its own
+/// receipt under its own name; a file whose content changed goes again.
+#[tokio::test]
+async fn each_new_or_changed_file_is_delivered_once() {
+    let ws = Workspace::new();
+    let ledger = ws.ledger().await;
+    let text = job("");
+    drop_file(&ws, "a.csv", "a\n");
+    drop_file(&ws, "b.csv", "bb\n");
+    drop_file(&ws, "notes.txt", "not matched\n");
+
+    let first = run_at(&ws, &ledger, &text, 10).await;
+    assert_eq!(first.status, RunStatus::Succeeded, "{first:#?}");
+    assert_eq!(delivered(&first), ["a-10.csv", "b-10.csv"]);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out/b-10.csv")).expect("read"),
+        "bb\n"
+    );
+    let sha = |text: &str| crate::support::sha256_hex(text.as_bytes());
+    assert!(
+        first
+            .deliveries
+            .iter()
+            .any(|d| d.sha256 == sha("a\n") && d.bytes == 2)
+    );
+
+    drop_file(&ws, "c.csv", "ccc\n");
+    let second = run_at(&ws, &ledger, &text, 11).await;
+    assert_eq!(second.status, RunStatus::Succeeded, "{second:#?}");
+    assert_eq!(delivered(&second), ["c-11.csv"]);
+
+    drop_file(&ws, "a.csv", "a, changed\n");
+    let third = run_at(&ws, &ledger, &text, 12).await;
+    assert_eq!(delivered(&third), ["a-12.csv"]);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out/a-12.csv")).expect("read"),
+        "a, changed\n"
+    );
+
+    let fourth = run_at(&ws, &ledger, &text, 13).await;
+    assert_eq!(fourth.status, RunStatus::Succeeded, "{fourth:#?}");
+    assert!(fourth.deliveries.is_empty(), "nothing new: {fourth:#?}");
+}
+
+/// A file younger than `min_age` waits for a later run; a pattern that matches nothing is a
+/// successful run with nothing delivered.
+#[tokio::test]
+async fn young_files_wait_and_nothing_to_deliver_succeeds() {
+    let ws = Workspace::new();
+    let ledger = ws.ledger().await;
+    let text = job(r#", min_age = "1m""#);
+    let empty = run_at(&ws, &ledger, &text, 9).await;
+    assert_eq!(empty.status, RunStatus::Succeeded, "{empty:#?}");
+    assert!(empty.deliveries.is_empty());
+
+    drop_file(&ws, "old.csv", "old\n");
+    age(&ws, "old.csv", Duration::from_secs(600));
+    drop_file(&ws, "young.csv", "still being written\n");
+    let first = run_at(&ws, &ledger, &text, 10).await;
+    assert_eq!(delivered(&first), ["old-10.csv"]);
+
+    age(&ws, "young.csv", Duration::from_secs(120));
+    let second = run_at(&ws, &ledger, &text, 11).await;
+    assert_eq!(delivered(&second), ["young-11.csv"]);
+}
+
+/// `after = "delete"` removes a file once every writer has it; `after = "move:DIR"` moves it.
+#[tokio::test]
+async fn delivered_files_are_deleted_or_moved() {
+    let ws = Workspace::new();
+    let ledger = ws.ledger().await;
+    drop_file(&ws, "x.csv", "x\n");
+    let report = run_at(&ws, &ledger, &job(r#", after = "delete""#), 10).await;
+    assert_eq!(delivered(&report), ["x-10.csv"]);
+    assert!(!ws.path().join("drop/x.csv").exists());
+
+    drop_file(&ws, "y.csv", "y\n");
+    let report = run_at(&ws, &ledger, &job(r#", after = "move:done""#), 11).await;
+    assert_eq!(delivered(&report), ["y-11.csv"]);
+    assert!(!ws.path().join("drop/y.csv").exists());
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("done/y.csv")).expect("moved"),
+        "y\n"
+    );
+}
+
+/// A file whose delivery fails (the server answers 503 once) fails the attempt; the retry
+/// does not deliver the files before it again, and the run's receipts cover every file.
+#[tokio::test]
+async fn a_retry_does_not_deliver_a_file_twice() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let puts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let seen = Arc::clone(&puts);
+    // The body is read before the answer: a server that answers first makes the writer
+    // report an upload it did not take whole.
+    let server =
+        axum::Router::new().fallback(move |uri: axum::http::Uri, _body: axum::body::Bytes| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let mut puts = seen.lock().expect("lock");
+                let count = puts.entry(uri.path().to_owned()).or_default();
+                *count += 1;
+                match (uri.path(), *count) {
+                    ("/in/2.csv", 1) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    _ => axum::http::StatusCode::CREATED,
+                }
+            }
+        });
+    let addr = crate::support::serve(server).await;
+    let ws = Workspace::new();
+    let ledger = ws.ledger().await;
+    for name in ["1.csv", "2.csv", "3.csv"] {
+        drop_file(&ws, name, name);
+    }
+    let text = job("")
+        .replace(
+            r#"{ type = "local", path = "out/{file_stem}-{scheduled:%H}.csv" }"#,
+            &format!(r#"{{ type = "http", url = "http://{addr}/in/{{file_name}}" }}"#),
+        )
+        .replace(
+            "writers = [",
+            "retry = { max_attempts = 3, initial_interval = \"10ms\" }\nwriters = [",
+        );
+    let report = run_at(&ws, &ledger, &text, 10).await;
+    assert_eq!(
+        report.status,
+        RunStatus::Succeeded,
+        "{report:#?} {:?}",
+        puts.lock().expect("lock")
+    );
+    assert_eq!(report.attempts, 2, "{report:#?}");
+    assert_eq!(delivered(&report), ["1.csv", "2.csv", "3.csv"]);
+    let puts = puts.lock().expect("lock").clone();
+    assert_eq!(puts.get("/in/1.csv"), Some(&1), "{puts:?}");
+    assert_eq!(puts.get("/in/2.csv"), Some(&2), "{puts:?}");
+    assert_eq!(puts.get("/in/3.csv"), Some(&1), "{puts:?}");
+}
