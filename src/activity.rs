@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::context::RunContext;
+use crate::encryption::Encryption;
 use crate::error::{DeliveryError, ErrorKind};
 use crate::gate::Gate;
 use crate::source::{ByteStream, DataSource};
@@ -90,6 +91,7 @@ impl<A: Activity + ?Sized> Activity for Arc<A> {
 pub struct DeliveryActivity {
     source: Arc<dyn DataSource>,
     transform: Option<Transform>,
+    encryption: Option<Arc<Encryption>>,
     rate_limit: Option<u64>,
     writers: Vec<Arc<dyn Writer>>,
     /// For each writer, where its checksum file goes (`checksum_file = true`).
@@ -103,6 +105,7 @@ impl DeliveryActivity {
         DeliveryActivity {
             source,
             transform: None,
+            encryption: None,
             rate_limit: None,
             writers,
             checksum_files: Vec::new(),
@@ -126,6 +129,12 @@ impl DeliveryActivity {
     /// Limits how fast the source is read, in bytes per second.
     pub fn with_rate_limit(mut self, bytes_per_second: Option<u64>) -> DeliveryActivity {
         self.rate_limit = bytes_per_second.filter(|rate| *rate > 0);
+        self
+    }
+
+    /// Encrypts the data on its way to the writers (after the transform).
+    pub fn with_encryption(mut self, encryption: Option<Arc<Encryption>>) -> DeliveryActivity {
+        self.encryption = encryption;
         self
     }
 
@@ -285,6 +294,10 @@ impl DeliveryActivity {
             Some(transform) => (transform.apply(opened.stream), None),
             None => (opened.stream, opened.len),
         };
+        let (stream, len) = match &self.encryption {
+            Some(encryption) => (encryption.apply(stream), None),
+            None => (stream, len),
+        };
         let stream = match self.rate_limit {
             Some(rate) => throttle(stream, rate),
             None => stream,
@@ -396,7 +409,7 @@ impl DeliveryActivity {
     /// Where this attempt can start: the fewest bytes a pending writer still holds from an
     /// earlier attempt (per its checkpoint), if every writer holding more can go back to it
     /// (a local file can; an upload keeping its hash state at its last part cannot), else 0;
-    /// with the checkpoints read. Compressed payloads always start over (a compressor cannot
+    /// with the checkpoints read. Compressed or encrypted payloads always start over (neither can
     /// start mid-stream).
     async fn resume_point(
         &self,
@@ -436,7 +449,8 @@ impl DeliveryActivity {
             0
         };
         // Writers still get their checkpoints, to clean up what starting over leaves.
-        let point = if self.transform.is_some() { 0 } else { point };
+        let reshaped = self.transform.is_some() || self.encryption.is_some();
+        let point = if reshaped { 0 } else { point };
         Ok((point, saved))
     }
 }

@@ -116,9 +116,14 @@ impl Job {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(in_job)?;
+        let encryption = match &job.pgp {
+            Some(pgp) => Some(Arc::new(pgp.build(&env.base_dir).map_err(in_job)?)),
+            None => None,
+        };
         let activity = DeliveryActivity::new(source, writers)
             .with_checksum_files(checksum_files)
             .with_transform(job.transform)
+            .with_encryption(encryption)
             .with_rate_limit(job.rate_limit.map(|rate| rate.0))
             .with_gate(gate);
 

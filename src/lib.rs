@@ -63,6 +63,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod daemon;
+pub mod encryption;
 pub mod error;
 pub mod gate;
 pub mod http;

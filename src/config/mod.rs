@@ -237,6 +237,9 @@ pub struct JobConfig {
     /// How the data is transformed on its way: `"gzip"` or `"zstd"` (none by default).
     #[serde(default)]
     pub transform: Option<Transform>,
+    /// OpenPGP encryption of the data on its way (after `transform`): `{ recipients = […] }`.
+    #[serde(default)]
+    pub pgp: Option<crate::encryption::PgpConfig>,
     /// Where the data goes: one or more tables with `type` = `local`. The source is read
     /// once and written to each.
     pub writers: Vec<WriterConfig>,

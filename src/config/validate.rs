@@ -138,6 +138,9 @@ pub(super) fn validate(config: &Config, job_indexes: &[usize]) -> Problems {
         job.source
             .settings()
             .validate(&at.key("source"), &mut problems);
+        if let Some(pgp) = &job.pgp {
+            pgp.validate(&at.key("pgp"), &mut problems);
+        }
         if job.writers.is_empty() {
             problems.add(at.key("writers"), "needs at least one writer");
         }

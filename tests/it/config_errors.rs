@@ -612,3 +612,34 @@ writers = [{ type = "local", path = "out/{file_nam}" }]
         );
     }
 }
+
+#[test]
+fn pgp_settings_are_checked_at_their_keys() {
+    let text = r#"[[jobs]]
+name = "a"
+schedule = "@hourly"
+source = { type = "inline", data = "x" }
+pgp = { recipients = [], passphrase_env = "PASS", armour = true }
+writers = [{ type = "local", path = "out" }]
+"#;
+    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+    assert!(
+        found
+            .iter()
+            .any(|line| line.contains("jobs[0].pgp") && line.contains("armour")),
+        "{found:#?}"
+    );
+    let text = text.replace(", armour = true", "");
+    let found: Vec<String> = errors(&text).iter().map(ToString::to_string).collect();
+    let expected = [
+        "jobs.toml:5:22: jobs[0].pgp.recipients: needs at least one public key file",
+        "jobs.toml:5:43: jobs[0].pgp.passphrase_env: is the passphrase of sign_key_file",
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for want in expected {
+        assert!(
+            found.iter().any(|line| line.starts_with(want)),
+            "{want}\n{found:#?}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ mod http_writer;
 mod local_writer;
 mod monitoring;
 mod notify;
+mod pgp;
 mod process;
 mod readiness;
 mod registry;
