@@ -11,7 +11,10 @@
 //! bound parameter (each value formatted by the server), and with `resume_key` (pages of
 //! 10,000 rows by key). The files must match byte for byte. The table is dropped at the end.
 
-#[expect(dead_code, reason = "the random input file is for the transfer benches")]
+#[expect(
+    dead_code,
+    reason = "the random input file is for the transfer benches"
+)]
 mod common;
 
 use std::process::Command;
