@@ -239,6 +239,51 @@ writers = [{ type = "local", path = "out/x" }]
 #[test]
 fn a_daemon_killed_mid_transfer_resumes_after_restart() {
     let ws = Workspace::new();
+    let partial = |ws: &Workspace| {
+        ws.files()
+            .into_iter()
+            .find(|f| f.starts_with("out/big.bin.partial-"))
+            .map(|f| ws.path().join(f))
+    };
+    let held = || {
+        partial(&ws)
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len())
+    };
+    let config = killed_and_restarted(
+        &ws,
+        r#"{ type = "local", path = "out/big.bin" }"#,
+        held,
+        &ws.path().join("out/big.bin"),
+    );
+    assert_eq!(partial(&ws), None, "no partial file left");
+    let history = ferry(&[
+        "history",
+        "big",
+        "--json",
+        "--config",
+        &config.display().to_string(),
+    ]);
+    assert_eq!(history.status.code(), Some(0), "{}", show(&history));
+    let runs: serde_json::Value = serde_json::from_slice(&history.stdout).expect("JSON");
+    let runs = runs.as_array().expect("an array");
+    assert_eq!(runs.len(), 1, "one run row: {runs:#?}");
+    assert_eq!(runs[0]["state"], "succeeded");
+    assert_eq!(runs[0]["attempts"], 2, "the resume is the second attempt");
+    assert_eq!(runs[0]["bytes"], 40 << 20);
+}
+
+/// Runs `ferry run` on a job that copies 40 MiB of `input.bin` at 8 MiB/s to `writer` (a
+/// writer table), once, two seconds from now; kills it with SIGKILL once `held()` (what the
+/// destination holds of the temporary file) passes 20 MiB, after a checkpoint; starts it
+/// again and waits for `target` to appear. Checks that the second daemon resumed part-way
+/// and that `target` is byte-identical. Returns the job file.
+pub(crate) fn killed_and_restarted(
+    ws: &Workspace,
+    writer: &str,
+    held: impl Fn() -> u64,
+    target: &std::path::Path,
+) -> std::path::PathBuf {
     let input = ws.path().join("input.bin");
     random_file(&input, 40 << 20);
     // Fire once, two seconds from now.
@@ -250,7 +295,7 @@ name = "big"
 schedule = "{} {} {} {} {} *"
 source = {{ type = "file", path = "input.bin" }}
 rate_limit = "8MiB"
-writers = [{{ type = "local", path = "out/big.bin" }}]
+writers = [{writer}]
 "#,
         at.second(),
         at.minute(),
@@ -273,23 +318,11 @@ writers = [{{ type = "local", path = "out/big.bin" }}]
             .spawn()
             .expect("start ferry run")
     };
-    let partial = || {
-        ws.files()
-            .into_iter()
-            .find(|f| f.starts_with("out/big.bin.partial-"))
-            .map(|f| ws.path().join(f))
-    };
 
     let mut first = start();
     // Kill it once a checkpoint was taken (every 2 s, at 8 MiB/s: 16 MiB) and more is written.
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let written = partial()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len());
-        if written >= 20 << 20 {
-            break;
-        }
+    while held() < 20 << 20 {
         assert!(
             Instant::now() < deadline,
             "the transfer did not get going: {:?}",
@@ -299,13 +332,9 @@ writers = [{{ type = "local", path = "out/big.bin" }}]
     }
     kill(Pid::from_raw(first.id() as i32), Signal::SIGKILL).expect("SIGKILL");
     let _ = first.wait();
-    assert!(
-        !ws.path().join("out/big.bin").exists(),
-        "killed before the end"
-    );
+    assert!(!target.exists(), "killed before the end");
 
     let mut second = start();
-    let target = ws.path().join("out/big.bin");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !target.exists() {
         assert!(
@@ -325,8 +354,7 @@ writers = [{{ type = "local", path = "out/big.bin" }}]
         .read_to_string(&mut stderr)
         .expect("read");
     assert_eq!(status.code(), Some(0), "{stderr}");
-    assert_eq!(sha256_file(&target), sha256_file(&input), "byte-identical");
-    assert_eq!(partial(), None, "no partial file left");
+    assert_eq!(sha256_file(target), sha256_file(&input), "byte-identical");
     let resumed = stderr
         .lines()
         .find(|l| l.contains("Resuming from a checkpoint."))
@@ -338,21 +366,8 @@ writers = [{{ type = "local", path = "out/big.bin" }}]
         .and_then(|n| n.parse().ok())
         .expect("an offset");
     assert!(offset > 0, "resumed from byte {offset}");
-
-    let history = ferry(&[
-        "history",
-        "big",
-        "--json",
-        "--config",
-        &config.display().to_string(),
-    ]);
-    assert_eq!(history.status.code(), Some(0), "{}", show(&history));
-    let runs: serde_json::Value = serde_json::from_slice(&history.stdout).expect("JSON");
-    let runs = runs.as_array().expect("an array");
-    assert_eq!(runs.len(), 1, "one run row: {runs:#?}");
-    assert_eq!(runs[0]["state"], "succeeded");
-    assert_eq!(runs[0]["attempts"], 2, "the resume is the second attempt");
-    assert_eq!(runs[0]["bytes"], 40 << 20);
+    eprintln!("resumed from byte {offset} of {}", 40u64 << 20);
+    config
 }
 
 #[test]

@@ -444,3 +444,42 @@ async fn a_cut_upload_resumes_from_the_partial_file() {
         vec!["in/resumable.bin".to_owned()]
     );
 }
+
+/// `ferry run` killed with SIGKILL mid-upload and started again: the second daemon asks the
+/// server how much the temporary file holds and continues there; the delivered file is
+/// byte-identical and no temporary file is left on the server.
+#[tokio::test]
+async fn a_daemon_killed_mid_upload_resumes_from_the_partial_file() {
+    let Some((ws, server)) = start().await else {
+        return;
+    };
+    let root = server.root();
+    let writer = format!(
+        r#"{{ type = "sftp", host = "127.0.0.1", port = {}, username = "{}", private_key_file = "id_ed25519", known_hosts = "known_hosts", path = "in/big.bin" }}"#,
+        server.port,
+        sshd::USER
+    );
+    let watched = root.join("in");
+    let target = root.join("in/big.bin");
+    tokio::task::spawn_blocking(move || {
+        let held = || {
+            std::fs::read_dir(&watched)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|entry| entry.file_name().to_string_lossy().contains(".partial-"))
+                .filter_map(|entry| entry.metadata().ok())
+                .map(|meta| meta.len())
+                .sum()
+        };
+        crate::resume::killed_and_restarted(&ws, &writer, held, &target);
+    })
+    .await
+    .expect("the daemon test");
+    assert_eq!(
+        files_under(&root),
+        vec!["in/big.bin".to_owned()],
+        "{}",
+        server.log()
+    );
+}
