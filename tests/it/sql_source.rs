@@ -327,3 +327,28 @@ async fn postgres_cut_half_way_resumes_after_the_last_key() {
         .await
         .expect("drop");
 }
+
+/// The database URL's password never shows: not when the server is out of reach, not when
+/// the URL itself is wrong.
+#[tokio::test]
+async fn the_urls_password_never_shows() {
+    let ws = Workspace::new();
+    let port = crate::support::ftp::free_port();
+    for url in [
+        format!("postgres://shop:SECRET-PW-7@127.0.0.1:{port}/shop"),
+        "postgres://shop:SECRET-PW-7@127.0.0.1:notaport/shop".to_owned(),
+        format!("postgres://shop:SECRET-PW-7@127.0.0.1:{port}/shop?sslmode=sometimes"),
+    ] {
+        ws.secret("db-url", &url);
+        let text = job(r#"{ type = "sql", url_file = "secrets/db-url", query = "SELECT 1" }"#);
+        let shown = match ferry::job::Job::build_all(&ws.config(&text), &Default::default()) {
+            Err(err) => format!("{err:?} {err}"),
+            Ok(mut jobs) => {
+                let report = jobs.swap_remove(0).run(crate::support::slot()).await;
+                assert_eq!(report.status, RunStatus::Failed, "{url}");
+                format!("{report:?}")
+            }
+        };
+        assert!(!shown.contains("SECRET-PW-7"), "{shown}");
+    }
+}
