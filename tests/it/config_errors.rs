@@ -19,6 +19,19 @@ fn errors(text: &str) -> Vec<ConfigError> {
     }
 }
 
+/// Asserts that `text` yields exactly the errors `expected`, in any order: each the start of
+/// one reported line (`jobs.toml:LINE:COL: key.path: message…`).
+fn assert_reported(text: &str, expected: &[&str]) {
+    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for want in expected {
+        assert!(
+            found.iter().any(|line| line.starts_with(want)),
+            "{want}\n{found:#?}"
+        );
+    }
+}
+
 /// Asserts that `text` yields exactly one error, at `line`:`column`, mentioning `needle`.
 fn assert_one(text: &str, line: usize, column: usize, needle: &str) {
     let found = errors(text);
@@ -511,24 +524,19 @@ schedule = "@hourly"
 source = { type = "inline", data = "x" }
 writers = [{ type = "sftp", host = "h", username = "u", password_env = "P", path = "a", known_hosts = "k", host_key = "SHA256:x" }]
 "#;
-    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
-    let expected = [
-        "jobs.toml:5:36: jobs[0].writers[0].host: must be a host name or address",
-        "jobs.toml:5:54: jobs[0].writers[0].username: must not be empty",
-        "jobs.toml:5:65: jobs[0].writers[0].path: must be a path to a file",
-        "jobs.toml:5:12: jobs[0].writers[0].private_key_file: is needed to log in",
-        "jobs.toml:5:90: jobs[0].writers[0].passphrase_env: is the passphrase of private_key_file",
-        "jobs.toml:5:113: jobs[0].writers[0].host_key: is not a SHA-256 fingerprint",
-        "jobs.toml:5:135: jobs[0].writers[0].mode: must be octal permission bits",
-        "jobs.toml:10:119: jobs[1].writers[0].host_key: and known_hosts are two ways",
-    ];
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
-    for want in expected {
-        assert!(
-            found.iter().any(|line| line.starts_with(want)),
-            "{want}\n{found:#?}"
-        );
-    }
+    assert_reported(
+        text,
+        &[
+            "jobs.toml:5:36: jobs[0].writers[0].host: must be a host name or address",
+            "jobs.toml:5:54: jobs[0].writers[0].username: must not be empty",
+            "jobs.toml:5:65: jobs[0].writers[0].path: must be a path to a file",
+            "jobs.toml:5:12: jobs[0].writers[0].private_key_file: is needed to log in",
+            "jobs.toml:5:90: jobs[0].writers[0].passphrase_env: is the passphrase of private_key_file",
+            "jobs.toml:5:113: jobs[0].writers[0].host_key: is not a SHA-256 fingerprint",
+            "jobs.toml:5:135: jobs[0].writers[0].mode: must be octal permission bits",
+            "jobs.toml:10:119: jobs[1].writers[0].host_key: and known_hosts are two ways",
+        ],
+    );
 }
 
 #[test]
@@ -539,21 +547,16 @@ schedule = "@hourly"
 source = { type = "sql", url = "mysql://db/shop", query = " ", format = "xml", connect_timeout = "0s", page_rows = 5 }
 writers = [{ type = "local", path = "out" }]
 "#;
-    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
-    let expected = [
-        "jobs.toml:4:32: jobs[0].source.url: must be a postgres://… or sqlite://PATH URL",
-        "jobs.toml:4:59: jobs[0].source.query: must not be empty",
-        "jobs.toml:4:64: jobs[0].source.format: unknown variant `xml`, expected `csv` or `jsonl`",
-        "jobs.toml:4:98: jobs[0].source.connect_timeout: must be longer than zero",
-        "jobs.toml:4:116: jobs[0].source.page_rows: only applies with resume_key",
-    ];
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
-    for want in expected {
-        assert!(
-            found.iter().any(|line| line.starts_with(want)),
-            "{want}\n{found:#?}"
-        );
-    }
+    assert_reported(
+        text,
+        &[
+            "jobs.toml:4:32: jobs[0].source.url: must be a postgres://… or sqlite://PATH URL",
+            "jobs.toml:4:59: jobs[0].source.query: must not be empty",
+            "jobs.toml:4:64: jobs[0].source.format: unknown variant `xml`, expected `csv` or `jsonl`",
+            "jobs.toml:4:98: jobs[0].source.connect_timeout: must be longer than zero",
+            "jobs.toml:4:116: jobs[0].source.page_rows: only applies with resume_key",
+        ],
+    );
 }
 
 #[test]
@@ -564,22 +567,17 @@ schedule = "@hourly"
 source = { type = "api", url = "ftp://x/y", records = "data", pagination = { type = "cursor", pointer = "", param = "" }, since = { field = "", param = "s" }, max_pages = 0 }
 writers = [{ type = "local", path = "out" }]
 "#;
-    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
-    let expected = [
-        "jobs[0].source.url: ",
-        "jobs[0].source.records: must be a JSON pointer",
-        "jobs[0].source.pagination.pointer: must not be empty",
-        "jobs[0].source.pagination.param: must not be empty",
-        "jobs[0].source.since.field: must not be empty",
-        "jobs[0].source.max_pages: must be at least 1",
-    ];
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
-    for want in expected {
-        assert!(
-            found.iter().any(|line| line.contains(want)),
-            "{want}\n{found:#?}"
-        );
-    }
+    assert_reported(
+        text,
+        &[
+            "jobs.toml:4:32: jobs[0].source.url: the URL must start with http:// or https://",
+            "jobs.toml:4:55: jobs[0].source.records: must be a JSON pointer",
+            "jobs.toml:4:105: jobs[0].source.pagination.pointer: must not be empty",
+            "jobs.toml:4:117: jobs[0].source.pagination.param: must not be empty",
+            "jobs.toml:4:141: jobs[0].source.since.field: must not be empty",
+            "jobs.toml:4:172: jobs[0].source.max_pages: must be at least 1",
+        ],
+    );
     let unknown = text.replace("type = \"cursor\"", "type = \"offset\"");
     let found: Vec<String> = errors(&unknown).iter().map(ToString::to_string).collect();
     assert!(
@@ -598,19 +596,14 @@ schedule = "@hourly"
 source = { type = "files", glob = "drop/[*.csv", after = "archive" }
 writers = [{ type = "local", path = "out/{file_nam}" }]
 "#;
-    let found: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
-    let expected = [
-        "jobs.toml:4:35: jobs[0].source.glob: is not a pattern",
-        "jobs.toml:4:58: jobs[0].source.after: must be \"keep\", \"delete\" or \"move:DIR\"",
-        "jobs[0].writers[0].path: unknown placeholder {file_nam}",
-    ];
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
-    for want in expected {
-        assert!(
-            found.iter().any(|line| line.contains(want)),
-            "{want}\n{found:#?}"
-        );
-    }
+    assert_reported(
+        text,
+        &[
+            "jobs.toml:4:35: jobs[0].source.glob: is not a pattern",
+            "jobs.toml:4:58: jobs[0].source.after: must be \"keep\", \"delete\" or \"move:DIR\"",
+            "jobs.toml:5:37: jobs[0].writers[0].path: unknown placeholder {file_nam}",
+        ],
+    );
 }
 
 #[test]
@@ -630,16 +623,11 @@ writers = [{ type = "local", path = "out" }]
         "{found:#?}"
     );
     let text = text.replace(", armour = true", "");
-    let found: Vec<String> = errors(&text).iter().map(ToString::to_string).collect();
-    let expected = [
-        "jobs.toml:5:22: jobs[0].pgp.recipients: needs at least one public key file",
-        "jobs.toml:5:43: jobs[0].pgp.passphrase_env: is the passphrase of sign_key_file",
-    ];
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
-    for want in expected {
-        assert!(
-            found.iter().any(|line| line.starts_with(want)),
-            "{want}\n{found:#?}"
-        );
-    }
+    assert_reported(
+        &text,
+        &[
+            "jobs.toml:5:22: jobs[0].pgp.recipients: needs at least one public key file",
+            "jobs.toml:5:43: jobs[0].pgp.passphrase_env: is the passphrase of sign_key_file",
+        ],
+    );
 }
