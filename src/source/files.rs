@@ -177,13 +177,12 @@ impl FilesSource {
         Ok(files)
     }
 
-    /// Notes `file` as delivered in the job's cursor, dropping files no longer there.
+    /// Notes `file` as delivered in the job's cursor.
     async fn note(&self, ctx: &RunContext, file: &SourceFile) -> Result<(), DeliveryError> {
         let Some(ledger) = &ctx.ledger else {
             return Ok(());
         };
         let mut seen = self.seen(ctx).await?;
-        seen.files.retain(|path, _| path.exists());
         seen.files.insert(
             file.path.clone(),
             Delivered {
@@ -229,11 +228,26 @@ impl DataSource for FilesSource {
         if ctx.ledger.is_none() && self.after == After::Keep {
             tracing::warn!(pattern = %self.pattern, "No state store: every matching file is delivered at every run.");
         }
-        let seen = self.seen(ctx).await?;
+        let mut seen = self.seen(ctx).await?;
         let source = self.clone();
-        let files = tokio::task::spawn_blocking(move || source.list(&seen, SystemTime::now()))
-            .await
-            .map_err(|err| DeliveryError::new(ErrorKind::Io, format!("list the files: {err}")))??;
+        let (files, seen, pruned) = tokio::task::spawn_blocking(move || {
+            // Files delivered before that are gone (deleted, moved) leave the cursor, once a
+            // run, so that it holds no more than the directory does.
+            let before = seen.files.len();
+            seen.files.retain(|path, _| path.exists());
+            let pruned = seen.files.len() < before;
+            source
+                .list(&seen, SystemTime::now())
+                .map(|files| (files, seen, pruned))
+        })
+        .await
+        .map_err(|err| DeliveryError::new(ErrorKind::Io, format!("list the files: {err}")))??;
+        if pruned && let Some(ledger) = &ctx.ledger {
+            let text = serde_json::to_string(&seen).unwrap_or_default();
+            ledger.store.set_cursor(&ctx.job, &text).await.map_err(|err| {
+                DeliveryError::new(ErrorKind::Io, format!("keep the files delivered: {err}"))
+            })?;
+        }
         Ok(Some(files))
     }
 

@@ -138,6 +138,13 @@ async fn delivered_files_are_deleted_or_moved() {
         std::fs::read_to_string(ws.path().join("done/y.csv")).expect("moved"),
         "y\n"
     );
+
+    // The next run drops the files that are gone from the job's cursor.
+    let report = run_at(&ws, &ledger, &job(""), 12).await;
+    assert!(report.deliveries.is_empty(), "{report:#?}");
+    let cursor = ledger.store.cursor("drop").await.expect("store");
+    let cursor: serde_json::Value = serde_json::from_str(&cursor.expect("a cursor")).expect("json");
+    assert_eq!(cursor["files"], serde_json::json!({}), "{cursor}");
 }
 
 /// A file whose delivery fails (the server answers 503 once) fails the attempt; the retry
