@@ -69,7 +69,7 @@ impl PgpConfig {
         let recipients = self
             .recipients
             .iter()
-            .map(|file| recipient(&base_dir.join(file)))
+            .map(|file| recipient(file, base_dir))
             .collect::<Result<Vec<_>, _>>()?;
         let signer = match &self.sign_key_file {
             None => None,
@@ -112,11 +112,11 @@ fn may_encrypt(signatures: &[Signature]) -> bool {
     })
 }
 
-/// Reads a recipient's armored public key and picks the key to encrypt to.
-fn recipient(path: &Path) -> Result<Recipient, DeliveryError> {
+/// Reads a recipient's armored public key (`path` relative to `base_dir`, with the size
+/// limit and `$CREDENTIALS_DIRECTORY` of key files) and picks the key to encrypt to.
+fn recipient(path: &Path, base_dir: &Path) -> Result<Recipient, DeliveryError> {
     let shown = path.display();
-    let text = read_secret_file(path, Path::new(""), MAX_KEY_FILE)
-        .map_err(|_| config(format!("recipient {shown}: cannot read it")))?;
+    let text = read_secret_file(path, base_dir, MAX_KEY_FILE)?;
     let (key, _) = SignedPublicKey::from_string(&text).map_err(|err| {
         config(format!(
             "recipient {shown} is not an armored public key ({err})"
