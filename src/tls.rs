@@ -8,13 +8,15 @@
 //!   `openssl req -x509` makes them), which webpki alone refuses ("CaUsedAsEndEntity").
 //! * `pin_sha256`: the server's certificate must be the one with this SHA-256 fingerprint
 //!   (`openssl x509 -fingerprint -sha256` prints it), whoever issued it.
-//! * `accept_invalid_certs = true`: any certificate (the handshake's signatures are still
-//!   checked). Only for testing: the connection is then open to interception.
+//! * `accept_invalid_certs = true`: any certificate that names the host (the handshake's
+//!   signatures are still checked). Only for testing: the connection is then open to
+//!   interception.
 //!
-//! Only one of them may be set. The host name is checked in every case but the last. [`TlsSettings`] is embedded in a kind's settings with
-//! `#[serde(flatten)]`; [`Trust`] is what it resolves to, turned into a rustls
-//! [`ClientConfig`] (on aws-lc-rs, never the process default) or handed to a client library
-//! that builds its own.
+//! Only one of them may be set. [`TlsSettings`] is embedded in a kind's settings with
+//! `#[serde(flatten)]`; [`Trust`] is what it resolves to: a rustls [`ClientConfig`] (on
+//! aws-lc-rs, never the process default), or, for a client library that builds its own
+//! (lettre, for email), a verifier to run on the chain the server presented
+//! ([`check_presented`]) before anything of worth is sent.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -132,14 +134,45 @@ pub enum Trust {
 impl Trust {
     /// A rustls client configuration on aws-lc-rs that trusts this.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, DeliveryError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|err| DeliveryError::new(ErrorKind::Config, format!("TLS: {err}")))?;
+        if let Some(verifier) = self.verifier()? {
+            return Ok(Arc::new(
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier)
+                    .with_no_client_auth(),
+            ));
+        }
         let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if roots.is_empty() {
+            return Err(DeliveryError::new(
+                ErrorKind::Config,
+                "no CA certificates found on this machine (install ca-certificates) \
+                 and no `ca_file` given",
+            ));
+        }
+        Ok(Arc::new(
+            builder.with_root_certificates(roots).with_no_client_auth(),
+        ))
+    }
+
+    /// The verifier of a server's certificate for everything but the system's roots (`None`
+    /// for those: rustls's own webpki verifier checks them). The handshake's signatures are
+    /// checked in every case.
+    ///
+    /// A client library that builds its own TLS configuration (lettre, for email) can be
+    /// told to accept any certificate while still checking the handshake and the host name,
+    /// and then give the chain the server presented to [`check_presented`], before
+    /// anything but a greeting is sent.
+    pub fn verifier(&self) -> Result<Option<Arc<dyn ServerCertVerifier>>, DeliveryError> {
         let accept = match self {
-            Trust::Any => Some(Accept::Any),
-            Trust::Pinned(pin) => Some(Accept::Pinned(*pin)),
+            Trust::System => return Ok(None),
+            Trust::Any => Accept::Any,
+            Trust::Pinned(pin) => Accept::Pinned(*pin),
             Trust::Exactly(certs) => {
                 let mut anchors = rustls::RootCertStore::empty();
                 for cert in certs {
@@ -149,43 +182,46 @@ impl Trust {
                 }
                 let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(
                     Arc::new(anchors),
-                    Arc::clone(&provider),
+                    provider(),
                 )
                 .build()
                 .map_err(|err| DeliveryError::new(ErrorKind::Config, format!("ca_file: {err}")))?;
-                Some(Accept::Exactly {
+                Accept::Exactly {
                     certs: certs.clone(),
                     chain,
-                })
-            }
-            Trust::System => None,
-        };
-        if let Some(accept) = accept {
-            return Ok(Arc::new(
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(Chosen { provider, accept }))
-                    .with_no_client_auth(),
-            ));
-        }
-        match self {
-            Trust::Any | Trust::Pinned(_) | Trust::Exactly(_) => {}
-            Trust::System => {
-                let native = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(native.certs);
-                if roots.is_empty() {
-                    return Err(DeliveryError::new(
-                        ErrorKind::Config,
-                        "no CA certificates found on this machine (install ca-certificates) \
-                         and no `ca_file` given",
-                    ));
                 }
             }
-        }
-        Ok(Arc::new(
-            builder.with_root_certificates(roots).with_no_client_auth(),
-        ))
+        };
+        Ok(Some(Arc::new(Chosen {
+            provider: provider(),
+            accept,
+        })))
     }
+}
+
+/// Checks that `chain` (the server's own certificate first, then what it sent to chain it
+/// to an issuer), presented by a server reached as `host`, is one that `verifier` accepts.
+/// For a handshake a client library made while accepting any certificate (see
+/// [`Trust::verifier`]): the library must have checked the handshake's signatures, which
+/// prove the server holds the key of the certificate checked here.
+pub fn check_presented(
+    verifier: &dyn ServerCertVerifier,
+    chain: &[CertificateDer<'_>],
+    host: &str,
+) -> Result<(), rustls::Error> {
+    let (end_entity, intermediates) = chain
+        .split_first()
+        .ok_or(rustls::Error::NoCertificatesPresented)?;
+    let name = ServerName::try_from(host)
+        .map_err(|_| rustls::Error::General(format!("{host} is not a host name")))?;
+    verifier
+        .verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now())
+        .map(drop)
+}
+
+/// rustls's cryptography: aws-lc-rs, never the process default.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// A SHA-256 fingerprint as people write it (`AB:CD:…` from openssl, or plain hex from

@@ -1,18 +1,23 @@
 //! `type = "email"`: a mail over SMTP, from templates over the run's facts.
 //!
-//! Built on lettre. Its own timeout covers connecting only (lettre#1027: a STARTTLS
-//! exchange can hang), so every send is also bounded by the notifier's timeout. Replies 4xx
-//! and broken connections are transient; 5xx replies are permanent, 530/534/535 (refused
-//! credentials) an authentication failure.
+//! Built on lettre's SMTP connection, one step at a time: connect (implicit TLS or
+//! STARTTLS), check the server's certificate with ferry's own verifier where lettre cannot
+//! (`ca_file`, `pin_sha256`: see [`crate::tls`]), then log in and send. lettre's timeout
+//! covers connecting only (lettre#1027: a STARTTLS exchange can hang), so every send is also
+//! bounded by the notifier's timeout. Replies 4xx and broken connections are transient; 5xx
+//! replies are permanent, 530/534/535 (refused credentials) an authentication failure.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lettre::message::{Mailbox, MultiPart, header::ContentType};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
+use lettre::Message;
+use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use rustls::client::danger::ServerCertVerifier;
+use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 use super::message::{DEFAULT_BODY, DEFAULT_SUBJECT, Escape, Facts, MessageTemplate};
@@ -21,7 +26,7 @@ use crate::build_env::BuildEnv;
 use crate::error::{DeliveryError, ErrorKind};
 use crate::report::RunReport;
 use crate::settings::{ConfigDuration, KeyPath, Problems, SecretField, keys};
-use crate::tls::{TlsSettings, Trust};
+use crate::tls::TlsSettings;
 
 /// Settings of an `email` notifier.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,7 +66,7 @@ pub struct EmailConfig {
     /// An HTML body, a template, sent beside the plain one (none by default).
     #[serde(default)]
     pub html: Option<String>,
-    /// With TLS: `ca_file` and `accept_invalid_certs` (see [`crate::tls`]).
+    /// With TLS: `ca_file`, `pin_sha256` and `accept_invalid_certs` (see [`crate::tls`]).
     #[serde(flatten)]
     pub tls: TlsSettings,
     /// Log in over an unencrypted connection (`security = "none"`), the password readable by
@@ -150,13 +155,6 @@ impl NotifierSettings for EmailConfig {
             at,
             problems,
         );
-        if self.tls.pin_sha256.is_some() {
-            // lettre, which sends the mail, checks certificates its own way.
-            problems.add(
-                at.key("pin_sha256"),
-                "not available for email notifiers; give the server's certificate (or its CA) as ca_file",
-            );
-        }
         for (key, source, escape) in self.templates() {
             if let Some(source) = source
                 && let Err(err) = MessageTemplate::parse(source, escape)
@@ -184,36 +182,20 @@ impl NotifierSettings for EmailConfig {
             EmailSecurity::Tls => 465,
             EmailSecurity::None => 25,
         });
-        let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&self.host)
-            .port(port)
-            .timeout(Some(timeout));
+        let mut tls = None;
+        let mut verifier = None;
         if self.security != EmailSecurity::None {
-            let mut tls = TlsParameters::builder(self.host.clone());
-            match self.tls.trust(&env.base_dir, &self.host)? {
-                Trust::System => {}
-                Trust::Any => tls = tls.dangerous_accept_invalid_certs(true),
-                // Refused by `validate`: lettre checks certificates its own way.
-                Trust::Pinned(_) => {
-                    return Err(config(
-                        "pin_sha256 is not available for email notifiers; give the certificate as ca_file".into(),
-                    ));
-                }
-                Trust::Exactly(certs) => {
-                    tls = tls.certificate_store(CertificateStore::None);
-                    for cert in certs {
-                        let cert = Certificate::from_der(cert.to_vec())
-                            .map_err(|err| config(format!("ca_file: {err}")))?;
-                        tls = tls.add_root_certificate(cert);
-                    }
-                }
-            }
-            let tls = tls
+            // lettre builds its own rustls configuration and takes no verifier: for anything
+            // but the system's roots it is told to accept any certificate (it still checks
+            // the handshake's signatures and the host name), and ferry's verifier checks the
+            // chain the server presented before the login and the mail go out.
+            let trust = self.tls.trust(&env.base_dir, &self.host)?;
+            verifier = trust.verifier()?;
+            let parameters = TlsParameters::builder(self.host.clone())
+                .dangerous_accept_invalid_certs(verifier.is_some())
                 .build_rustls()
                 .map_err(|err| config(format!("TLS settings: {err}")))?;
-            transport = transport.tls(match self.security {
-                EmailSecurity::Tls => Tls::Wrapper(tls),
-                _ => Tls::Required(tls),
-            });
+            tls = Some(parameters);
         }
         if self.username.is_some() && self.security == EmailSecurity::None {
             tracing::warn!(
@@ -221,10 +203,10 @@ impl NotifierSettings for EmailConfig {
                 "allow_plaintext_password = true: the SMTP login is sent unencrypted."
             );
         }
-        if let Some(user) = &self.username {
+        let credentials = self.username.as_ref().map(|user| {
             let password = password.as_ref().map_or("", |p| p.expose()).to_owned();
-            transport = transport.credentials(Credentials::new(user.clone(), password));
-        }
+            Credentials::new(user.clone(), password)
+        });
         let template = |source: Option<&String>, default: &str, escape| {
             MessageTemplate::parse(source.map_or(default, String::as_str), escape)
                 .map_err(|err| config(format!("notifier {name}: template: {err}")))
@@ -237,7 +219,12 @@ impl NotifierSettings for EmailConfig {
         Ok(Arc::new(EmailNotifier {
             name: name.to_owned(),
             server: format!("{}:{port}", self.host),
-            transport: transport.build(),
+            host: self.host.clone(),
+            port,
+            security: self.security,
+            tls,
+            verifier,
+            credentials,
             from: mailbox(&self.from)?,
             to: self.to.iter().map(mailbox).collect::<Result<_, _>>()?,
             cc: self.cc.iter().map(mailbox).collect::<Result<_, _>>()?,
@@ -260,7 +247,15 @@ impl NotifierSettings for EmailConfig {
 pub struct EmailNotifier {
     name: String,
     server: String,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    host: String,
+    port: u16,
+    security: EmailSecurity,
+    /// With `security` other than `none`.
+    tls: Option<TlsParameters>,
+    /// Checks the server's certificate after the handshake (see `build`); `None` when
+    /// lettre checks it against the system's roots.
+    verifier: Option<Arc<dyn ServerCertVerifier>>,
+    credentials: Option<Credentials>,
     from: Mailbox,
     to: Vec<Mailbox>,
     cc: Vec<Mailbox>,
@@ -275,7 +270,7 @@ pub struct EmailNotifier {
 
 impl std::fmt::Debug for EmailNotifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The transport holds the credentials: leave it out.
+        // Leaves the credentials out.
         f.debug_struct("EmailNotifier")
             .field("name", &self.name)
             .field("server", &self.server)
@@ -389,11 +384,74 @@ impl Notifier for EmailNotifier {
 
     async fn notify(&self, report: &RunReport) -> Result<(), DeliveryError> {
         let message = self.message(&Facts::of(report))?;
-        self.transport
-            .send(message)
+        let failed = |err| smtp_error(&self.server, err);
+        let hello = ClientId::default();
+        let implicit = match self.security {
+            EmailSecurity::Tls => self.tls.clone(),
+            EmailSecurity::Starttls | EmailSecurity::None => None,
+        };
+        let mut connection = AsyncSmtpConnection::connect_tokio1(
+            (self.host.as_str(), self.port),
+            Some(self.timeout),
+            &hello,
+            implicit,
+            None,
+        )
+        .await
+        .map_err(failed)?;
+        if self.security == EmailSecurity::Starttls
+            && let Some(tls) = &self.tls
+        {
+            // Refused when the server does not offer STARTTLS: nothing goes out in plain.
+            connection
+                .starttls(tls.clone(), &hello)
+                .await
+                .map_err(failed)?;
+        }
+        let sent = self.send(&mut connection, &message).await;
+        // QUIT, unless the connection broke.
+        connection.abort().await;
+        sent
+    }
+}
+
+impl EmailNotifier {
+    /// On a connection that is as secure as `security` asks: checks the server's
+    /// certificate, logs in and sends `message`.
+    async fn send(
+        &self,
+        connection: &mut AsyncSmtpConnection,
+        message: &Message,
+    ) -> Result<(), DeliveryError> {
+        let failed = |err| smtp_error(&self.server, err);
+        if let Some(verifier) = &self.verifier {
+            let chain: Vec<CertificateDer<'static>> = connection
+                .certificate_chain()
+                .map_err(failed)?
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect();
+            crate::tls::check_presented(verifier.as_ref(), &chain, &self.host).map_err(|err| {
+                DeliveryError::new(
+                    ErrorKind::Auth,
+                    format!(
+                        "send mail via {}: the server's certificate is not trusted: {err}",
+                        self.server
+                    ),
+                )
+            })?;
+        }
+        if let Some(credentials) = &self.credentials {
+            connection
+                .auth(DEFAULT_MECHANISMS, credentials)
+                .await
+                .map_err(failed)?;
+        }
+        connection
+            .send(message.envelope(), &message.formatted())
             .await
             .map(drop)
-            .map_err(|err| smtp_error(&self.server, err))
+            .map_err(failed)
     }
 }
 

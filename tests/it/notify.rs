@@ -212,6 +212,66 @@ async fn starttls_with_a_self_signed_certificate_and_a_login() {
     assert_eq!(smtp.mails().len(), 1);
 }
 
+/// A mail server whose self-signed certificate is marked as a CA, as `openssl req -x509`
+/// makes them (webpki alone refuses it as a server's own): trusted as `ca_file` and by its
+/// fingerprint, over STARTTLS and implicit TLS. Another fingerprint is refused before the
+/// login: the server sees no credentials and no mail.
+#[tokio::test]
+async fn a_self_signed_ca_certificate_is_trusted_as_given_or_by_fingerprint() {
+    let ws = Workspace::new();
+    let (tls, fingerprint) = crate::support::self_signed_ca(ws.path());
+    let smtp = SmtpServer::start(Some(&tls), true);
+    let login = format!("username = \"{SMTP_USER}\"\npassword_file = \"secrets/smtp\"");
+    let setup = |name: &str, port: u16, trust: &str| {
+        alice_and_admin(port, &format!("{trust}\n{login}"))
+            .replace("name = \"nightly\"", &format!("name = \"{name}\""))
+    };
+    let lower = fingerprint.replace(':', "").to_lowercase();
+    for (name, trust) in [
+        (
+            "by-file",
+            "security = \"starttls\"\nca_file = \"ca-server.pem\"".to_owned(),
+        ),
+        (
+            "by-pin",
+            format!("security = \"starttls\"\npin_sha256 = \"{fingerprint}\""),
+        ),
+        ("by-sha256sum", format!("pin_sha256 = \"{lower}\"")),
+    ] {
+        let (report, ledger) = run_and_settle(&ws, &setup(name, smtp.port, &trust)).await;
+        let outcomes = notification_outcomes(&ledger, &report).await;
+        assert!(outcomes[0].sent, "{trust}: {outcomes:?}");
+    }
+    assert_eq!(smtp.mails().len(), 3);
+    assert_eq!(smtp.logins().len(), 3);
+
+    let behind = SmtpServer::start(None, false);
+    let smtps = tls_front(&tls, behind.port).await;
+    let pinned = format!("security = \"tls\"\npin_sha256 = \"{fingerprint}\"");
+    let text = alice_and_admin(smtps, &pinned).replace("name = \"nightly\"", "name = \"smtps\"");
+    let (report, ledger) = run_and_settle(&ws, &text).await;
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    assert!(outcomes[0].sent, "{outcomes:?}");
+    assert_eq!(behind.mails().len(), 1);
+
+    let other = "AB:".repeat(31) + "AB";
+    let refused = format!("pin_sha256 = \"{other}\"");
+    let (report, ledger) = run_and_settle(&ws, &setup("impostor", smtp.port, &refused)).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "the delivery stands");
+    let outcomes = notification_outcomes(&ledger, &report).await;
+    let outcome = &outcomes[0];
+    assert!(!outcome.sent, "{outcomes:?}");
+    assert_eq!(outcome.attempts, 1, "a certificate refused is not retried");
+    let error = outcome.error.clone().unwrap_or_default();
+    assert!(error.contains("not the one in pin_sha256"), "{error}");
+    assert!(
+        error.contains(&fingerprint),
+        "shows what the server has: {error}"
+    );
+    assert_eq!(smtp.logins().len(), 3, "no login was tried");
+    assert_eq!(smtp.mails().len(), 3, "no mail was sent");
+}
+
 #[tokio::test]
 async fn an_authentication_failure_is_recorded_while_the_delivery_succeeds() {
     let ws = Workspace::new();

@@ -60,6 +60,8 @@ impl Mail {
 #[derive(Clone)]
 struct Session {
     inbox: Arc<Mutex<Vec<Mail>>>,
+    /// The user names of every login tried.
+    logins: Arc<Mutex<Vec<String>>>,
     login: Option<(String, String)>,
     current: Mail,
 }
@@ -92,6 +94,7 @@ impl Handler for Session {
     }
 
     fn auth_login(&mut self, user: &str, password: &str) -> Response {
+        self.logins.lock().expect("logins").push(user.to_owned());
         match &self.login {
             Some((u, p)) if u == user && p == password => AUTH_OK,
             _ => INVALID_CREDENTIALS,
@@ -108,6 +111,7 @@ impl Handler for Session {
 pub struct SmtpServer {
     pub port: u16,
     inbox: Arc<Mutex<Vec<Mail>>>,
+    logins: Arc<Mutex<Vec<String>>>,
 }
 
 impl SmtpServer {
@@ -126,8 +130,10 @@ impl SmtpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind SMTP port");
         let port = listener.local_addr().expect("address").port();
         let inbox = Arc::new(Mutex::new(Vec::new()));
+        let logins = Arc::new(Mutex::new(Vec::new()));
         let session = Session {
             inbox: Arc::clone(&inbox),
+            logins: Arc::clone(&logins),
             login: login.then(|| (SMTP_USER.to_owned(), SMTP_PASSWORD.to_owned())),
             current: Mail::default(),
         };
@@ -149,12 +155,21 @@ impl SmtpServer {
                 eprintln!("the SMTP server stopped: {err}");
             }
         });
-        SmtpServer { port, inbox }
+        SmtpServer {
+            port,
+            inbox,
+            logins,
+        }
     }
 
     /// The mails received so far.
     pub fn mails(&self) -> Vec<Mail> {
         self.inbox.lock().expect("inbox").clone()
+    }
+
+    /// The user names of the logins tried so far.
+    pub fn logins(&self) -> Vec<String> {
+        self.logins.lock().expect("logins").clone()
     }
 
     /// Waits until `count` mails have arrived (failing after `within`); returns them all.
