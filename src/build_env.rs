@@ -5,7 +5,7 @@
 //! runners or the daemon.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::error::{DeliveryError, ErrorKind};
@@ -15,13 +15,19 @@ use crate::error::{DeliveryError, ErrorKind};
 pub struct BuildEnv {
     /// The directory relative paths are taken from (the job file's).
     pub base_dir: PathBuf,
-    /// The HTTP client for requests without credentials: follows up to 10 redirects.
-    pub http: reqwest::Client,
-    /// The HTTP client for requests that carry credentials (authentication, secret
-    /// headers, a token in the URL): follows redirects within the first URL's origin only,
-    /// so nothing secret is sent to another host; a redirect elsewhere comes back as the
-    /// 3xx response itself.
-    pub http_same_origin: reqwest::Client,
+    /// The HTTP clients, made when a kind first asks for one: loading the system's roots
+    /// costs time and memory that a job file without HTTP (FTP, SFTP, local) need not pay.
+    clients: Arc<Clients>,
+}
+
+#[derive(Debug, Default)]
+struct Clients {
+    /// For requests without credentials: follows up to 10 redirects.
+    open: OnceLock<reqwest::Client>,
+    /// For requests that carry credentials (authentication, secret headers, a token in the
+    /// URL): follows redirects within the first URL's origin only, so nothing secret is
+    /// sent to another host; a redirect elsewhere comes back as the 3xx response itself.
+    same_origin: OnceLock<reqwest::Client>,
 }
 
 impl BuildEnv {
@@ -33,31 +39,36 @@ impl BuildEnv {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         Ok(BuildEnv {
             base_dir,
-            http: http_client(reqwest::redirect::Policy::limited(MAX_REDIRECTS), None)?,
-            http_same_origin: http_client(
-                reqwest::redirect::Policy::custom(|attempt| {
-                    let first = attempt.previous().first().map(reqwest::Url::origin);
-                    if attempt.previous().len() > MAX_REDIRECTS {
-                        attempt.error("too many redirects")
-                    } else if first.is_some_and(|first| first == attempt.url().origin()) {
-                        attempt.follow()
-                    } else {
-                        attempt.stop()
-                    }
-                }),
-                None,
-            )?,
+            clients: Arc::default(),
         })
     }
 
-    /// The client for a request: [`BuildEnv::http_same_origin`] when it carries
-    /// credentials, else [`BuildEnv::http`].
-    pub fn http_for(&self, credentials: bool) -> reqwest::Client {
-        if credentials {
-            self.http_same_origin.clone()
-        } else {
-            self.http.clone()
+    /// The HTTP client for a request: one that keeps redirects within the first URL's
+    /// origin when it carries credentials, else one that follows up to 10 anywhere. Shared
+    /// by every kind built with this environment.
+    pub fn http_for(&self, credentials: bool) -> Result<reqwest::Client, DeliveryError> {
+        let cell = match credentials {
+            true => &self.clients.same_origin,
+            false => &self.clients.open,
+        };
+        if let Some(client) = cell.get() {
+            return Ok(client.clone());
         }
+        let redirects = match credentials {
+            true => reqwest::redirect::Policy::custom(|attempt| {
+                let first = attempt.previous().first().map(reqwest::Url::origin);
+                if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error("too many redirects")
+                } else if first.is_some_and(|first| first == attempt.url().origin()) {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }),
+            false => reqwest::redirect::Policy::limited(MAX_REDIRECTS),
+        };
+        let client = http_client(redirects, None)?;
+        Ok(cell.get_or_init(|| client).clone())
     }
 }
 

@@ -15,12 +15,12 @@
 //! the `period` ending at the slot (`align = "end"`, the default) or starting at it
 //! (`align = "start"`).
 
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use crate::build_env::BuildEnv;
 use crate::context::RunContext;
 use crate::error::{DeliveryError, ErrorKind, display_chain};
 use crate::schedule::Schedule;
@@ -208,14 +208,14 @@ pub struct Gate {
     partition: Option<String>,
     requires: Vec<Requirement>,
     marker: Option<Marker>,
-    http: reqwest::Client,
 }
 
 #[derive(Debug, Clone)]
 struct Requirement {
     source: String,
     wait: Duration,
-    remote: Option<(String, Option<Secret>)>,
+    /// The registry's URL, its token and the client that asks it.
+    remote: Option<(String, Option<Secret>, reqwest::Client)>,
 }
 
 impl Gate {
@@ -226,19 +226,20 @@ impl Gate {
         partition: Option<&PartitionConfig>,
         requires: &[RequireConfig],
         marker: Option<Marker>,
-        http: reqwest::Client,
-        base_dir: &Path,
+        env: &BuildEnv,
     ) -> Result<Option<Gate>, DeliveryError> {
         if partition.is_none() && requires.is_empty() {
             return Ok(None);
         }
+        let credentials = requires.iter().any(|r| r.token.is_given());
         let requires = requires
             .iter()
             .map(|r| {
                 let remote = match &r.url {
                     Some(url) => Some((
                         url.trim_end_matches('/').to_owned(),
-                        r.token.resolve(base_dir)?,
+                        r.token.resolve(&env.base_dir)?,
+                        env.http_for(credentials)?,
                     )),
                     None => None,
                 };
@@ -256,7 +257,6 @@ impl Gate {
             partition: partition.map(|p| p.source.clone()),
             requires,
             marker,
-            http,
         }))
     }
 
@@ -457,7 +457,7 @@ impl Gate {
         end: DateTime<Utc>,
     ) -> Result<Option<String>, DeliveryError> {
         let source = &require.source;
-        let Some((url, token)) = &require.remote else {
+        let Some((url, token, http)) = &require.remote else {
             let store = self.store(ctx)?;
             return match store.readiness(source, start, end).await {
                 Ok(readiness) if readiness.is_ready() => Ok(None),
@@ -468,7 +468,7 @@ impl Gate {
                 Err(err) => Err(registry_error("check readiness", err)),
             };
         };
-        remote_readiness(&self.http, url, token.as_ref(), source, start, end).await
+        remote_readiness(http, url, token.as_ref(), source, start, end).await
     }
 }
 

@@ -97,8 +97,7 @@ impl Job {
             job.partition.as_ref(),
             &job.requires,
             marker,
-            env.http_for(job.requires.iter().any(|r| r.token.is_given())),
-            &env.base_dir,
+            env,
         )
         .map_err(in_job)?;
         let checksum_files = job

@@ -149,7 +149,7 @@ impl NotifierSettings for WebhookConfig {
         Ok(Arc::new(WebhookNotifier {
             name: name.to_owned(),
             // The URL or a header may be a secret: never sent to another origin.
-            http: env.http_same_origin.clone(),
+            http: env.http_for(true)?,
             url,
             host,
             method: match self.method {

@@ -133,7 +133,7 @@ impl RequestSettings<'_> {
         Ok((
             template,
             Getter {
-                client: env.http_for(credentials),
+                client: env.http_for(credentials)?,
                 headers,
                 auth,
                 secret_url,
