@@ -212,6 +212,8 @@ pub struct ActivityRunner<A> {
     on_success: Vec<Arc<dyn Notifier>>,
     on_failure: Vec<Arc<dyn Notifier>>,
     notifications: Notifications,
+    /// The failure streaks of runs the store could not record, for `repeat_after`.
+    unrecorded: Arc<crate::notify::repeat::Unrecorded>,
 }
 
 impl<A: Activity> ActivityRunner<A> {
@@ -222,6 +224,7 @@ impl<A: Activity> ActivityRunner<A> {
             on_success: Vec::new(),
             on_failure: Vec::new(),
             notifications: Notifications::default(),
+            unrecorded: Arc::default(),
         }
     }
 
@@ -281,8 +284,9 @@ impl<A: Activity> ActivityRunner<A> {
         };
         log_run(&report, &self.on_failure).await;
         let shared = Arc::new(report);
-        self.notifications
-            .send(&self.on_failure, &shared, None, false);
+        // Not recorded: `repeat_after` holds notices back by this process's own count.
+        let told = self.unrecorded.plan(&shared, &self.on_failure, Utc::now());
+        self.notifications.send_each(told, None, false);
         Arc::unwrap_or_clone(shared)
     }
 
@@ -368,6 +372,7 @@ impl<A: Activity> ActivityRunner<A> {
                     Recorded::Alone => {}
                     Recorded::Lost => return lost(&ctx, started_at, clock.elapsed()),
                 }
+                self.unrecorded.end();
                 ledger.metrics.run_finished(&report);
             }
             // The log line is written at once; nothing else may hold up the run's end.
