@@ -38,6 +38,9 @@ pub struct Progress {
     /// Receipts of the files a `files` source's earlier attempts delivered whole (a retry
     /// lists only the files still to deliver).
     pub files_delivered: Vec<Delivery>,
+    /// Receipts of the writers that have a file an earlier attempt did not deliver to
+    /// every writer, by file: a retry sends it only to the others.
+    pub files_partly: BTreeMap<std::path::PathBuf, BTreeMap<usize, Delivery>>,
 }
 
 /// A unit of work that can be attempted more than once for one run.
@@ -239,17 +242,26 @@ impl DeliveryActivity {
         if files.is_empty() {
             tracing::info!(source = %self.source.describe(), "No new files: nothing to deliver.");
         }
-        let all: Vec<usize> = (0..self.writers.len()).collect();
         for file in files {
             let shown = file.path.display().to_string();
+            let path = file.path.clone();
             let one = RunContext {
                 file: Some(file),
                 ..ctx.clone()
             };
-            let mut done = Progress::default();
-            self.deliver(&one, &all, &mut done)
-                .await
-                .map_err(|err| err.context(format_args!("file {shown}")))?;
+            let mut done = Progress {
+                delivered: progress.files_partly.remove(&path).unwrap_or_default(),
+                ..Progress::default()
+            };
+            let pending: Vec<usize> = (0..self.writers.len())
+                .filter(|index| !done.delivered.contains_key(index))
+                .collect();
+            if let Err(err) = self.deliver(&one, &pending, &mut done).await {
+                if !done.delivered.is_empty() {
+                    progress.files_partly.insert(path, done.delivered);
+                }
+                return Err(err.context(format_args!("file {shown}")));
+            }
             self.source
                 .delivered(&one)
                 .await

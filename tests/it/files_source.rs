@@ -199,3 +199,59 @@ async fn a_retry_does_not_deliver_a_file_twice() {
     assert_eq!(puts.get("/in/2.csv"), Some(&2), "{puts:?}");
     assert_eq!(puts.get("/in/3.csv"), Some(&1), "{puts:?}");
 }
+
+/// Two writers, one of which refuses a file once (503): the retry sends that file only to
+/// the writer that missed it. The other one keeps what it has (`overwrite = false` would
+/// refuse a second copy) and the run's receipts hold each file once per writer.
+#[tokio::test]
+async fn a_retry_sends_a_file_only_to_the_writers_that_missed_it() {
+    use std::sync::{Arc, Mutex};
+    let puts: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&puts);
+    let server =
+        axum::Router::new().fallback(move |uri: axum::http::Uri, _body: axum::body::Bytes| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let mut puts = seen.lock().expect("lock");
+                puts.push(uri.path().to_owned());
+                let tries = puts.iter().filter(|p| *p == uri.path()).count();
+                match (uri.path(), tries) {
+                    ("/in/2.csv", 1) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    _ => axum::http::StatusCode::CREATED,
+                }
+            }
+        });
+    let addr = crate::support::serve(server).await;
+    let ws = Workspace::new();
+    let ledger = ws.ledger().await;
+    for name in ["1.csv", "2.csv", "3.csv"] {
+        drop_file(&ws, name, name);
+    }
+    let text = job("")
+        .replace(
+            r#"{ type = "local", path = "out/{file_stem}-{scheduled:%H}.csv" }"#,
+            &format!(
+                r#"{{ type = "local", path = "out/{{file_name}}", overwrite = false }},
+  {{ type = "http", url = "http://{addr}/in/{{file_name}}" }}"#
+            ),
+        )
+        .replace(
+            "writers = [",
+            "retry = { max_attempts = 3, initial_interval = \"10ms\" }\nwriters = [",
+        );
+    let report = run_at(&ws, &ledger, &text, 10).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(report.attempts, 2, "{report:#?}");
+    assert_eq!(
+        delivered(&report),
+        ["1.csv", "1.csv", "2.csv", "2.csv", "3.csv", "3.csv"]
+    );
+    assert_eq!(
+        *puts.lock().expect("lock"),
+        ["/in/1.csv", "/in/2.csv", "/in/2.csv", "/in/3.csv"]
+    );
+    for name in ["1.csv", "2.csv", "3.csv"] {
+        let got = std::fs::read_to_string(ws.path().join("out").join(name)).expect("delivered");
+        assert_eq!(got, name);
+    }
+}
