@@ -1,5 +1,6 @@
 //! The `files` source: new files in a temporary drop directory, each delivered on its own.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use ferry::runner::{RunReport, RunStatus};
@@ -147,65 +148,10 @@ async fn delivered_files_are_deleted_or_moved() {
     assert_eq!(cursor["files"], serde_json::json!({}), "{cursor}");
 }
 
-/// A file whose delivery fails (the server answers 503 once) fails the attempt; the retry
-/// does not deliver the files before it again, and the run's receipts cover every file.
-#[tokio::test]
-async fn a_retry_does_not_deliver_a_file_twice() {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-    let puts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let seen = Arc::clone(&puts);
-    // The body is read before the answer: a server that answers first makes the writer
-    // report an upload it did not take whole.
-    let server =
-        axum::Router::new().fallback(move |uri: axum::http::Uri, _body: axum::body::Bytes| {
-            let seen = Arc::clone(&seen);
-            async move {
-                let mut puts = seen.lock().expect("lock");
-                let count = puts.entry(uri.path().to_owned()).or_default();
-                *count += 1;
-                match (uri.path(), *count) {
-                    ("/in/2.csv", 1) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    _ => axum::http::StatusCode::CREATED,
-                }
-            }
-        });
-    let addr = crate::support::serve(server).await;
-    let ws = Workspace::new();
-    let ledger = ws.ledger().await;
-    for name in ["1.csv", "2.csv", "3.csv"] {
-        drop_file(&ws, name, name);
-    }
-    let text = job("")
-        .replace(
-            r#"{ type = "local", path = "out/{file_stem}-{scheduled:%H}.csv" }"#,
-            &format!(r#"{{ type = "http", url = "http://{addr}/in/{{file_name}}" }}"#),
-        )
-        .replace(
-            "writers = [",
-            "retry = { max_attempts = 3, initial_interval = \"10ms\" }\nwriters = [",
-        );
-    let report = run_at(&ws, &ledger, &text, 10).await;
-    assert_eq!(
-        report.status,
-        RunStatus::Succeeded,
-        "{report:#?} {:?}",
-        puts.lock().expect("lock")
-    );
-    assert_eq!(report.attempts, 2, "{report:#?}");
-    assert_eq!(delivered(&report), ["1.csv", "2.csv", "3.csv"]);
-    let puts = puts.lock().expect("lock").clone();
-    assert_eq!(puts.get("/in/1.csv"), Some(&1), "{puts:?}");
-    assert_eq!(puts.get("/in/2.csv"), Some(&2), "{puts:?}");
-    assert_eq!(puts.get("/in/3.csv"), Some(&1), "{puts:?}");
-}
-
-/// Two writers, one of which refuses a file once (503): the retry sends that file only to
-/// the writer that missed it. The other one keeps what it has (`overwrite = false` would
-/// refuse a second copy) and the run's receipts hold each file once per writer.
-#[tokio::test]
-async fn a_retry_sends_a_file_only_to_the_writers_that_missed_it() {
-    use std::sync::{Arc, Mutex};
+/// An HTTP server on 127.0.0.1 that takes every PUT except the first of `/in/2.csv`, which
+/// it answers 503; with the paths it was sent, in order. The body is read before the answer:
+/// a server that answers first makes the writer report an upload it did not take whole.
+async fn refusing_2_csv_once() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let puts: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = Arc::clone(&puts);
     let server =
@@ -221,7 +167,12 @@ async fn a_retry_sends_a_file_only_to_the_writers_that_missed_it() {
                 }
             }
         });
-    let addr = crate::support::serve(server).await;
+    (crate::support::serve(server).await, puts)
+}
+
+/// The job of these tests with `writers` instead of its local writer and up to 3 attempts,
+/// run at 10:00 over the files 1.csv, 2.csv and 3.csv (each holding its name).
+async fn run_three_files(writers: &str) -> (Workspace, RunReport) {
     let ws = Workspace::new();
     let ledger = ws.ledger().await;
     for name in ["1.csv", "2.csv", "3.csv"] {
@@ -230,16 +181,43 @@ async fn a_retry_sends_a_file_only_to_the_writers_that_missed_it() {
     let text = job("")
         .replace(
             r#"{ type = "local", path = "out/{file_stem}-{scheduled:%H}.csv" }"#,
-            &format!(
-                r#"{{ type = "local", path = "out/{{file_name}}", overwrite = false }},
-  {{ type = "http", url = "http://{addr}/in/{{file_name}}" }}"#
-            ),
+            writers,
         )
         .replace(
             "writers = [",
             "retry = { max_attempts = 3, initial_interval = \"10ms\" }\nwriters = [",
         );
     let report = run_at(&ws, &ledger, &text, 10).await;
+    (ws, report)
+}
+
+/// A file whose delivery fails (the server answers 503 once) fails the attempt; the retry
+/// does not deliver the files before it again, and the run's receipts cover every file.
+#[tokio::test]
+async fn a_retry_does_not_deliver_a_file_twice() {
+    let (addr, puts) = refusing_2_csv_once().await;
+    let (_ws, report) = run_three_files(&format!(
+        r#"{{ type = "http", url = "http://{addr}/in/{{file_name}}" }}"#
+    ))
+    .await;
+    let puts = puts.lock().expect("lock").clone();
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?} {puts:?}");
+    assert_eq!(report.attempts, 2, "{report:#?}");
+    assert_eq!(delivered(&report), ["1.csv", "2.csv", "3.csv"]);
+    assert_eq!(puts, ["/in/1.csv", "/in/2.csv", "/in/2.csv", "/in/3.csv"]);
+}
+
+/// Two writers, one of which refuses a file once (503): the retry sends that file only to
+/// the writer that missed it. The other one keeps what it has (`overwrite = false` would
+/// refuse a second copy) and the run's receipts hold each file once per writer.
+#[tokio::test]
+async fn a_retry_sends_a_file_only_to_the_writers_that_missed_it() {
+    let (addr, puts) = refusing_2_csv_once().await;
+    let (ws, report) = run_three_files(&format!(
+        r#"{{ type = "local", path = "out/{{file_name}}", overwrite = false }},
+  {{ type = "http", url = "http://{addr}/in/{{file_name}}" }}"#
+    ))
+    .await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
     assert_eq!(report.attempts, 2, "{report:#?}");
     assert_eq!(
