@@ -256,16 +256,21 @@ impl DeliveryActivity {
             let pending: Vec<usize> = (0..self.writers.len())
                 .filter(|index| !done.delivered.contains_key(index))
                 .collect();
-            if let Err(err) = self.deliver(&one, &pending, &mut done).await {
+            // Writers that have the file keep it across attempts, also when only the
+            // source's note of it failed.
+            let mut result = Ok(());
+            if !pending.is_empty() {
+                result = self.deliver(&one, &pending, &mut done).await;
+            }
+            if result.is_ok() {
+                result = self.source.delivered(&one).await;
+            }
+            if let Err(err) = result {
                 if !done.delivered.is_empty() {
                     progress.files_partly.insert(path, done.delivered);
                 }
                 return Err(err.context(format_args!("file {shown}")));
             }
-            self.source
-                .delivered(&one)
-                .await
-                .map_err(|err| err.context(format_args!("file {shown}")))?;
             progress.resumed_from = progress.resumed_from.max(done.resumed_from);
             progress
                 .files_delivered

@@ -170,15 +170,20 @@ async fn refusing_2_csv_once() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>
     (crate::support::serve(server).await, puts)
 }
 
-/// The job of these tests with `writers` instead of its local writer and up to 3 attempts,
-/// run at 10:00 over the files 1.csv, 2.csv and 3.csv (each holding its name).
+/// [`retrying_job`] run at 10:00 over the files 1.csv, 2.csv and 3.csv (each holding its name).
 async fn run_three_files(writers: &str) -> (Workspace, RunReport) {
     let ws = Workspace::new();
     let ledger = ws.ledger().await;
     for name in ["1.csv", "2.csv", "3.csv"] {
         drop_file(&ws, name, name);
     }
-    let text = job("")
+    let report = run_at(&ws, &ledger, &retrying_job(writers), 10).await;
+    (ws, report)
+}
+
+/// The job of these tests with `writers` instead of its local writer and up to 3 attempts.
+fn retrying_job(writers: &str) -> String {
+    job("")
         .replace(
             r#"{ type = "local", path = "out/{file_stem}-{scheduled:%H}.csv" }"#,
             writers,
@@ -186,9 +191,15 @@ async fn run_three_files(writers: &str) -> (Workspace, RunReport) {
         .replace(
             "writers = [",
             "retry = { max_attempts = 3, initial_interval = \"10ms\" }\nwriters = [",
-        );
-    let report = run_at(&ws, &ledger, &text, 10).await;
-    (ws, report)
+        )
+}
+
+/// A local writer that refuses to overwrite and an HTTP writer to `addr`.
+fn local_and_http(addr: std::net::SocketAddr) -> String {
+    format!(
+        r#"{{ type = "local", path = "out/{{file_name}}", overwrite = false }},
+  {{ type = "http", url = "http://{addr}/in/{{file_name}}" }}"#
+    )
 }
 
 /// A file whose delivery fails (the server answers 503 once) fails the attempt; the retry
@@ -213,11 +224,7 @@ async fn a_retry_does_not_deliver_a_file_twice() {
 #[tokio::test]
 async fn a_retry_sends_a_file_only_to_the_writers_that_missed_it() {
     let (addr, puts) = refusing_2_csv_once().await;
-    let (ws, report) = run_three_files(&format!(
-        r#"{{ type = "local", path = "out/{{file_name}}", overwrite = false }},
-  {{ type = "http", url = "http://{addr}/in/{{file_name}}" }}"#
-    ))
-    .await;
+    let (ws, report) = run_three_files(&local_and_http(addr)).await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
     assert_eq!(report.attempts, 2, "{report:#?}");
     assert_eq!(
@@ -232,4 +239,36 @@ async fn a_retry_sends_a_file_only_to_the_writers_that_missed_it() {
         let got = std::fs::read_to_string(ws.path().join("out").join(name)).expect("delivered");
         assert_eq!(got, name);
     }
+}
+
+/// Every writer has a file but the store refuses to note it as delivered (a trigger makes
+/// the cursor's write fail, on every attempt): each retry tries only the note again, and no
+/// writer is sent the file twice.
+#[tokio::test]
+async fn a_retry_after_the_note_failed_sends_the_file_to_no_writer_again() {
+    use sqlx::{Connection as _, Executor as _};
+    let (addr, puts) = refusing_2_csv_once().await;
+    let ws = Workspace::new();
+    let ledger = ws.ledger().await;
+    let url = format!("sqlite://{}", ws.path().join("ferry-state.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("open the store's database");
+    conn.execute(
+        "CREATE TRIGGER refuse_cursors BEFORE INSERT ON ferry_cursors
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .await
+    .expect("trigger");
+    drop_file(&ws, "1.csv", "1.csv");
+    let text = retrying_job(&local_and_http(addr));
+    let report = run_at(&ws, &ledger, &text, 10).await;
+    assert_eq!(report.status, RunStatus::Failed, "{report:#?}");
+    assert_eq!(report.attempts, 3, "{report:#?}");
+    let error = format!("{:?}", report.error);
+    assert!(error.contains("note the file as delivered"), "{error}");
+    assert!(!error.contains("overwrite"), "{error}");
+    assert_eq!(*puts.lock().expect("lock"), ["/in/1.csv"]);
+    let got = std::fs::read_to_string(ws.path().join("out/1.csv")).expect("delivered");
+    assert_eq!(got, "1.csv");
 }
